@@ -1,0 +1,406 @@
+//! The authority: a CA directory's layout, creating one (`init`), opening one, and issuing
+//! leaf X.509-SVIDs from the CA's own template.
+//!
+//! A leaf is built only from typed, checked values (identity, TTL within bounds, DNS names);
+//! nothing a requester sends is copied into a certificate. Every issued certificate is
+//! recorded durably in the store before it is returned.
+
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mesh_config::{SpiffeId, TrustDomain, Ttl};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
+};
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+
+use crate::error::CaError;
+use crate::fsutil::{self, OutFile};
+use crate::keys::{self, Passphrase};
+use crate::pem;
+use crate::settings::Settings;
+use crate::store::{CertKind, CertRecord, CertStatus, SqliteStore, Store};
+
+/// Leaves are valid from a little before "now" so that peers whose clocks run slightly
+/// behind the CA's accept them at once.
+pub const NOT_BEFORE_BACKDATE: Duration = Duration::from_secs(60);
+
+/// Names of the files in a CA directory.
+const SETTINGS: &str = "ca.toml";
+const ROOT_CERT: &str = "root.pem";
+const ROOT_KEY: &str = "root.key.pem";
+const INTER_CERT: &str = "intermediate.pem";
+const INTER_KEY: &str = "intermediate.key.pem";
+const STORE: &str = "store.db";
+
+/// What `init` needs besides the directory and passphrase.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub settings: Settings,
+    pub root_ttl: Ttl,
+    pub intermediate_ttl: Ttl,
+}
+
+/// The public side of a CA directory: settings, certificates and the store. Opening it
+/// needs no passphrase (`list`, `bundle`, and later the sidecar's trust bundle).
+pub struct CaDir {
+    path: PathBuf,
+    pub settings: Settings,
+    pub root: CertificateDer<'static>,
+    pub intermediate: CertificateDer<'static>,
+}
+
+/// A CA directory opened with its intermediate key: it can issue.
+pub struct Authority {
+    dir: CaDir,
+    issuer: Issuer<'static, KeyPair>,
+    /// The intermediate's notAfter: no leaf outlives its issuer.
+    issuer_not_after: OffsetDateTime,
+    store: Box<dyn Store>,
+}
+
+/// A leaf the authority has issued and recorded.
+pub struct IssuedLeaf {
+    pub id: SpiffeId,
+    pub der: CertificateDer<'static>,
+    pub serial: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+impl CaDir {
+    /// Opens an initialised CA directory, or says what is missing.
+    pub fn open(path: &Path) -> Result<Self, CaError> {
+        if !path.is_dir() {
+            return Err(CaError::CaDir(format!(
+                "{}: no such CA directory (create one with `mesh-ca init --dir {0} --trust-domain ...`)",
+                path.display()
+            )));
+        }
+        let settings_path = path.join(SETTINGS);
+        if !settings_path.exists() {
+            return Err(CaError::CaDir(format!(
+                "{}: not a CA directory ({SETTINGS} is missing; run `mesh-ca init` first)",
+                path.display()
+            )));
+        }
+        let settings = Settings::load(&settings_path)?;
+        let root = pem::read_one_cert(&path.join(ROOT_CERT))?;
+        let intermediate = pem::read_one_cert(&path.join(INTER_CERT))?;
+        Ok(Self { path: path.to_owned(), settings, root, intermediate })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens the certificate store (never creating it: a CA without one is broken).
+    pub fn store(&self) -> Result<SqliteStore, CaError> {
+        let p = self.path.join(STORE);
+        if !p.exists() {
+            return Err(CaError::CaDir(format!("{}: the certificate store is missing", p.display())));
+        }
+        Ok(SqliteStore::open(&p, false)?)
+    }
+
+    /// The trust bundle: the certificates a peer must trust, as PEM.
+    pub fn bundle_pem(&self) -> String {
+        pem::cert(&self.root)
+    }
+}
+
+impl Authority {
+    /// Creates a new trust domain in `dir`: root and intermediate keys and certificates, the
+    /// settings file and the store. Refuses an existing CA. On error, removes what it made.
+    pub fn init(dir: &Path, opts: &InitOptions, pass: Option<&Passphrase>) -> Result<CaDir, CaError> {
+        if dir.join(SETTINGS).exists() || dir.join(ROOT_CERT).exists() || dir.join(STORE).exists() {
+            return Err(CaError::CaDir(format!(
+                "{}: already holds a CA; refusing to overwrite it (use another --dir)",
+                dir.display()
+            )));
+        }
+        let created = if dir.exists() {
+            let non_empty = fs::read_dir(dir).map_err(|e| CaError::io(dir, e))?.next().is_some();
+            if non_empty {
+                return Err(CaError::CaDir(format!(
+                    "{}: exists and is not empty; init needs a new or empty directory",
+                    dir.display()
+                )));
+            }
+            false
+        } else {
+            fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| CaError::io(dir, e))?;
+            true
+        };
+        let result = init_files(dir, opts, pass);
+        if result.is_err() {
+            for name in [SETTINGS, ROOT_CERT, ROOT_KEY, INTER_CERT, INTER_KEY, STORE, "store.db-wal", "store.db-shm"]
+            {
+                let _ = fs::remove_file(dir.join(name));
+            }
+            if created {
+                let _ = fs::remove_dir_all(dir);
+            }
+        }
+        result?;
+        CaDir::open(dir)
+    }
+
+    /// Opens a CA directory for issuing: decrypts the intermediate key.
+    pub fn open(dir: CaDir, pass: Option<&Passphrase>) -> Result<Self, CaError> {
+        let key_path = dir.path.join(INTER_KEY);
+        let key = keys::read(&key_path, pass)?;
+        let inter = crate::profile::parse(&dir.intermediate)
+            .map_err(|v| CaError::bad_file(&dir.path.join(INTER_CERT), &v.to_string()))?;
+        if inter.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(CaError::bad_file(&key_path, "does not belong to intermediate.pem"));
+        }
+        let issuer_not_after = inter.validity().not_after.to_datetime();
+        let issuer = Issuer::from_ca_cert_der(&dir.intermediate, key)
+            .map_err(|e| CaError::bad_file(&dir.path.join(INTER_CERT), &format!("unusable as issuer: {e}")))?;
+        let store = Box::new(dir.store()?);
+        Ok(Self { dir, issuer, issuer_not_after, store })
+    }
+
+    pub fn dir(&self) -> &CaDir {
+        &self.dir
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.dir.settings
+    }
+
+    /// Issues and records a leaf X.509-SVID for `id` over `public_key`.
+    /// `actor` names who asked, for the audit trail.
+    pub fn issue(
+        &self,
+        id: &SpiffeId,
+        ttl: Option<Ttl>,
+        dns: &[String],
+        public_key: &impl PublicKeyData,
+        actor: &str,
+    ) -> Result<IssuedLeaf, CaError> {
+        let settings = self.settings();
+        if id.trust_domain() != &settings.trust_domain {
+            return Err(CaError::Refused(format!(
+                "{id} is not in this CA's trust domain {}",
+                settings.trust_domain
+            )));
+        }
+        let ttl = settings.leaf_ttl(ttl)?;
+        let now = OffsetDateTime::now_utc();
+        let not_before = now - NOT_BEFORE_BACKDATE;
+        let mut not_after = now + ttl.as_duration();
+        if not_after > self.issuer_not_after {
+            not_after = self.issuer_not_after;
+            if not_after - now < settings.min_leaf_ttl.as_duration() {
+                return Err(CaError::Refused(format!(
+                    "the intermediate CA expires at {}; rotate it before issuing more",
+                    self.issuer_not_after
+                )));
+            }
+        }
+        let serial = crate::random::serial()?;
+        let mut params = CertificateParams::default();
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        params.not_before = not_before;
+        params.not_after = not_after;
+        params.distinguished_name = leaf_subject(id);
+        params.subject_alt_names = vec![SanType::URI(ia5(&id.to_string())?)];
+        for name in dns {
+            check_dns_name(name)?;
+            params.subject_alt_names.push(SanType::DnsName(ia5(name)?));
+        }
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages =
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(public_key, &self.issuer)
+            .map_err(|e| CaError::Crypto(format!("signing the leaf: {e}")))?;
+        let serial = crate::random::hex(&serial);
+        self.store.record_issued(
+            &CertRecord {
+                serial: serial.clone(),
+                kind: CertKind::Leaf,
+                spiffe_id: id.to_string(),
+                not_before: not_before.unix_timestamp(),
+                not_after: not_after.unix_timestamp(),
+                status: CertStatus::Active,
+            },
+            actor,
+        )?;
+        Ok(IssuedLeaf { id: id.clone(), der: cert.der().clone(), serial, not_before, not_after })
+    }
+
+    /// The chain a workload presents: leaf, then the intermediate.
+    pub fn chain_pem(&self, leaf: &CertificateDer<'_>) -> String {
+        pem::cert(leaf) + &pem::cert(&self.dir.intermediate)
+    }
+}
+
+fn ia5(s: &str) -> Result<rcgen::string::Ia5String, CaError> {
+    s.try_into().map_err(|_| CaError::Refused(format!("{s:?} is not ASCII")))
+}
+
+/// DNS SANs are optional extras (SPIFFE allows them beside the URI SAN) for clients that
+/// check host names. Lowercase labels only; no wildcards: a workload has one identity.
+fn check_dns_name(name: &str) -> Result<(), CaError> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(CaError::Refused(format!(
+            "--dns {name:?} is not a lowercase DNS name (labels of a-z, 0-9 and '-', no wildcards)"
+        )))
+    }
+}
+
+fn leaf_subject(id: &SpiffeId) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, id.trust_domain().as_str());
+    dn.push(DnType::OrganizationalUnitName, id.zone().as_str());
+    dn.push(DnType::CommonName, id.workload().as_str());
+    dn
+}
+
+fn ca_params(td: &TrustDomain, cn: &str, ttl: Ttl, path_len: u8) -> Result<CertificateParams, CaError> {
+    let now = OffsetDateTime::now_utc();
+    let mut params = CertificateParams::default();
+    params.serial_number = Some(SerialNumber::from_slice(&crate::random::serial()?));
+    params.not_before = now - NOT_BEFORE_BACKDATE;
+    params.not_after = now + ttl.as_duration();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, td.as_str());
+    dn.push(DnType::CommonName, cn);
+    params.distinguished_name = dn;
+    params.subject_alt_names = vec![SanType::URI(ia5(&td.id_uri())?)];
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.use_authority_key_identifier_extension = path_len == 0;
+    Ok(params)
+}
+
+fn ca_record(der: &CertificateDer<'_>, kind: CertKind, td: &TrustDomain) -> Result<CertRecord, CaError> {
+    let cert = crate::profile::parse(der).map_err(|v| CaError::Crypto(v.to_string()))?;
+    Ok(CertRecord {
+        serial: crate::random::hex(cert.raw_serial()),
+        kind,
+        spiffe_id: td.id_uri(),
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+        status: CertStatus::Active,
+    })
+}
+
+fn init_files(dir: &Path, opts: &InitOptions, pass: Option<&Passphrase>) -> Result<(), CaError> {
+    let td = &opts.settings.trust_domain;
+    if opts.intermediate_ttl > opts.root_ttl {
+        return Err(CaError::Refused("--intermediate-ttl must not exceed --root-ttl".into()));
+    }
+    let root_key = keys::generate()?;
+    let root_params = ca_params(td, &format!("{td} zt-mesh root CA"), opts.root_ttl, 1)?;
+    let root = root_params.self_signed(&root_key).map_err(|e| CaError::Crypto(format!("root: {e}")))?;
+    let root_issuer = Issuer::new(root_params, &root_key);
+    let inter_key = keys::generate()?;
+    let inter = ca_params(td, &format!("{td} zt-mesh intermediate CA"), opts.intermediate_ttl, 0)?
+        .signed_by(&inter_key, &root_issuer)
+        .map_err(|e| CaError::Crypto(format!("intermediate: {e}")))?;
+
+    let store = SqliteStore::open(&dir.join(STORE), true)?;
+    store.record_issued(&ca_record(root.der(), CertKind::Root, td)?, "init")?;
+    store.record_issued(&ca_record(inter.der(), CertKind::Intermediate, td)?, "init")?;
+    drop(store);
+
+    let root_key_pem = keys::to_pem(&root_key, pass)?;
+    let inter_key_pem = keys::to_pem(&inter_key, pass)?;
+    fsutil::write_all_or_nothing(
+        dir,
+        &[
+            OutFile { name: ROOT_CERT, contents: root.pem().as_bytes(), mode: 0o644 },
+            OutFile { name: INTER_CERT, contents: inter.pem().as_bytes(), mode: 0o644 },
+            OutFile { name: ROOT_KEY, contents: root_key_pem.as_bytes(), mode: 0o600 },
+            OutFile { name: INTER_KEY, contents: inter_key_pem.as_bytes(), mode: 0o600 },
+        ],
+    )?;
+    // Written last: its presence is what marks the directory as a complete CA.
+    fsutil::write_new(&dir.join(SETTINGS), opts.settings.to_toml().as_bytes(), 0o644)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile;
+
+    fn new_ca(dir: &Path) -> Authority {
+        let td: TrustDomain = "example.org".parse().expect("td");
+        let settings = Settings::new(td, Ttl::from_secs(60), Ttl::from_secs(86400), Ttl::from_secs(3600))
+            .expect("settings");
+        let opts = InitOptions { settings, root_ttl: Ttl::from_secs(86400 * 3650), intermediate_ttl: Ttl::from_secs(86400 * 365) };
+        let ca = Authority::init(dir, &opts, None).expect("init");
+        Authority::open(ca, None).expect("open")
+    }
+
+    #[test]
+    fn issues_profiled_unique_leaves_and_records_them() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let ca = new_ca(&tmp.path().join("ca"));
+        assert!(profile::check_ca(&ca.dir().root, None).is_empty());
+        assert!(profile::check_ca(&ca.dir().intermediate, None).is_empty());
+        let id: SpiffeId = "spiffe://example.org/ns/payments/sa/charge".parse().expect("id");
+        let key = keys::generate().expect("key");
+        let mut serials = std::collections::HashSet::new();
+        // Thousands of issuances: serials never repeat (the store would refuse a repeat too).
+        for _ in 0..2000 {
+            let leaf = ca.issue(&id, None, &[], &key, "test").expect("issue");
+            assert!(serials.insert(leaf.serial));
+        }
+        let leaf = ca.issue(&id, Some(Ttl::from_secs(120)), &["charge.local".into()], &key, "test").expect("issue");
+        let report = profile::check_leaf(&leaf.der, Some(id.trust_domain()));
+        assert!(report.violations.is_empty(), "{:?}", report.violations);
+        assert_eq!(report.id.as_ref(), Some(&id));
+        assert_eq!((leaf.not_after - leaf.not_before).whole_seconds(), 180);
+        assert_eq!(ca.dir().store().expect("store").certificates().expect("list").len(), 2 + 2001);
+    }
+
+    #[test]
+    fn refuses_out_of_range_ttl_foreign_domain_and_bad_dns() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let ca = new_ca(&tmp.path().join("ca"));
+        let key = keys::generate().expect("key");
+        let id: SpiffeId = "spiffe://example.org/ns/a/sa/b".parse().expect("id");
+        let other: SpiffeId = "spiffe://other.org/ns/a/sa/b".parse().expect("id");
+        assert!(matches!(ca.issue(&id, Some(Ttl::from_secs(59)), &[], &key, "t"), Err(CaError::Refused(_))));
+        assert!(matches!(ca.issue(&id, Some(Ttl::from_secs(86401)), &[], &key, "t"), Err(CaError::Refused(_))));
+        assert!(matches!(ca.issue(&other, None, &[], &key, "t"), Err(CaError::Refused(_))));
+        assert!(matches!(ca.issue(&id, None, &["*.x.org".into()], &key, "t"), Err(CaError::Refused(_))));
+        assert_eq!(ca.dir().store().expect("store").certificates().expect("list").len(), 2);
+    }
+
+    #[test]
+    fn init_refuses_an_existing_ca() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("ca");
+        let _ca = new_ca(&dir);
+        let before = fs::read(dir.join(ROOT_CERT)).expect("root");
+        let td: TrustDomain = "example.org".parse().expect("td");
+        let settings = Settings::new(td, Ttl::from_secs(60), Ttl::from_secs(86400), Ttl::from_secs(3600))
+            .expect("settings");
+        let opts = InitOptions { settings, root_ttl: Ttl::from_secs(86400), intermediate_ttl: Ttl::from_secs(3600) };
+        assert!(matches!(Authority::init(&dir, &opts, None), Err(CaError::CaDir(_))));
+        assert_eq!(fs::read(dir.join(ROOT_CERT)).expect("root"), before);
+    }
+}

@@ -1,0 +1,20 @@
+//! mesh-ca: the zt-mesh certificate authority, and the workload identity machinery that both
+//! the CA and the sidecar need (SVID profile checks, key handling, PEM).
+//!
+//! The `mesh-ca` binary is a thin CLI over [`authority::Authority`]; the sidecar links this
+//! crate for [`profile`] and [`pem`].
+
+pub mod authority;
+pub mod bundle;
+pub mod error;
+pub mod fsutil;
+pub mod inspect;
+pub mod keys;
+pub mod pem;
+pub mod profile;
+pub mod random;
+pub mod settings;
+pub mod store;
+
+pub use authority::{Authority, CaDir, InitOptions, IssuedLeaf};
+pub use error::CaError;
