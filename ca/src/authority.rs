@@ -138,7 +138,8 @@ impl Authority {
         };
         let result = init_files(dir, opts, pass);
         if result.is_err() {
-            for name in [SETTINGS, ROOT_CERT, ROOT_KEY, INTER_CERT, INTER_KEY, STORE, "store.db-wal", "store.db-shm"]
+            for name in
+                [SETTINGS, ROOT_CERT, ROOT_KEY, INTER_CERT, INTER_KEY, STORE, "store.db-wal", "store.db-shm"]
             {
                 let _ = fs::remove_file(dir.join(name));
             }
@@ -160,8 +161,9 @@ impl Authority {
             return Err(CaError::bad_file(&key_path, "does not belong to intermediate.pem"));
         }
         let issuer_not_after = inter.validity().not_after.to_datetime();
-        let issuer = Issuer::from_ca_cert_der(&dir.intermediate, key)
-            .map_err(|e| CaError::bad_file(&dir.path.join(INTER_CERT), &format!("unusable as issuer: {e}")))?;
+        let issuer = Issuer::from_ca_cert_der(&dir.intermediate, key).map_err(|e| {
+            CaError::bad_file(&dir.path.join(INTER_CERT), &format!("unusable as issuer: {e}"))
+        })?;
         let store = Box::new(dir.store()?);
         Ok(Self { dir, issuer, issuer_not_after, store })
     }
@@ -349,7 +351,11 @@ mod tests {
         let td: TrustDomain = "example.org".parse().expect("td");
         let settings = Settings::new(td, Ttl::from_secs(60), Ttl::from_secs(86400), Ttl::from_secs(3600))
             .expect("settings");
-        let opts = InitOptions { settings, root_ttl: Ttl::from_secs(86400 * 3650), intermediate_ttl: Ttl::from_secs(86400 * 365) };
+        let opts = InitOptions {
+            settings,
+            root_ttl: Ttl::from_secs(86400 * 3650),
+            intermediate_ttl: Ttl::from_secs(86400 * 365),
+        };
         let ca = Authority::init(dir, &opts, None).expect("init");
         Authority::open(ca, None).expect("open")
     }
@@ -368,7 +374,8 @@ mod tests {
             let leaf = ca.issue(&id, None, &[], &key, "test").expect("issue");
             assert!(serials.insert(leaf.serial));
         }
-        let leaf = ca.issue(&id, Some(Ttl::from_secs(120)), &["charge.local".into()], &key, "test").expect("issue");
+        let leaf =
+            ca.issue(&id, Some(Ttl::from_secs(120)), &["charge.local".into()], &key, "test").expect("issue");
         let report = profile::check_leaf(&leaf.der, Some(id.trust_domain()));
         assert!(report.violations.is_empty(), "{:?}", report.violations);
         assert_eq!(report.id.as_ref(), Some(&id));
@@ -384,7 +391,10 @@ mod tests {
         let id: SpiffeId = "spiffe://example.org/ns/a/sa/b".parse().expect("id");
         let other: SpiffeId = "spiffe://other.org/ns/a/sa/b".parse().expect("id");
         assert!(matches!(ca.issue(&id, Some(Ttl::from_secs(59)), &[], &key, "t"), Err(CaError::Refused(_))));
-        assert!(matches!(ca.issue(&id, Some(Ttl::from_secs(86401)), &[], &key, "t"), Err(CaError::Refused(_))));
+        assert!(matches!(
+            ca.issue(&id, Some(Ttl::from_secs(86401)), &[], &key, "t"),
+            Err(CaError::Refused(_))
+        ));
         assert!(matches!(ca.issue(&other, None, &[], &key, "t"), Err(CaError::Refused(_))));
         assert!(matches!(ca.issue(&id, None, &["*.x.org".into()], &key, "t"), Err(CaError::Refused(_))));
         assert_eq!(ca.dir().store().expect("store").certificates().expect("list").len(), 2);
@@ -399,7 +409,8 @@ mod tests {
         let td: TrustDomain = "example.org".parse().expect("td");
         let settings = Settings::new(td, Ttl::from_secs(60), Ttl::from_secs(86400), Ttl::from_secs(3600))
             .expect("settings");
-        let opts = InitOptions { settings, root_ttl: Ttl::from_secs(86400), intermediate_ttl: Ttl::from_secs(3600) };
+        let opts =
+            InitOptions { settings, root_ttl: Ttl::from_secs(86400), intermediate_ttl: Ttl::from_secs(3600) };
         assert!(matches!(Authority::init(&dir, &opts, None), Err(CaError::CaDir(_))));
         assert_eq!(fs::read(dir.join(ROOT_CERT)).expect("root"), before);
     }

@@ -1,0 +1,150 @@
+//! `mesh-ca inspect`: what a certificate says (identity, validity, issuer) and whether it
+//! keeps the X.509-SVID profile, for certificates made by us or anyone else.
+
+use std::fmt::Write as _;
+
+use rustls_pki_types::CertificateDer;
+use serde::Serialize;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::profile::{self, Violation};
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub spiffe_id: Option<String>,
+    pub trust_domain: Option<String>,
+    pub zone: Option<String>,
+    pub workload: Option<String>,
+    pub serial: String,
+    pub subject: String,
+    pub issuer: String,
+    pub not_before: String,
+    pub not_after: String,
+    /// Negative once expired.
+    pub seconds_left: i64,
+    pub is_ca: bool,
+    /// Subjects of the certificates after the first in the file (the chain it carries).
+    pub chain: Vec<String>,
+    pub profile: ProfileReport,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProfileReport {
+    pub ok: bool,
+    pub checked_as: &'static str,
+    pub violations: Vec<ViolationJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ViolationJson {
+    pub rule: &'static str,
+    pub message: String,
+}
+
+impl From<Violation> for ViolationJson {
+    fn from(v: Violation) -> Self {
+        Self { rule: v.rule, message: v.message }
+    }
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
+}
+
+/// Inspects the first certificate of `certs`; the rest are listed as its chain.
+pub fn inspect(certs: &[CertificateDer<'_>]) -> Result<Report, Violation> {
+    let first = certs.first().ok_or_else(|| Violation { rule: "der", message: "no certificate".into() })?;
+    let cert = profile::parse(first)?;
+    let is_ca = cert.is_ca();
+    let (id, violations, checked_as) = if is_ca {
+        let v = profile::check_ca_parsed(&cert, None);
+        let id = cert.subject_alternative_name().ok().flatten().and_then(|san| {
+            san.value.general_names.iter().find_map(|n| match n {
+                x509_parser::extensions::GeneralName::URI(u) => Some(profile::truncate(u).to_owned()),
+                _ => None,
+            })
+        });
+        (id.map(|s| (s, None)), v, "ca")
+    } else {
+        let r = profile::check_leaf_parsed(&cert, None);
+        (r.id.map(|id| (id.to_string(), Some(id))), r.violations, "leaf")
+    };
+    let (spiffe_id, parsed) = match id {
+        Some((s, p)) => (Some(s), p),
+        None => (None, None),
+    };
+    let validity = cert.validity();
+    let not_after = validity.not_after.to_datetime();
+    let chain = certs[1..]
+        .iter()
+        .map(|d| profile::parse(d).map(|c| c.subject().to_string()).unwrap_or_else(|v| v.to_string()))
+        .collect();
+    Ok(Report {
+        trust_domain: parsed
+            .as_ref()
+            .map(|p| p.trust_domain().to_string())
+            .or_else(|| spiffe_id.as_deref().and_then(|s| s.strip_prefix("spiffe://")).map(|s| s.to_owned())),
+        zone: parsed.as_ref().map(|p| p.zone().to_string()),
+        workload: parsed.as_ref().map(|p| p.workload().to_string()),
+        spiffe_id,
+        serial: crate::random::hex(cert.raw_serial()),
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        not_before: rfc3339(validity.not_before.to_datetime()),
+        not_after: rfc3339(not_after),
+        seconds_left: (not_after - OffsetDateTime::now_utc()).whole_seconds(),
+        is_ca,
+        chain,
+        profile: ProfileReport {
+            ok: violations.is_empty(),
+            checked_as,
+            violations: violations.into_iter().map(Into::into).collect(),
+        },
+    })
+}
+
+impl Report {
+    /// The human form: aligned `key: value` lines, then the profile verdict.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let none = "-".to_string();
+        let left = if self.seconds_left >= 0 {
+            humantime::format_duration(std::time::Duration::from_secs(self.seconds_left as u64)).to_string()
+        } else {
+            format!(
+                "EXPIRED {} ago",
+                humantime::format_duration(std::time::Duration::from_secs(self.seconds_left.unsigned_abs()))
+            )
+        };
+        let rows = [
+            ("SPIFFE ID", self.spiffe_id.as_ref().unwrap_or(&none)),
+            ("trust domain", self.trust_domain.as_ref().unwrap_or(&none)),
+            ("zone", self.zone.as_ref().unwrap_or(&none)),
+            ("workload", self.workload.as_ref().unwrap_or(&none)),
+            ("serial", &self.serial),
+            ("subject", &self.subject),
+            ("issuer", &self.issuer),
+            ("not before", &self.not_before),
+            ("not after", &self.not_after),
+            ("time left", &left),
+            ("CA", &self.is_ca.to_string()),
+        ];
+        for (k, v) in rows {
+            let _ = writeln!(s, "{k:>13}: {v}");
+        }
+        for (i, c) in self.chain.iter().enumerate() {
+            let _ = writeln!(s, "{:>13}: {c}", format!("chain[{}]", i + 1));
+        }
+        if self.profile.ok {
+            let _ = writeln!(s, "{:>13}: ok (X.509-SVID {} profile)", "profile", self.profile.checked_as);
+        } else {
+            let _ =
+                writeln!(s, "{:>13}: VIOLATED (X.509-SVID {} profile)", "profile", self.profile.checked_as);
+            for v in &self.profile.violations {
+                let _ = writeln!(s, "{:>13}  - {}: {}", "", v.rule, v.message);
+            }
+        }
+        s
+    }
+}

@@ -43,7 +43,9 @@ impl Passphrase {
             return Err(CaError::Passphrase(format!("the passphrase from {source} is empty")));
         }
         if raw.len() > MAX_PASSPHRASE_LEN {
-            return Err(CaError::Passphrase(format!("the passphrase from {source} is longer than 4096 bytes")));
+            return Err(CaError::Passphrase(format!(
+                "the passphrase from {source} is longer than 4096 bytes"
+            )));
         }
         Ok(Self(raw))
     }
@@ -57,7 +59,8 @@ impl fmt::Debug for Passphrase {
 
 /// Generates a fresh ECDSA P-256 key, the only algorithm the mesh issues for.
 pub fn generate() -> Result<KeyPair, CaError> {
-    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| CaError::Crypto(format!("key generation: {e}")))
+    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| CaError::Crypto(format!("key generation: {e}")))
 }
 
 /// PEM of the key, encrypted with `pass` when given, plain PKCS#8 otherwise.
@@ -102,14 +105,20 @@ pub fn read(path: &Path, pass: Option<&Passphrase>) -> Result<KeyPair, CaError> 
             let info = EncryptedPrivateKeyInfo::try_from(der.as_slice())
                 .map_err(|_| CaError::bad_file(path, "is not an encrypted PKCS#8 key"))?;
             let doc = info.decrypt(&pass.0).map_err(|_| {
-                CaError::Passphrase(format!("wrong passphrase for {} (or the key file is damaged)", path.display()))
+                CaError::Passphrase(format!(
+                    "wrong passphrase for {} (or the key file is damaged)",
+                    path.display()
+                ))
             })?;
             doc.as_bytes().to_vec()
         }
         "PRIVATE KEY" => der,
-        other => return Err(CaError::bad_file(path, &format!("holds a {other:?}, not a PKCS#8 private key"))),
+        other => {
+            return Err(CaError::bad_file(path, &format!("holds a {other:?}, not a PKCS#8 private key")))
+        }
     };
-    KeyPair::try_from(plain).map_err(|_| CaError::bad_file(path, "holds a key that is not ECDSA P-256 PKCS#8"))
+    KeyPair::try_from(plain)
+        .map_err(|_| CaError::bad_file(path, "holds a key that is not ECDSA P-256 PKCS#8"))
 }
 
 #[cfg(test)]

@@ -1,1 +1,354 @@
-fn main() {}
+//! `mesh-ca`: the command line of the zt-mesh certificate authority. Thin: parses flags into
+//! typed values, calls the library, prints, and maps errors to exit codes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use mesh_ca::authority::{Authority, CaDir, InitOptions};
+use mesh_ca::fsutil::OutFile;
+use mesh_ca::keys::{self, Passphrase};
+use mesh_ca::settings::Settings;
+use mesh_ca::store::{CertKind, CertStatus, Store};
+use mesh_ca::{bundle, inspect, pem, CaError};
+use mesh_config::{SpiffeId, TrustDomain, Ttl, Workload, Zone};
+use serde::Serialize;
+
+const PASSPHRASE_ENV: &str = "MESH_CA_PASSPHRASE";
+
+#[derive(Parser)]
+#[command(
+    name = "mesh-ca",
+    version,
+    about = "The zt-mesh certificate authority: short-lived SPIFFE workload certificates",
+    after_help = "Example (a first certificate in three commands):
+  export MESH_CA_PASSPHRASE='a long secret'
+  mesh-ca init  --dir ./ca --trust-domain example.org
+  mesh-ca issue --dir ./ca --zone payments --workload charge --out ./certs/charge
+  mesh-ca inspect ./certs/charge/cert.pem
+
+Exit codes: 0 ok, 1 refused by the CA's rules or a profile violation, 2 bad usage,
+3 passphrase missing or wrong, 4 CA directory missing or already initialised,
+5 file error, 6 certificate store error, 7 crypto error."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a trust domain: root and intermediate CA, settings and certificate store.
+    #[command(after_help = "Example:
+  MESH_CA_PASSPHRASE='a long secret' mesh-ca init --dir ./ca --trust-domain example.org
+
+Writes into DIR (created with mode 0700): root.pem, intermediate.pem, root.key.pem and
+intermediate.key.pem (encrypted PKCS#8, mode 0600), ca.toml (settings) and store.db.
+Keys are encrypted with the passphrase from MESH_CA_PASSPHRASE or --passphrase-file;
+without one, init refuses unless --insecure-no-passphrase is given.")]
+    Init(InitArgs),
+    /// Issue a workload certificate (X.509-SVID) and its private key into a directory.
+    #[command(after_help = "Example:
+  mesh-ca issue --dir ./ca --zone payments --workload charge --ttl 1h --out ./certs/charge
+
+Writes OUTDIR/cert.pem (leaf then intermediate), OUTDIR/key.pem (mode 0600) and
+OUTDIR/bundle.pem (the trust anchors), all or nothing. The identity is
+spiffe://<trust-domain>/ns/<zone>/sa/<workload>.")]
+    Issue(IssueArgs),
+    /// Print the trust bundle (the root certificates peers must trust).
+    #[command(after_help = "Examples:
+  mesh-ca bundle --dir ./ca > bundle.pem
+  mesh-ca bundle --dir ./ca --format spiffe > bundle.json   # SPIFFE bundle (JWKS)")]
+    Bundle(BundleArgs),
+    /// Show a certificate's identity and validity, and check the X.509-SVID profile.
+    #[command(after_help = "Examples:
+  mesh-ca inspect ./certs/charge/cert.pem
+  mesh-ca inspect --json ./certs/charge/cert.pem | jq .profile
+
+Works on any PEM or DER certificate, including ones made elsewhere. Exits 1 when the
+certificate breaks the profile, and names each broken rule.")]
+    Inspect(InspectArgs),
+    /// List what the CA's store knows: every certificate issued and its status.
+    #[command(after_help = "Examples:
+  mesh-ca list --dir ./ca
+  mesh-ca list --dir ./ca --json")]
+    List(ListArgs),
+}
+
+#[derive(Args)]
+struct PassArgs {
+    /// File holding the CA key passphrase (first line). Default: $MESH_CA_PASSPHRASE.
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct InitArgs {
+    /// Directory to create the CA in (new or empty).
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// The SPIFFE trust domain, e.g. example.org.
+    #[arg(long, value_name = "TD")]
+    trust_domain: TrustDomain,
+    #[command(flatten)]
+    pass: PassArgs,
+    /// Write the CA keys unencrypted. Only for throwaway test CAs.
+    #[arg(long)]
+    insecure_no_passphrase: bool,
+    /// Lifetime of the root CA certificate.
+    #[arg(long, default_value = "87600h", value_name = "TTL")]
+    root_ttl: Ttl,
+    /// Lifetime of the intermediate (issuing) CA certificate.
+    #[arg(long, default_value = "8760h", value_name = "TTL")]
+    intermediate_ttl: Ttl,
+    /// Shortest leaf TTL this CA issues (not below 1m).
+    #[arg(long, default_value = "1m", value_name = "TTL")]
+    min_leaf_ttl: Ttl,
+    /// Longest leaf TTL this CA issues (not above 24h).
+    #[arg(long, default_value = "24h", value_name = "TTL")]
+    max_leaf_ttl: Ttl,
+    /// Leaf TTL when `issue` is not given --ttl.
+    #[arg(long, default_value = "1h", value_name = "TTL")]
+    default_leaf_ttl: Ttl,
+}
+
+#[derive(Args)]
+struct IssueArgs {
+    /// The CA directory made by `mesh-ca init`.
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// Zone of the workload (a lowercase DNS label), e.g. payments.
+    #[arg(long, value_name = "ZONE")]
+    zone: Zone,
+    /// Workload name within the zone (a lowercase DNS label), e.g. charge.
+    #[arg(long, value_name = "NAME")]
+    workload: Workload,
+    /// Certificate lifetime, e.g. 15m or 1h. Default: the CA's default (1h).
+    #[arg(long, value_name = "TTL")]
+    ttl: Option<Ttl>,
+    /// Extra DNS name to put beside the SPIFFE ID (repeatable).
+    #[arg(long = "dns", value_name = "NAME")]
+    dns: Vec<String>,
+    /// Directory to write cert.pem, key.pem and bundle.pem into.
+    #[arg(long, value_name = "OUTDIR")]
+    out: PathBuf,
+    #[command(flatten)]
+    pass: PassArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BundleFormat {
+    /// PEM certificates.
+    Pem,
+    /// SPIFFE bundle: a JWK Set with use "x509-svid".
+    Spiffe,
+}
+
+#[derive(Args)]
+struct BundleArgs {
+    /// The CA directory.
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    #[arg(long, value_enum, default_value = "pem")]
+    format: BundleFormat,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// A PEM (one or more certificates) or DER certificate file.
+    file: PathBuf,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ListArgs {
+    /// The CA directory.
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Init(a) => init(a),
+        Command::Issue(a) => issue(a),
+        Command::Bundle(a) => bundle_cmd(a),
+        Command::Inspect(a) => inspect_cmd(a),
+        Command::List(a) => list(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mesh-ca: error: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+/// The passphrase from --passphrase-file, else from the environment, else none.
+fn passphrase(args: &PassArgs) -> Result<Option<Passphrase>, CaError> {
+    if let Some(path) = &args.passphrase_file {
+        return Passphrase::from_file(path).map(Some).map_err(|e| match e {
+            CaError::Io { path, source } => {
+                CaError::Passphrase(format!("--passphrase-file {}: {source}", path.display()))
+            }
+            other => other,
+        });
+    }
+    match std::env::var_os(PASSPHRASE_ENV) {
+        Some(v) => Passphrase::from_bytes(v.into_encoded_bytes(), PASSPHRASE_ENV).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn init(a: InitArgs) -> Result<ExitCode, CaError> {
+    let pass = passphrase(&a.pass)?;
+    if pass.is_none() && !a.insecure_no_passphrase {
+        return Err(CaError::Passphrase(format!(
+            "no passphrase for the CA keys: set {PASSPHRASE_ENV} or --passphrase-file \
+             (or --insecure-no-passphrase for a throwaway CA)"
+        )));
+    }
+    let settings = Settings::new(a.trust_domain, a.min_leaf_ttl, a.max_leaf_ttl, a.default_leaf_ttl)?;
+    let opts = InitOptions { settings, root_ttl: a.root_ttl, intermediate_ttl: a.intermediate_ttl };
+    let ca = Authority::init(&a.dir, &opts, pass.as_ref())?;
+    let keys_note = if pass.is_some() { "encrypted" } else { "UNENCRYPTED (--insecure-no-passphrase)" };
+    println!(
+        "created trust domain {} in {} (root and intermediate CA, keys {keys_note})",
+        ca.settings.trust_domain,
+        ca.path().display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn issue(a: IssueArgs) -> Result<ExitCode, CaError> {
+    let dir = CaDir::open(&a.dir)?;
+    let pass = passphrase(&a.pass)?;
+    let ca = Authority::open(dir, pass.as_ref())?;
+    let id = SpiffeId::new(ca.settings().trust_domain.clone(), a.zone, a.workload);
+    check_out_dir(&a.out)?;
+    let key = keys::generate()?;
+    let leaf = ca.issue(&id, a.ttl, &a.dns, &key, "cli")?;
+    let chain = ca.chain_pem(&leaf.der);
+    let key_pem = keys::to_pem(&key, None)?;
+    let bundle = ca.dir().bundle_pem();
+    mesh_ca::fsutil::write_all_or_nothing(
+        &a.out,
+        &[
+            OutFile { name: "key.pem", contents: key_pem.as_bytes(), mode: 0o600 },
+            OutFile { name: "bundle.pem", contents: bundle.as_bytes(), mode: 0o644 },
+            OutFile { name: "cert.pem", contents: chain.as_bytes(), mode: 0o644 },
+        ],
+    )?;
+    println!(
+        "issued {} serial {} valid until {} -> {}",
+        leaf.id,
+        leaf.serial,
+        leaf.not_after.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        a.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses an output path that is a file, before anything is signed or recorded.
+fn check_out_dir(out: &Path) -> Result<(), CaError> {
+    if out.exists() && !out.is_dir() {
+        return Err(CaError::Refused(format!("--out {}: exists and is not a directory", out.display())));
+    }
+    Ok(())
+}
+
+fn bundle_cmd(a: BundleArgs) -> Result<ExitCode, CaError> {
+    let dir = CaDir::open(&a.dir)?;
+    let text = match a.format {
+        BundleFormat::Pem => dir.bundle_pem(),
+        BundleFormat::Spiffe => bundle::spiffe_json(std::slice::from_ref(&dir.root), 1)? + "\n",
+    };
+    print_out(&text);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn inspect_cmd(a: InspectArgs) -> Result<ExitCode, CaError> {
+    let raw = mesh_ca::fsutil::read_bounded(&a.file, pem::MAX_CERT_FILE_LEN)?;
+    let certs = if raw.starts_with(b"-----") || raw.iter().take(64).all(|b| b.is_ascii()) {
+        pem::parse_certs(&raw).map_err(|what| CaError::bad_file(&a.file, &what))?
+    } else {
+        vec![rustls_pki_types::CertificateDer::from(raw)]
+    };
+    let report = inspect::inspect(&certs).map_err(|v| CaError::bad_file(&a.file, &v.to_string()))?;
+    if a.json {
+        print_out(&(serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"));
+    } else {
+        print_out(&report.to_text());
+    }
+    Ok(if report.profile.ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+#[derive(Serialize)]
+struct ListJson {
+    certificates: Vec<CertJson>,
+}
+
+#[derive(Serialize)]
+struct CertJson {
+    serial: String,
+    kind: &'static str,
+    spiffe_id: String,
+    not_before: i64,
+    not_after: i64,
+    status: &'static str,
+}
+
+fn list(a: ListArgs) -> Result<ExitCode, CaError> {
+    let dir = CaDir::open(&a.dir)?;
+    let certs = dir.store()?.certificates()?;
+    let rows: Vec<CertJson> = certs
+        .into_iter()
+        .map(|c| CertJson {
+            serial: c.serial,
+            kind: match c.kind {
+                CertKind::Root => "root",
+                CertKind::Intermediate => "intermediate",
+                CertKind::Leaf => "leaf",
+            },
+            spiffe_id: c.spiffe_id,
+            not_before: c.not_before,
+            not_after: c.not_after,
+            status: match c.status {
+                CertStatus::Active => "active",
+                CertStatus::Revoked => "revoked",
+            },
+        })
+        .collect();
+    if a.json {
+        let out = serde_json::to_string_pretty(&ListJson { certificates: rows }).unwrap_or_default();
+        print_out(&(out + "\n"));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut out =
+        format!("{:<32}  {:<12}  {:<8}  {:<20}  SPIFFE ID\n", "SERIAL", "KIND", "STATUS", "EXPIRES");
+    for r in &rows {
+        let status = if r.status == "active" && r.not_after < now { "expired" } else { r.status };
+        let expires = time::OffsetDateTime::from_unix_timestamp(r.not_after)
+            .ok()
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .unwrap_or_default();
+        out +=
+            &format!("{:<32}  {:<12}  {:<8}  {:<20}  {}\n", r.serial, r.kind, status, expires, r.spiffe_id);
+    }
+    out += &format!("{} certificate(s)\n", rows.len());
+    print_out(&out);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes to stdout, ignoring a closed pipe (`mesh-ca list | head`).
+fn print_out(s: &str) {
+    let _ = std::io::stdout().write_all(s.as_bytes());
+}

@@ -149,7 +149,9 @@ pub fn check_leaf_parsed(cert: &X509Certificate<'_>, expected_td: Option<&TrustD
     match cert.extended_key_usage() {
         Ok(Some(eku)) if eku.value.server_auth && eku.value.client_auth => {}
         Ok(Some(_)) => out.push(v("extended-key-usage", "extKeyUsage lacks serverAuth or clientAuth")),
-        Ok(None) => out.push(v("extended-key-usage", "extKeyUsage is missing (needs serverAuth and clientAuth)")),
+        Ok(None) => {
+            out.push(v("extended-key-usage", "extKeyUsage is missing (needs serverAuth and clientAuth)"))
+        }
         Err(e) => out.push(v("extended-key-usage", format!("malformed or duplicated: {e}"))),
     }
     if significant_serial_len(cert.raw_serial()) < MIN_SERIAL_BYTES {
@@ -193,7 +195,10 @@ pub fn check_ca_parsed(cert: &X509Certificate<'_>, expected_td: Option<&TrustDom
                 match parse_spiffe_uri(uri) {
                     Ok((td, path)) if path.is_empty() => {
                         if expected_td.is_some_and(|want| *want != td) {
-                            out.push(v("trust-domain", format!("CA trust domain {td} is not the expected one")));
+                            out.push(v(
+                                "trust-domain",
+                                format!("CA trust domain {td} is not the expected one"),
+                            ));
                         }
                     }
                     Ok(_) => out.push(v("ca-spiffe-id", "a CA's SPIFFE ID has no path (spiffe://<td>)")),

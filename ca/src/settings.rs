@@ -80,10 +80,8 @@ impl Settings {
         let parse_ttl = |key: &str, v: &str| {
             v.parse::<Ttl>().map_err(|e| CaError::bad_file(path, &format!("{key}: {e}")))
         };
-        let td = file
-            .trust_domain
-            .parse()
-            .map_err(|e| CaError::bad_file(path, &format!("trust_domain {e}")))?;
+        let td =
+            file.trust_domain.parse().map_err(|e| CaError::bad_file(path, &format!("trust_domain {e}")))?;
         Self::new(
             td,
             parse_ttl("min_leaf_ttl", &file.min_leaf_ttl)?,

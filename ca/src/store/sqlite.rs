@@ -146,7 +146,9 @@ impl Store for SqliteStore {
             let status = match status.as_str() {
                 "active" => CertStatus::Active,
                 "revoked" => CertStatus::Revoked,
-                other => return Err(StoreError::Corrupt(format!("certificate {serial} has status {other:?}"))),
+                other => {
+                    return Err(StoreError::Corrupt(format!("certificate {serial} has status {other:?}")))
+                }
             };
             out.push(CertRecord { serial, kind, spiffe_id, not_before, not_after, status });
         }
