@@ -53,7 +53,7 @@ fn v(rule: &'static str, message: impl Into<String>) -> Violation {
 /// Parses DER, reporting an unparsable certificate as a violation rather than an error.
 pub fn parse(der: &[u8]) -> Result<X509Certificate<'_>, Violation> {
     match X509Certificate::from_der(der) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok(([], cert)) => Ok(cert),
         Ok(_) => Err(v("der", "trailing bytes after the certificate")),
         Err(e) => Err(v("der", format!("not a parsable X.509 certificate: {e}"))),
     }

@@ -198,9 +198,8 @@ pub fn parse_spiffe_uri(s: &str) -> Result<(TrustDomain, Vec<&str>), IdError> {
             if seg == "." || seg == ".." {
                 return Err(IdError::DotSegment);
             }
-            if let Some(found) = seg
-                .chars()
-                .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+            if let Some(found) =
+                seg.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
             {
                 return Err(IdError::BadPathChar { found });
             }

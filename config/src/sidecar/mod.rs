@@ -1,0 +1,203 @@
+//! sidecar.toml parsed into a typed [`SidecarConfig`]: where the identity comes from, which
+//! listeners to open, where events go, and the limits that bound every connection.
+//!
+//! Relative paths are resolved against the config file's directory, so a config works
+//! whatever the process's working directory. Secrets are never inline: the key, join token
+//! and bundles are named by path only, so `Debug` output and config dumps are safe to log.
+//!
+//! This module opens no sockets and reads no file besides sidecar.toml: it does not load the
+//! policy or the certificates it points at, nor resolve DNS names.
+
+mod addr;
+mod file;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use addr::{AddrError, Endpoint, Host, HttpsUrl};
+
+use crate::error::{read_file, ConfigError, Source};
+use crate::identity::SpiffeId;
+
+/// Where `[admin]` listens when the table is present without `listen`: loopback only, since
+/// the admin port exposes metrics and health.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15000);
+
+/// A sidecar's whole configuration, every value checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SidecarConfig {
+    /// The policy file (absolute or relative to the working directory once resolved).
+    pub policy: PathBuf,
+    /// Where the sidecar's own certificate and key come from.
+    pub identity: IdentitySource,
+    /// The listener other sidecars call over mTLS, forwarding to the local app; `None` for a
+    /// workload that only calls out.
+    pub inbound: Option<Inbound>,
+    /// Listeners the local app calls in plaintext, each bridged over mTLS to one remote sidecar.
+    pub outbound: Vec<Outbound>,
+    /// Admin endpoints (`/metrics`, `/ready`, `/live`); `None` when `[admin]` is absent.
+    pub admin: Option<Admin>,
+    /// Where events are written; never empty (stdout unless configured).
+    pub events: Vec<EventSink>,
+    /// Timeouts and the connection cap.
+    pub limits: Limits,
+}
+
+/// How the sidecar obtains its identity: exactly one mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentitySource {
+    /// Files issued by `mesh-ca issue`, re-read when they change.
+    Files {
+        /// Leaf certificate followed by its chain (PEM).
+        cert: PathBuf,
+        /// The leaf's private key (PEM); its contents are never logged.
+        key: PathBuf,
+        /// Trust bundle used to verify peers (PEM).
+        bundle: PathBuf,
+    },
+    /// Enrollment with `mesh-ca serve`: the key is generated in memory, the CA signs it.
+    Enroll {
+        /// The CA's API; https only.
+        ca_url: HttpsUrl,
+        /// Trust anchor for the CA's API certificate (PEM).
+        ca_bundle: PathBuf,
+        /// File holding the one-time join token; its contents are never logged.
+        token_file: PathBuf,
+    },
+}
+
+/// Plain TCP or HTTP-aware (HTTP/1.1 parsed for per-request policy and events).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Http,
+}
+
+/// The inbound listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inbound {
+    /// Where other sidecars connect over mTLS.
+    pub listen: SocketAddr,
+    /// The local app that authorized traffic is forwarded to, in plaintext.
+    pub forward: Endpoint,
+    /// Whether requests are parsed as HTTP for L7 policy.
+    pub protocol: Protocol,
+}
+
+/// One outbound listener: a fixed route from the local app to one remote sidecar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound {
+    /// Where the local app connects in plaintext.
+    pub listen: SocketAddr,
+    /// The remote sidecar; a DNS host is resolved at connect time.
+    pub connect: Endpoint,
+    /// The identity the remote sidecar must present; anything else fails the handshake.
+    pub server: SpiffeId,
+    /// Whether requests are parsed as HTTP for L7 policy.
+    pub protocol: Protocol,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    /// Where `/metrics`, `/ready` and `/live` are served.
+    pub listen: SocketAddr,
+}
+
+/// One destination for events (one JSON object per line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventSink {
+    Stdout,
+    Stderr,
+    /// Appended to this file.
+    File(PathBuf),
+    /// RFC 5424 syslog to a collector.
+    Syslog {
+        transport: SyslogTransport,
+        server: Endpoint,
+    },
+    /// POSTed to an HTTPS collector.
+    Https(HttpsUrl),
+}
+
+/// How syslog messages travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SyslogTransport {
+    Udp,
+    Tcp,
+}
+
+/// Bounds on every connection, so a slow or hostile peer cannot hold resources forever.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest a TLS handshake may take before the connection is dropped.
+    pub handshake_timeout: Duration,
+    /// Longest a TCP connect (to the local app or a remote sidecar) may take.
+    pub connect_timeout: Duration,
+    /// A connection with no bytes in either direction for this long is closed.
+    pub idle_timeout: Duration,
+    /// On shutdown, how long live connections may finish before they are cut.
+    pub drain_timeout: Duration,
+    /// The most connections open at once, across all listeners.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(5 * 60),
+            drain_timeout: Duration::from_secs(15),
+            max_connections: 10_000,
+        }
+    }
+}
+
+impl SidecarConfig {
+    /// Reads and validates sidecar.toml; relative paths in it are resolved against its directory.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = read_file(path)?;
+        let name = path.display().to_string();
+        // Absolute, so resolved paths stay right if the working directory changes later.
+        let absolute =
+            std::path::absolute(path).map_err(|source| ConfigError::Read { file: name.clone(), source })?;
+        let base = absolute.parent().unwrap_or(Path::new("/"));
+        Self::from_str_named(&text, &name, base)
+    }
+
+    /// Validates sidecar.toml text; `name` is what errors call the file and relative paths are
+    /// resolved against `base_dir`.
+    pub fn from_str_named(text: &str, name: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        file::parse(&Source::new(name, text), base_dir)
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Http => "http",
+        })
+    }
+}
+
+impl fmt::Display for EventSink {
+    /// The sink as it would be written in sidecar.toml.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Stdout => f.write_str("stdout"),
+            Self::Stderr => f.write_str("stderr"),
+            Self::File(p) => write!(f, "file:{}", p.display()),
+            Self::Syslog { transport: SyslogTransport::Udp, server } => write!(f, "syslog+udp://{server}"),
+            Self::Syslog { transport: SyslogTransport::Tcp, server } => write!(f, "syslog+tcp://{server}"),
+            Self::Https(url) => write!(f, "{url}"),
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! The workload's credential in files mode: certificate chain, private key and trust bundle,
+//! read and checked together, so a half-written or mismatched set is refused as a whole and
+//! the last good one stays in use.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mesh_ca::profile;
+use mesh_config::SpiffeId;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::ParsedCertificate;
+use rustls::RootCertStore;
+
+use crate::tls::{self, Identity};
+
+/// Bounds each credential file read.
+const MAX_FILE_LEN: u64 = 1024 * 1024;
+
+/// A loaded, self-consistent credential.
+pub struct Credential {
+    /// This workload's identity, from its own certificate.
+    pub id: SpiffeId,
+    pub identity: Identity,
+    pub roots: Arc<RootCertStore>,
+    /// The leaf's notAfter, seconds since the epoch (for readiness and events).
+    pub not_after: i64,
+    pub serial: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error("{}: {what}", path.display())]
+    File { path: PathBuf, what: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn file_err(path: &Path, what: impl Into<String>) -> CredentialError {
+    CredentialError::File { path: path.to_owned(), what: what.into() }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, CredentialError> {
+    mesh_ca::fsutil::read_bounded(path, MAX_FILE_LEN).map_err(|e| file_err(path, e.to_string()))
+}
+
+impl Credential {
+    /// Reads and checks cert, key and bundle: the leaf keeps the SVID profile, chains to the
+    /// bundle now, and the key belongs to it.
+    pub fn load(cert: &Path, key: &Path, bundle: &Path) -> Result<Self, CredentialError> {
+        let chain = mesh_ca::pem::parse_certs(&read(cert)?).map_err(|w| file_err(cert, w))?;
+        let key_der = PrivateKeyDer::from_pem_slice(&read(key)?)
+            .map_err(|_| file_err(key, "holds no PEM private key"))?;
+        let anchors = mesh_ca::pem::parse_certs(&read(bundle)?).map_err(|w| file_err(bundle, w))?;
+        let mut roots = RootCertStore::empty();
+        for a in anchors {
+            roots.add(a).map_err(|e| file_err(bundle, format!("unusable trust anchor: {e}")))?;
+        }
+        Self::from_parts(chain, key_der, Arc::new(roots))
+            .map_err(|e| CredentialError::Invalid(format!("{}: {e}", cert.display())))
+    }
+
+    pub fn from_parts(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        roots: Arc<RootCertStore>,
+    ) -> Result<Self, CredentialError> {
+        let leaf = chain.first().ok_or_else(|| CredentialError::Invalid("empty chain".into()))?;
+        let parsed = profile::parse(leaf).map_err(|v| CredentialError::Invalid(v.to_string()))?;
+        let not_after = parsed.validity().not_after.timestamp();
+        let serial = mesh_ca::random::hex(parsed.raw_serial());
+        let id = profile::check_leaf_parsed(&parsed, None).into_identity().map_err(|v| {
+            CredentialError::Invalid(format!(
+                "not a valid X.509-SVID: {}",
+                v.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("; ")
+            ))
+        })?;
+        let end_entity =
+            ParsedCertificate::try_from(leaf).map_err(|e| CredentialError::Invalid(e.to_string()))?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &end_entity,
+            &roots,
+            &chain[1..],
+            UnixTime::now(),
+            tls::provider().signature_verification_algorithms.all,
+        )
+        .map_err(|e| CredentialError::Invalid(format!("does not verify against the bundle: {e}")))?;
+        let signing_key = tls::provider()
+            .key_provider
+            .load_private_key(key.clone_key())
+            .map_err(|e| CredentialError::Invalid(format!("unusable private key: {e}")))?;
+        rustls::sign::CertifiedKey::new(chain.clone(), signing_key).keys_match().map_err(|_| {
+            CredentialError::Invalid("the private key does not belong to the certificate".into())
+        })?;
+        Ok(Self { id, identity: Identity { chain, key }, roots, not_after, serial })
+    }
+}

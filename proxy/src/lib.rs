@@ -1,0 +1,25 @@
+//! mesh-proxy: the zt-mesh sidecar data plane.
+//!
+//! Inbound, a peer sidecar's mutual TLS handshake is verified (chain and SPIFFE profile inside
+//! the rustls verifier), the policy decides on the verified identity, and allowed connections
+//! are forwarded to the local app. Outbound, the egress decision comes first, then the
+//! remote must prove the configured identity before a byte of the app's data leaves.
+//! Module map: `tls` builds every rustls config; `credentials` loads the workload's files;
+//! `listener` is the shared accept loop; `inbound`/`outbound` are the per-connection stages;
+//! `forward` copies bytes; `outcome` writes the one event per connection; `events` queues
+//! and writes events; `reload` follows files; `admin` answers probes; `run` assembles it all;
+//! `plan` turns `sidecar.toml` into what `run` needs.
+
+pub mod admin;
+pub mod credentials;
+pub mod events;
+pub mod forward;
+pub mod inbound;
+pub mod listener;
+pub mod outbound;
+pub mod outcome;
+pub mod plan;
+pub mod reload;
+pub mod run;
+pub mod state;
+pub mod tls;

@@ -1,0 +1,66 @@
+//! Outbound: the local app connects in plaintext. Stages: egress decision (this workload ->
+//! the configured server identity) before any connection is made -> connect to the remote
+//! sidecar -> mutual TLS, where the verifier insists on the configured identity -> forward.
+//! Nothing is read from the app before the remote is verified, so no request byte can leave
+//! for a wrong peer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use mesh_config::policy::Request;
+use mesh_config::SpiffeId;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+
+use crate::forward;
+use crate::outcome::{Direction, Outcome};
+use crate::state::Shared;
+use crate::tls;
+
+/// What one `[[outbound]]` needs at connection time.
+pub struct Route {
+    /// Index into the per-outbound client configs.
+    pub index: usize,
+    pub connect: String,
+    pub server: SpiffeId,
+}
+
+pub async fn handle(
+    shared: Arc<Shared>,
+    listener: SocketAddr,
+    route: Arc<Route>,
+    app: TcpStream,
+    peer: SocketAddr,
+) {
+    let limits = shared.limits;
+    let mut rec = Outcome::new(&shared.events, Direction::Outbound, listener, peer);
+    let current = shared.tls();
+    rec.src_id(current.cred.id.clone());
+    rec.dst_id(route.server.clone());
+    rec.dst_addr(route.connect.clone());
+    let decision = shared.policy().decide(&Request { from: &current.cred.id, to: &route.server, http: None });
+    if !decision.allowed() {
+        return rec.denied(&decision);
+    }
+    rec.allowed(&decision);
+    let tcp = match timeout(limits.connect_timeout, TcpStream::connect(route.connect.as_str())).await {
+        Err(_) => {
+            return rec.upstream_failed("timeout", format!("connecting to {} timed out", route.connect))
+        }
+        Ok(Err(e)) => return rec.upstream_failed("connect_error", format!("{}: {e}", route.connect)),
+        Ok(Ok(s)) => s,
+    };
+    let _ = tcp.set_nodelay(true);
+    let Some(config) = current.clients.get(route.index).cloned() else {
+        return rec.handshake_failed("no_config", "outbound has no TLS config".into());
+    };
+    let remote =
+        match timeout(limits.handshake_timeout, TlsConnector::from(config).connect(tls::sni(), tcp)).await {
+            Err(_) => return rec.handshake_failed("timeout", "handshake timed out".into()),
+            Ok(Err(e)) => return rec.handshake_failed(tls::failure_reason(&e), tls::failure_detail(&e)),
+            Ok(Ok(s)) => s,
+        };
+    let (end, counts) = forward::splice(app, remote, limits.idle_timeout).await;
+    rec.closed(end, counts);
+}

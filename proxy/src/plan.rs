@@ -1,0 +1,67 @@
+//! Turns a parsed `sidecar.toml` into the [`Plan`] that `run` executes, refusing (with a
+//! clear message, never silently) settings this version of the sidecar does not serve yet.
+
+use std::path::Path;
+
+use mesh_config::sidecar::{EventSink, IdentitySource, Protocol, SidecarConfig};
+
+use crate::events::Sink;
+use crate::reload::Watched;
+pub use crate::run::Plan;
+use crate::state::Limits;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("{0}")]
+    Config(#[from] mesh_config::error::ConfigError),
+    #[error("{file}: {what}")]
+    Unsupported { file: String, what: String },
+}
+
+/// Reads `sidecar.toml` and builds the plan.
+pub fn load(path: &Path) -> Result<Plan, PlanError> {
+    let cfg = SidecarConfig::from_file(path)?;
+    let file = path.display().to_string();
+    let unsupported = |what: &str| PlanError::Unsupported { file: file.clone(), what: what.to_owned() };
+    let (cert, key, bundle) = match cfg.identity {
+        IdentitySource::Files { cert, key, bundle } => (cert, key, bundle),
+        IdentitySource::Enroll { .. } => return Err(unsupported(
+            "[identity] enrollment (ca_url) needs `mesh-ca serve`, which this version does not have yet; \
+                 use cert/key/bundle files from `mesh-ca issue`",
+        )),
+    };
+    let http = cfg.inbound.iter().map(|i| i.protocol).chain(cfg.outbound.iter().map(|o| o.protocol));
+    if http.into_iter().any(|p| p == Protocol::Http) {
+        return Err(unsupported("protocol = \"http\" is not served by this version yet; use \"tcp\""));
+    }
+    let mut sinks = Vec::new();
+    for s in &cfg.events {
+        sinks.push(match s {
+            EventSink::Stdout => Sink::Stdout,
+            EventSink::Stderr => Sink::Stderr,
+            EventSink::File(p) => Sink::File(p.clone()),
+            other => {
+                return Err(unsupported(&format!(
+                    "[events] sink {other} is not served by this version yet; use stdout, stderr or file:PATH"
+                )))
+            }
+        });
+    }
+    if sinks.is_empty() {
+        sinks.push(Sink::Stdout);
+    }
+    Ok(Plan {
+        files: Watched { policy: cfg.policy, cert, key, bundle },
+        inbound: cfg.inbound.map(|i| (i.listen, i.forward.to_string())),
+        outbound: cfg.outbound.into_iter().map(|o| (o.listen, o.connect.to_string(), o.server)).collect(),
+        admin: cfg.admin.map(|a| a.listen),
+        sinks,
+        limits: Limits {
+            handshake_timeout: cfg.limits.handshake_timeout,
+            connect_timeout: cfg.limits.connect_timeout,
+            idle_timeout: cfg.limits.idle_timeout,
+            drain_timeout: cfg.limits.drain_timeout,
+            max_connections: cfg.limits.max_connections,
+        },
+    })
+}

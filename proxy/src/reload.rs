@@ -1,0 +1,138 @@
+//! Hot reload: the policy and the credential files are polled for changes (and re-read at
+//! once on SIGHUP). A new version is validated fully, then swapped atomically on its `watch`;
+//! a broken one is refused with an event and the last good one stays. Live connections keep
+//! the config they were accepted with; new handshakes use the new one.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_config::policy::Policy;
+use mesh_config::SpiffeId;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::credentials::Credential;
+use crate::events::{Event, Events, Severity};
+use crate::state::Tls;
+
+/// How often files are checked. Rotation tools rename files into place, so a change is seen
+/// within this interval; SIGHUP skips the wait.
+const POLL: Duration = Duration::from_secs(1);
+
+/// The files a sidecar follows.
+#[derive(Debug, Clone)]
+pub struct Watched {
+    pub policy: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub bundle: PathBuf,
+}
+
+/// What to rebuild the TLS configs for.
+pub struct TlsShape {
+    pub inbound: bool,
+    pub servers: Vec<SpiffeId>,
+}
+
+/// Identity of a file's current version: (inode, size, mtime ns); `None` if missing.
+type Fingerprint = Option<(u64, u64, i128)>;
+
+fn fingerprint(p: &Path) -> Fingerprint {
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.ino(), m.size(), m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128))
+}
+
+/// Loads the policy file: missing means deny everything (fail closed), broken is an error.
+/// A policy for another trust domain than the sidecar's identity is refused too.
+pub fn load_policy(path: &Path, own: &SpiffeId) -> Result<(Policy, bool), String> {
+    if !path.exists() {
+        return Ok((Policy::deny_all(own.trust_domain().clone()), true));
+    }
+    let p = Policy::from_file(path).map_err(|e| e.to_string())?;
+    if p.trust_domain() != own.trust_domain() {
+        return Err(format!(
+            "{}: trust_domain {} does not match this sidecar's identity {own}",
+            path.display(),
+            p.trust_domain()
+        ));
+    }
+    Ok((p, false))
+}
+
+pub async fn run(
+    files: Watched,
+    shape: TlsShape,
+    tls_tx: watch::Sender<Arc<Tls>>,
+    policy_tx: watch::Sender<Arc<Policy>>,
+    events: Events,
+    shutdown: CancellationToken,
+) {
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let cred_fp = |f: &Watched| [fingerprint(&f.cert), fingerprint(&f.key), fingerprint(&f.bundle)];
+    let mut policy_seen = fingerprint(&files.policy);
+    let mut cred_seen = cred_fp(&files);
+    let mut tick = tokio::time::interval(POLL);
+    loop {
+        let forced = tokio::select! {
+            _ = tick.tick() => false,
+            Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+            _ = shutdown.cancelled() => return,
+        };
+        let now = cred_fp(&files);
+        if forced || now != cred_seen {
+            cred_seen = now;
+            reload_credential(&files, &shape, &tls_tx, &events);
+        }
+        let now = fingerprint(&files.policy);
+        if forced || now != policy_seen {
+            policy_seen = now;
+            let own = tls_tx.borrow().cred.id.clone();
+            match load_policy(&files.policy, &own) {
+                Ok((p, missing)) => {
+                    let e = if missing {
+                        Event::new("policy.reloaded", Severity::Warning)
+                            .detail(format!("{} is missing: denying everything", files.policy.display()))
+                    } else {
+                        Event::new("policy.reloaded", Severity::Info)
+                            .detail(files.policy.display().to_string())
+                    };
+                    policy_tx.send_replace(Arc::new(p));
+                    events.emit(e);
+                }
+                Err(err) => events.emit(
+                    Event::new("policy.reload_failed", Severity::Error)
+                        .reason("invalid_policy", err)
+                        .detail("kept the last good policy"),
+                ),
+            }
+        }
+    }
+}
+
+fn reload_credential(files: &Watched, shape: &TlsShape, tls_tx: &watch::Sender<Arc<Tls>>, events: &Events) {
+    let built = Credential::load(&files.cert, &files.key, &files.bundle)
+        .map_err(|e| e.to_string())
+        .and_then(|c| Tls::build(c, shape.inbound, &shape.servers).map_err(|e| e.to_string()));
+    match built {
+        Ok(tls) => {
+            let mut e = Event::new("cert.rotated", Severity::Info).detail(format!(
+                "serial {} valid until {}",
+                tls.cred.serial,
+                time::OffsetDateTime::from_unix_timestamp(tls.cred.not_after)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default()
+            ));
+            e.src_id = Some(tls.cred.id.to_string());
+            tls_tx.send_replace(Arc::new(tls));
+            events.emit(e);
+        }
+        Err(err) => events.emit(
+            Event::new("cert.reload_failed", Severity::Error)
+                .reason("invalid_credential", err)
+                .detail("kept the last good certificate"),
+        ),
+    }
+}

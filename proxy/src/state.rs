@@ -1,0 +1,75 @@
+//! What every connection task reads: the current TLS configs (rebuilt on each credential
+//! change and published on a `watch`, so rotation is a pointer swap), the current policy, the
+//! event handle, limits, the connection cap and the shutdown signal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_config::policy::Policy;
+use mesh_config::SpiffeId;
+use rustls::{ClientConfig, ServerConfig};
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::credentials::Credential;
+use crate::events::Events;
+use crate::tls::{self, TlsConfigError};
+
+/// The credential and the rustls configs built from it, swapped as one.
+pub struct Tls {
+    pub cred: Credential,
+    /// Present when the sidecar has an inbound listener.
+    pub server: Option<Arc<ServerConfig>>,
+    /// One per `[[outbound]]`, in config order: each pins its own expected server identity.
+    pub clients: Vec<Arc<ClientConfig>>,
+}
+
+impl Tls {
+    pub fn build(cred: Credential, inbound: bool, servers: &[SpiffeId]) -> Result<Self, TlsConfigError> {
+        let td = cred.id.trust_domain().clone();
+        let server =
+            if inbound { Some(tls::server_config(&cred.identity, cred.roots.clone(), &td)?) } else { None };
+        let clients = servers
+            .iter()
+            .map(|s| tls::client_config(&cred.identity, cred.roots.clone(), s))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { cred, server, clients })
+    }
+}
+
+/// Timeouts and caps, from `[limits]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub handshake_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub max_connections: usize,
+}
+
+pub struct Shared {
+    pub tls: watch::Receiver<Arc<Tls>>,
+    pub policy: watch::Receiver<Arc<Policy>>,
+    pub events: Events,
+    pub limits: Limits,
+    /// Caps concurrent connections across all listeners; a listener at the cap stops accepting.
+    pub conns: Arc<Semaphore>,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+impl Shared {
+    pub fn tls(&self) -> Arc<Tls> {
+        self.tls.borrow().clone()
+    }
+
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.borrow().clone()
+    }
+
+    /// Ready: a certificate that has not expired, and a policy.
+    pub fn ready(&self) -> bool {
+        self.tls().cred.not_after > time::OffsetDateTime::now_utc().unix_timestamp()
+    }
+}
