@@ -58,7 +58,8 @@ pub struct CaDir {
 pub struct Authority {
     dir: CaDir,
     issuer: Issuer<'static, KeyPair>,
-    /// The intermediate's notAfter: no leaf outlives its issuer.
+    /// The intermediate's validity: no leaf starts before or outlives its issuer.
+    issuer_not_before: OffsetDateTime,
     issuer_not_after: OffsetDateTime,
     store: Box<dyn Store>,
 }
@@ -160,12 +161,13 @@ impl Authority {
         if inter.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
             return Err(CaError::bad_file(&key_path, "does not belong to intermediate.pem"));
         }
+        let issuer_not_before = inter.validity().not_before.to_datetime();
         let issuer_not_after = inter.validity().not_after.to_datetime();
         let issuer = Issuer::from_ca_cert_der(&dir.intermediate, key).map_err(|e| {
             CaError::bad_file(&dir.path.join(INTER_CERT), &format!("unusable as issuer: {e}"))
         })?;
         let store = Box::new(dir.store()?);
-        Ok(Self { dir, issuer, issuer_not_after, store })
+        Ok(Self { dir, issuer, issuer_not_before, issuer_not_after, store })
     }
 
     pub fn dir(&self) -> &CaDir {
@@ -195,7 +197,7 @@ impl Authority {
         }
         let ttl = settings.leaf_ttl(ttl)?;
         let now = OffsetDateTime::now_utc();
-        let not_before = now - NOT_BEFORE_BACKDATE;
+        let not_before = (now - NOT_BEFORE_BACKDATE).max(self.issuer_not_before);
         let mut not_after = now + ttl.as_duration();
         if not_after > self.issuer_not_after {
             not_after = self.issuer_not_after;

@@ -70,6 +70,10 @@ pub fn inspect(certs: &[CertificateDer<'_>]) -> Result<Report, Violation> {
         let r = profile::check_leaf_parsed(&cert, None);
         (r.id.map(|id| (id.to_string(), Some(id))), r.violations, "leaf")
     };
+    let mut violations = violations;
+    if let Some(issuer) = certs.get(1).and_then(|d| profile::parse(d).ok()) {
+        violations.extend(within_issuer(&cert, &issuer));
+    }
     let (spiffe_id, parsed) = match id {
         Some((s, p)) => (Some(s), p),
         None => (None, None),
@@ -101,6 +105,25 @@ pub fn inspect(certs: &[CertificateDer<'_>]) -> Result<Report, Violation> {
             checked_as,
             violations: violations.into_iter().map(Into::into).collect(),
         },
+    })
+}
+
+/// RFC 5280 path validation does not require it, but a CA that issues a certificate
+/// outliving (or predating) its own is misconfigured: the profile flags it when the issuer is
+/// in the same file.
+fn within_issuer(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+    issuer: &x509_parser::certificate::X509Certificate<'_>,
+) -> Option<Violation> {
+    let (c, i) = (cert.validity(), issuer.validity());
+    let starts_before = c.not_before.timestamp() < i.not_before.timestamp();
+    let ends_after = c.not_after.timestamp() > i.not_after.timestamp();
+    (starts_before || ends_after).then(|| Violation {
+        rule: "validity-within-issuer",
+        message: format!(
+            "validity {} .. {} is not within the issuer's {} .. {}",
+            c.not_before, c.not_after, i.not_before, i.not_after
+        ),
     })
 }
 

@@ -119,13 +119,13 @@ struct IssueArgs {
     #[arg(long, value_name = "DIR")]
     dir: PathBuf,
     /// Zone of the workload (a lowercase DNS label), e.g. payments.
-    #[arg(long, value_name = "ZONE")]
+    #[arg(long, value_name = "ZONE", allow_hyphen_values = true)]
     zone: Zone,
     /// Workload name within the zone (a lowercase DNS label), e.g. charge.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", allow_hyphen_values = true)]
     workload: Workload,
     /// Certificate lifetime, e.g. 15m or 1h. Default: the CA's default (1h).
-    #[arg(long, value_name = "TTL")]
+    #[arg(long, value_name = "TTL", allow_hyphen_values = true)]
     ttl: Option<Ttl>,
     /// Extra DNS name to put beside the SPIFFE ID (repeatable).
     #[arg(long = "dns", value_name = "NAME")]
@@ -174,7 +174,21 @@ struct ListArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version: print as clap renders them.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line, like every other error: clap's first line names the flag and value.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid usage").trim_start_matches("error: ");
+            eprintln!("mesh-ca: error: {first} (see mesh-ca --help)");
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Init(a) => init(a),
         Command::Issue(a) => issue(a),
