@@ -21,7 +21,10 @@ import datetime as dt
 import json
 import os
 import secrets
+import socket
+import ssl
 import sys
+import time
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -428,6 +431,193 @@ def generate(outdir: str, td: str = TD) -> dict:
     with open(os.path.join(outdir, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=2)
     return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# Leaves signed by a real mesh-ca intermediate, and a TLS probe (for the mesh-proxy tests)
+# ---------------------------------------------------------------------------------------------
+
+
+def load_ca_issuer(ca_dir: str) -> Issued:
+    """The intermediate of a `mesh-ca init --insecure-no-passphrase` CA, able to sign."""
+    with open(os.path.join(ca_dir, "intermediate.pem"), "rb") as f:
+        cert = x509.load_pem_x509_certificate(f.read())
+    with open(os.path.join(ca_dir, "intermediate.key.pem"), "rb") as f:
+        key = serialization.load_pem_private_key(f.read(), password=None)
+    return Issued(cert, key)
+
+
+def _mesh_id(td: str, zone: str, workload: str) -> str:
+    return f"spiffe://{td}/ns/{zone}/sa/{workload}"
+
+
+def ca_leaf_variant(inter: Issued, name: str, zone: str, workload: str, td: str = TD):
+    """(leaf Issued, certificates to send after the leaf) for one named defect.
+
+    Signed by `inter` (the CA under test) unless the defect is the issuer itself. "good" is the
+    control: the same factory with no defect, which the proxy must accept.
+    """
+    t = now()
+    sid = _mesh_id(td, zone, workload)
+    signed = {
+        "good": {},
+        "expired": dict(not_before=t - dt.timedelta(hours=2), not_after=t - dt.timedelta(hours=1)),
+        "not_yet_valid": dict(not_before=t + dt.timedelta(hours=1), not_after=t + dt.timedelta(hours=2)),
+        "foreign_trust_domain": dict(uris=[_mesh_id("other.org", zone, workload)]),
+        "two_uri_sans": dict(uris=[sid, _mesh_id(td, zone, workload + "2")]),
+        "ca_leaf": dict(ca=True),
+        "key_cert_sign": dict(key_usage=ku(digital_signature=True, key_cert_sign=True)),
+        "id_in_cn_only": dict(uris=[], subject_cn=sid),
+        "id_in_dns_only": dict(uris=[], dns=[f"{workload}.{zone}.{td}"], subject_cn=workload),
+        "not_mesh_shape": dict(uris=[f"spiffe://{td}/{zone}/{workload}"]),
+        "small_serial": dict(serial=0x1234),
+        "rsa_key": dict(key_kind="rsa"),
+    }
+    if name in signed:
+        return make_leaf(inter, td=td, zone=zone, workload=workload, **signed[name]), [inter.cert]
+    if name == "bad_signature":
+        return make_leaf(inter, td=td, zone=zone, workload=workload, signer_key=new_key()), [inter.cert]
+    if name == "other_ca":
+        other_root = make_root(td)
+        other_inter = make_intermediate(other_root, td)
+        return make_leaf(other_inter, td=td, zone=zone, workload=workload), [other_inter.cert]
+    if name == "self_signed":
+        return build(leaf_profile(td, zone=zone, workload=workload), None), []
+    raise ValueError(f"unknown variant {name!r}")
+
+
+def write_ca_leaf_variant(ca_dir: str, name: str, zone: str, workload: str, outdir: str) -> str:
+    """Writes OUTDIR/cert.pem (leaf then chain) and OUTDIR/key.pem; returns the leaf serial (hex)."""
+    inter = load_ca_issuer(ca_dir)
+    leaf, chain = ca_leaf_variant(inter, name, zone, workload)
+    os.makedirs(outdir, exist_ok=True)
+    pem = serialization.Encoding.PEM
+    with open(os.path.join(outdir, "cert.pem"), "wb") as f:
+        f.write(leaf.pem() + b"".join(c.public_bytes(pem) for c in chain))
+    with open(os.path.join(outdir, "key.pem"), "wb") as f:
+        f.write(leaf.key_pem())
+    return format(leaf.cert.serial_number, "x")
+
+
+def _read_some(sock, want: int, deadline: float) -> tuple[bytes, str | None]:
+    """Reads until `want` bytes (0: until EOF), EOF, an error or the deadline."""
+    got = b""
+    while want == 0 or len(got) < want:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return got, "timeout"
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except (OSError, ssl.SSLError) as e:
+            return got, f"{type(e).__name__}: {e}"
+        if not chunk:
+            return got, "eof"
+        got += chunk
+    return got, None
+
+
+def tls_probe(
+    host: str,
+    port: int,
+    cert: str | None = None,
+    key: str | None = None,
+    ca: str | None = None,
+    tls12: bool = False,
+    send: bytes = b"",
+    raw: bytes | None = None,
+    timeout: float = 10.0,
+) -> dict:
+    """Connects like a (possibly bad) peer sidecar would and reports what happened.
+
+    `raw` sends those bytes over plain TCP instead of TLS, then half-closes. Otherwise a TLS
+    client presents `cert` (the whole chain file, as `load_cert_chain` sends every certificate
+    in it) and `key`, verifies the server against `ca` when given, caps the version at 1.2 when
+    `tls12`, sends `send` and reads back as many bytes. Never raises for network outcomes.
+    """
+    deadline = time.monotonic() + timeout
+    out: dict = {"handshake": False, "received": "", "error": None}
+    sock = socket.create_connection((host, port), timeout=timeout)
+    out["local"] = "%s:%d" % sock.getsockname()[:2]
+    try:
+        if raw is not None:
+            sock.sendall(raw)
+            sock.shutdown(socket.SHUT_WR)
+            got, err = _read_some(sock, 0, deadline)
+            out.update(received=got.decode("latin-1"), error=err)
+            return out
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        if ca:
+            ctx.load_verify_locations(ca)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        else:
+            ctx.verify_mode = ssl.CERT_NONE
+        if tls12:
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        if cert:
+            ctx.load_cert_chain(cert, key)
+        try:
+            tls = ctx.wrap_socket(sock, server_hostname="mesh.invalid")
+        except (OSError, ssl.SSLError) as e:
+            out["error"] = f"handshake: {type(e).__name__}: {e}"
+            return out
+        sock = tls
+        out["handshake"] = True
+        out["version"] = tls.version()
+        der = tls.getpeercert(binary_form=True)
+        if der:
+            peer = x509.load_der_x509_certificate(der)
+            out["peer_serial"] = format(peer.serial_number, "x")
+            try:
+                san = peer.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                out["peer_uris"] = san.get_values_for_type(x509.UniformResourceIdentifier)
+            except x509.ExtensionNotFound:
+                out["peer_uris"] = []
+        try:
+            if send:
+                tls.sendall(send)
+            got, err = _read_some(tls, len(send), deadline)
+        except (OSError, ssl.SSLError) as e:
+            got, err = b"", f"{type(e).__name__}: {e}"
+        out.update(received=got.decode("latin-1"), error=err)
+        return out
+    finally:
+        sock.close()
+
+
+def tool(argv: list[str]) -> int:
+    """Entry point for the Rust tests (`python3 -c ... certfactory.tool(sys.argv[1:])`):
+
+    variant CA_DIR NAME ZONE WORKLOAD OUTDIR   prints the leaf serial (hex)
+    probe HOST PORT [--cert F --key F] [--ca F] [--tls12] [--send TEXT] [--raw-hex HEX]
+                                               prints one JSON object (see tls_probe)
+    """
+    ap = argparse.ArgumentParser(prog="certfactory-tool")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    v = sub.add_parser("variant")
+    for a in ("ca_dir", "name", "zone", "workload", "outdir"):
+        v.add_argument(a)
+    p = sub.add_parser("probe")
+    p.add_argument("host")
+    p.add_argument("port", type=int)
+    p.add_argument("--cert")
+    p.add_argument("--key")
+    p.add_argument("--ca")
+    p.add_argument("--tls12", action="store_true")
+    p.add_argument("--send", default="")
+    p.add_argument("--raw-hex")
+    p.add_argument("--timeout", type=float, default=10.0)
+    args = ap.parse_args(argv)
+    if args.cmd == "variant":
+        print(write_ca_leaf_variant(args.ca_dir, args.name, args.zone, args.workload, args.outdir))
+        return 0
+    raw = bytes.fromhex(args.raw_hex) if args.raw_hex is not None else None
+    res = tls_probe(args.host, args.port, args.cert, args.key, args.ca, args.tls12,
+                    args.send.encode(), raw, args.timeout)
+    print(json.dumps(res))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
