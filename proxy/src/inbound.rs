@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
+use crate::connect::connect;
 use crate::forward;
 use crate::outcome::{Direction, Outcome};
 use crate::state::Shared;
@@ -48,14 +49,10 @@ pub async fn handle(
     }
     rec.allowed(&decision);
     rec.dst_addr(forward_to.to_string());
-    let app = match timeout(limits.connect_timeout, TcpStream::connect(&*forward_to)).await {
-        Err(_) => {
-            return rec.upstream_failed("timeout", format!("connecting to the app at {forward_to} timed out"))
-        }
-        Ok(Err(e)) => return rec.upstream_failed("connect_error", format!("app at {forward_to}: {e}")),
-        Ok(Ok(s)) => s,
+    let app = match connect(&shared, &forward_to, limits.connect_timeout).await {
+        Ok(s) => s,
+        Err((reason, detail)) => return rec.upstream_failed(reason, detail),
     };
-    let _ = app.set_nodelay(true);
     let (end, counts) = forward::splice(tls_stream, app, limits.idle_timeout).await;
     rec.closed(end, counts);
 }

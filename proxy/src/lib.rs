@@ -11,6 +11,7 @@
 //! `plan` turns `sidecar.toml` into what `run` needs.
 
 pub mod admin;
+pub mod connect;
 pub mod credentials;
 pub mod events;
 pub mod forward;

@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 
+use crate::connect::connect;
 use crate::forward;
 use crate::outcome::{Direction, Outcome};
 use crate::state::Shared;
@@ -44,14 +45,10 @@ pub async fn handle(
         return rec.denied(&decision);
     }
     rec.allowed(&decision);
-    let tcp = match timeout(limits.connect_timeout, TcpStream::connect(route.connect.as_str())).await {
-        Err(_) => {
-            return rec.upstream_failed("timeout", format!("connecting to {} timed out", route.connect))
-        }
-        Ok(Err(e)) => return rec.upstream_failed("connect_error", format!("{}: {e}", route.connect)),
-        Ok(Ok(s)) => s,
+    let tcp = match connect(&shared, &route.connect, limits.connect_timeout).await {
+        Ok(s) => s,
+        Err((reason, detail)) => return rec.upstream_failed(reason, detail),
     };
-    let _ = tcp.set_nodelay(true);
     let Some(config) = current.clients.get(route.index).cloned() else {
         return rec.handshake_failed("no_config", "outbound has no TLS config".into());
     };

@@ -76,6 +76,7 @@ pub async fn run(plan: Plan) -> Result<(), RunError> {
         conns: Arc::new(Semaphore::new(plan.limits.max_connections)),
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
+        own_addrs: std::sync::OnceLock::new(),
     });
 
     // Bind everything before serving anything, so a port conflict fails the start cleanly.
@@ -110,6 +111,8 @@ pub async fn run(plan: Plan) -> Result<(), RunError> {
         None => None,
     };
 
+    let own: Vec<SocketAddr> = bound.iter().filter_map(|b| b.split_once('=')?.1.parse().ok()).collect();
+    let _ = shared.own_addrs.set(own);
     let mut tasks = Vec::new();
     if let Some((l, local, fwd)) = inbound_listener {
         let sh = shared.clone();

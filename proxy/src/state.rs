@@ -57,6 +57,9 @@ pub struct Shared {
     pub conns: Arc<Semaphore>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
+    /// Addresses this sidecar listens on, so a hop that would connect back to itself (an
+    /// outbound or forward pointed at our own port) is refused instead of looping.
+    pub own_addrs: std::sync::OnceLock<Vec<std::net::SocketAddr>>,
 }
 
 impl Shared {
@@ -66,6 +69,20 @@ impl Shared {
 
     pub fn policy(&self) -> Arc<Policy> {
         self.policy.borrow().clone()
+    }
+
+    /// True when `addr` is one of this sidecar's listeners. A wildcard listener (0.0.0.0 or
+    /// [::]) counts for loopback and wildcard targets on its port; other local interface
+    /// addresses are not enumerated.
+    pub fn is_own(&self, addr: std::net::SocketAddr) -> bool {
+        self.own_addrs.get().is_some_and(|own| {
+            own.iter().any(|l| {
+                l.port() == addr.port()
+                    && (l.ip() == addr.ip()
+                        || (l.ip().is_unspecified()
+                            && (addr.ip().is_loopback() || addr.ip().is_unspecified())))
+            })
+        })
     }
 
     /// Ready: a certificate that has not expired, and a policy.
