@@ -2,7 +2,7 @@
 //! the CA and the sidecar need (SVID profile checks, key handling, PEM).
 //!
 //! The `mesh-ca` binary is a thin CLI over [`authority::Authority`]; the sidecar links this
-//! crate for [`profile`] and [`pem`].
+//! crate for [`profile`], [`pem`] and [`tls`] (the one module that builds rustls configs).
 
 pub mod authority;
 pub mod bundle;
@@ -15,6 +15,7 @@ pub mod profile;
 pub mod random;
 pub mod settings;
 pub mod store;
+pub mod tls;
 
 pub use authority::{Authority, CaDir, InitOptions, IssuedLeaf};
 pub use error::CaError;
