@@ -10,7 +10,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mesh_config::{SpiffeId, TrustDomain, Ttl};
+use mesh_config::{SpiffeId, TrustDomain, Ttl, Workload, Zone};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
     KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
@@ -23,7 +23,8 @@ use crate::fsutil::{self, OutFile};
 use crate::keys::{self, Passphrase};
 use crate::pem;
 use crate::settings::Settings;
-use crate::store::{CertKind, CertRecord, CertStatus, SqliteStore, Store};
+use crate::store::{CertKind, CertRecord, CertStatus, NewToken, SqliteStore, Store, TokenRejection};
+use crate::token::Token;
 
 /// Leaves are valid from a little before "now" so that peers whose clocks run slightly
 /// behind the CA's accept them at once.
@@ -188,6 +189,96 @@ impl Authority {
         public_key: &impl PublicKeyData,
         actor: &str,
     ) -> Result<IssuedLeaf, CaError> {
+        let (leaf, record) = self.build_leaf(id, ttl, dns, public_key)?;
+        self.store.record_issued(&record, actor)?;
+        Ok(leaf)
+    }
+
+    /// Enrollment: a join token names the identity, the CSR gives only the key. Spending the
+    /// token and recording the certificate happen in one transaction, which also refuses a
+    /// revoked identity. (The closure runs under the store's lock: it must not call the store.)
+    pub fn enroll(
+        &self,
+        token: &Token,
+        csr: &[u8],
+        ttl: Option<Ttl>,
+        actor: &str,
+    ) -> Result<IssuedLeaf, EnrollError> {
+        let public_key = crate::csr::public_key(csr).map_err(EnrollError::Csr)?;
+        let mut issued = None;
+        let mut failure = None;
+        let td = self.settings().trust_domain.clone();
+        let outcome = self.store.redeem_token(
+            &token.hash(),
+            OffsetDateTime::now_utc().unix_timestamp(),
+            actor,
+            &mut |zone, workload| {
+                let id = match (zone.parse(), workload.parse()) {
+                    (Ok(z), Ok(w)) => SpiffeId::new(td.clone(), z, w),
+                    _ => {
+                        failure = Some(CaError::Refused(format!(
+                            "token names an invalid identity {zone}/{workload}"
+                        )));
+                        return None;
+                    }
+                };
+                match self.build_leaf(&id, ttl, &[], &public_key) {
+                    Ok((leaf, record)) => {
+                        issued = Some(leaf);
+                        Some(record)
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        None
+                    }
+                }
+            },
+        );
+        match outcome {
+            Ok(Ok(_)) => {
+                issued.ok_or_else(|| EnrollError::Ca(CaError::Crypto("issued without a certificate".into())))
+            }
+            Ok(Err(TokenRejection::IdentityRevoked)) => Err(EnrollError::Revoked),
+            Ok(Err(rejection)) => Err(EnrollError::Token(rejection)),
+            Err(e) => Err(EnrollError::Ca(failure.unwrap_or(CaError::Store(e)))),
+        }
+    }
+
+    /// Renewal: the caller proved `id` and `serial` with its current certificate over mutual
+    /// TLS; it gets a new certificate for the same identity over a new key.
+    pub fn renew(
+        &self,
+        id: &SpiffeId,
+        serial: &str,
+        csr: &[u8],
+        ttl: Option<Ttl>,
+        actor: &str,
+    ) -> Result<IssuedLeaf, EnrollError> {
+        let public_key = crate::csr::public_key(csr).map_err(EnrollError::Csr)?;
+        if self.store_revoked(Some(serial), id).map_err(EnrollError::Ca)? {
+            return Err(EnrollError::Revoked);
+        }
+        let (leaf, record) = self.build_leaf(id, ttl, &[], &public_key).map_err(EnrollError::Ca)?;
+        self.store.record_issued(&record, actor).map_err(|e| EnrollError::Ca(e.into()))?;
+        Ok(leaf)
+    }
+
+    /// Whether a serial (if given) or the identity is on the revocation list.
+    pub fn store_revoked(&self, serial: Option<&str>, id: &SpiffeId) -> Result<bool, CaError> {
+        Ok(self.store.is_revoked(serial.unwrap_or(""), &id.to_string())?)
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    fn build_leaf(
+        &self,
+        id: &SpiffeId,
+        ttl: Option<Ttl>,
+        dns: &[String],
+        public_key: &impl PublicKeyData,
+    ) -> Result<(IssuedLeaf, CertRecord), CaError> {
         let settings = self.settings();
         if id.trust_domain() != &settings.trust_domain {
             return Err(CaError::Refused(format!(
@@ -228,24 +319,88 @@ impl Authority {
             .signed_by(public_key, &self.issuer)
             .map_err(|e| CaError::Crypto(format!("signing the leaf: {e}")))?;
         let serial = crate::random::hex(&serial);
-        self.store.record_issued(
-            &CertRecord {
-                serial: serial.clone(),
-                kind: CertKind::Leaf,
-                spiffe_id: id.to_string(),
-                not_before: not_before.unix_timestamp(),
-                not_after: not_after.unix_timestamp(),
-                status: CertStatus::Active,
-            },
-            actor,
-        )?;
-        Ok(IssuedLeaf { id: id.clone(), der: cert.der().clone(), serial, not_before, not_after })
+        let record = CertRecord {
+            serial: serial.clone(),
+            kind: CertKind::Leaf,
+            spiffe_id: id.to_string(),
+            not_before: not_before.unix_timestamp(),
+            not_after: not_after.unix_timestamp(),
+            status: CertStatus::Active,
+        };
+        Ok((IssuedLeaf { id: id.clone(), der: cert.der().clone(), serial, not_before, not_after }, record))
     }
 
     /// The chain a workload presents: leaf, then the intermediate.
     pub fn chain_pem(&self, leaf: &CertificateDer<'_>) -> String {
         pem::cert(leaf) + &pem::cert(&self.dir.intermediate)
     }
+}
+
+/// Why an enrollment or renewal was refused. Token rejections are deliberately vague to the
+/// caller (the audit has the detail).
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error("{0}")]
+    Csr(crate::csr::CsrError),
+    #[error("the join token is not valid")]
+    Token(TokenRejection),
+    #[error("the certificate or its identity is revoked")]
+    Revoked,
+    #[error("{0}")]
+    Ca(CaError),
+}
+
+impl CaDir {
+    /// Creates a join token for `zone/workload`; returns the secret, which is shown once.
+    pub fn create_token(
+        &self,
+        zone: &Zone,
+        workload: &Workload,
+        ttl: Ttl,
+        uses: u32,
+    ) -> Result<Token, CaError> {
+        if uses == 0 {
+            return Err(CaError::Refused("--uses must be at least 1".into()));
+        }
+        let token = Token::generate()?;
+        let expires_at = OffsetDateTime::now_utc().unix_timestamp() + ttl.as_secs() as i64;
+        self.store()?.create_token(
+            &NewToken {
+                hash: token.hash(),
+                zone: zone.to_string(),
+                workload: workload.to_string(),
+                expires_at,
+                uses,
+            },
+            "cli",
+        )?;
+        Ok(token)
+    }
+
+    /// Revokes a certificate by serial, or every certificate of an identity. Returns the
+    /// revocation log position. A serial the CA never issued is refused.
+    pub fn revoke(&self, target: &RevokeTarget, reason: &str) -> Result<i64, CaError> {
+        let store = self.store()?;
+        match target {
+            RevokeTarget::Serial(serial) => {
+                let serial = serial.to_ascii_lowercase();
+                if store.certificate(&serial)?.is_none() {
+                    return Err(CaError::Refused(format!(
+                        "--serial {serial}: this CA issued no such certificate"
+                    )));
+                }
+                Ok(store.revoke(Some(&serial), None, reason, "cli")?)
+            }
+            RevokeTarget::Identity(id) => Ok(store.revoke(None, Some(&id.to_string()), reason, "cli")?),
+        }
+    }
+}
+
+/// What `revoke` takes out of service.
+#[derive(Debug, Clone)]
+pub enum RevokeTarget {
+    Serial(String),
+    Identity(SpiffeId),
 }
 
 fn ia5(s: &str) -> Result<rcgen::string::Ia5String, CaError> {

@@ -6,6 +6,7 @@
 
 pub mod authority;
 pub mod bundle;
+pub mod csr;
 pub mod error;
 pub mod fsutil;
 pub mod inspect;
@@ -13,9 +14,11 @@ pub mod keys;
 pub mod pem;
 pub mod profile;
 pub mod random;
+pub mod server;
 pub mod settings;
 pub mod store;
 pub mod tls;
+pub mod token;
 
 pub use authority::{Authority, CaDir, InitOptions, IssuedLeaf};
 pub use error::CaError;

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use mesh_ca::authority::{Authority, CaDir, InitOptions};
+use mesh_ca::authority::{Authority, CaDir, InitOptions, RevokeTarget};
 use mesh_ca::fsutil::OutFile;
 use mesh_ca::keys::{self, Passphrase};
+use mesh_ca::server::ServeOptions;
 use mesh_ca::settings::Settings;
 use mesh_ca::store::{CertKind, CertStatus, Store};
 use mesh_ca::{bundle, inspect, pem, CaError};
@@ -69,6 +70,25 @@ spiffe://<trust-domain>/ns/<zone>/sa/<workload>.")]
 Works on any PEM or DER certificate, including ones made elsewhere. Exits 1 when the
 certificate breaks the profile, and names each broken rule.")]
     Inspect(InspectArgs),
+    /// Serve the CA's HTTPS API: enrollment, renewal, bundle and revocations.
+    #[command(after_help = "Example:
+  MESH_CA_PASSPHRASE='a long secret' mesh-ca serve --dir ./ca --listen 127.0.0.1:8443 --cert-ttl 1h
+
+Prints one JSON event per line on stdout, starting with ca.started (which names the bound
+address; --listen 127.0.0.1:0 picks a free port). The server's own identity is
+spiffe://<trust-domain>/ns/mesh-system/sa/ca. SIGTERM or Ctrl-C stops it.")]
+    Serve(ServeArgs),
+    /// Join tokens for enrollment.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Revoke a certificate by serial, or every certificate of an identity.
+    #[command(after_help = "Examples:
+  mesh-ca revoke --dir ./ca --serial 3f2a...        # one certificate
+  mesh-ca revoke --dir ./ca --zone payments --workload charge --reason compromised
+
+A revoked identity cannot renew or enroll again. Works while `mesh-ca serve` runs on the same
+directory: sidecars that follow the CA refuse the revoked peer within seconds.")]
+    Revoke(RevokeArgs),
     /// List what the CA's store knows: every certificate issued and its status.
     #[command(after_help = "Examples:
   mesh-ca list --dir ./ca
@@ -164,6 +184,66 @@ struct InspectArgs {
 }
 
 #[derive(Args)]
+struct ServeArgs {
+    /// The CA directory.
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// Address to listen on, e.g. 0.0.0.0:8443.
+    #[arg(long, value_name = "ADDR")]
+    listen: std::net::SocketAddr,
+    /// Lifetime of certificates issued through the API. Default: the CA's default leaf TTL.
+    #[arg(long, value_name = "TTL", allow_hyphen_values = true)]
+    cert_ttl: Option<Ttl>,
+    #[command(flatten)]
+    pass: PassArgs,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a join token for one identity; prints only the token.
+    #[command(after_help = "Example:
+  mesh-ca token create --dir ./ca --zone payments --workload charge --ttl 15m > /run/secrets/mesh-token
+
+The store keeps only a hash of the token. Each enrollment spends one use; concurrent
+enrollments with a one-use token yield exactly one certificate.")]
+    Create(TokenCreateArgs),
+}
+
+#[derive(Args)]
+struct TokenCreateArgs {
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    #[arg(long, value_name = "ZONE", allow_hyphen_values = true)]
+    zone: Zone,
+    #[arg(long, value_name = "NAME", allow_hyphen_values = true)]
+    workload: Workload,
+    /// How long the token can be used.
+    #[arg(long, default_value = "15m", value_name = "TTL", allow_hyphen_values = true)]
+    ttl: Ttl,
+    /// How many enrollments the token allows.
+    #[arg(long, default_value_t = 1)]
+    uses: u32,
+}
+
+#[derive(Args)]
+#[command(group = clap::ArgGroup::new("target").required(true).args(["serial", "zone"]))]
+struct RevokeArgs {
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// Serial of the certificate to revoke (hex, as `list` and `inspect` show it).
+    #[arg(long, value_name = "HEX")]
+    serial: Option<String>,
+    /// Zone of the identity to revoke (with --workload).
+    #[arg(long, value_name = "ZONE", requires = "workload", allow_hyphen_values = true)]
+    zone: Option<Zone>,
+    #[arg(long, value_name = "NAME", requires = "zone", allow_hyphen_values = true)]
+    workload: Option<Workload>,
+    /// Why, for the audit trail and the revocation list.
+    #[arg(long, default_value = "unspecified")]
+    reason: String,
+}
+
+#[derive(Args)]
 struct ListArgs {
     /// The CA directory.
     #[arg(long, value_name = "DIR")]
@@ -195,6 +275,9 @@ fn main() -> ExitCode {
         Command::Bundle(a) => bundle_cmd(a),
         Command::Inspect(a) => inspect_cmd(a),
         Command::List(a) => list(a),
+        Command::Serve(a) => serve(a),
+        Command::Token(TokenCommand::Create(a)) => token_create(a),
+        Command::Revoke(a) => revoke(a),
     };
     match result {
         Ok(code) => code,
@@ -359,6 +442,56 @@ fn list(a: ListArgs) -> Result<ExitCode, CaError> {
     }
     out += &format!("{} certificate(s)\n", rows.len());
     print_out(&out);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(a: ServeArgs) -> Result<ExitCode, CaError> {
+    let dir = CaDir::open(&a.dir)?;
+    let pass = passphrase(&a.pass)?;
+    let ca = Authority::open(dir, pass.as_ref())?;
+    let ttl = ca.settings().leaf_ttl(a.cert_ttl)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CaError::Refused(format!("cannot start the runtime: {e}")))?;
+    rt.block_on(async {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+            stop.cancel();
+        });
+        mesh_ca::server::serve(ca, ServeOptions { listen: a.listen, cert_ttl: Some(ttl) }, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn token_create(a: TokenCreateArgs) -> Result<ExitCode, CaError> {
+    let dir = CaDir::open(&a.dir)?;
+    let token = dir.create_token(&a.zone, &a.workload, a.ttl, a.uses)?;
+    print_out(&format!("{}\n", token.expose()));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn revoke(a: RevokeArgs) -> Result<ExitCode, CaError> {
+    let dir = CaDir::open(&a.dir)?;
+    let target = match (a.serial, a.zone, a.workload) {
+        (Some(serial), _, _) => RevokeTarget::Serial(serial),
+        (None, Some(zone), Some(workload)) => {
+            RevokeTarget::Identity(SpiffeId::new(dir.settings.trust_domain.clone(), zone, workload))
+        }
+        _ => return Err(CaError::Refused("give --serial HEX, or --zone and --workload".into())),
+    };
+    let seq = dir.revoke(&target, &a.reason)?;
+    let what = match &target {
+        RevokeTarget::Serial(s) => format!("certificate {s}"),
+        RevokeTarget::Identity(id) => format!("every certificate of {id}"),
+    };
+    println!("revoked {what} (revocation #{seq}, reason: {})", a.reason);
     Ok(ExitCode::SUCCESS)
 }
 

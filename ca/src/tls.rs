@@ -50,6 +50,22 @@ impl fmt::Display for SvidError {
 
 impl std::error::Error for SvidError {}
 
+/// Answers "has this certificate, or its identity, been revoked?" during a handshake.
+/// The sidecar answers from the CA's revocation list it follows; the CA from its store.
+pub trait RevocationCheck: Send + Sync + fmt::Debug {
+    fn is_revoked(&self, serial_hex: &str, id: &SpiffeId) -> bool;
+}
+
+/// Whether a server demands a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Sidecar inbound: no certificate, no connection.
+    Required,
+    /// CA API: enrollment comes without a certificate; renewal presents one, and a presented
+    /// one is verified as strictly as a required one.
+    Optional,
+}
+
 /// The provider every config uses: aws-lc-rs, TLS 1.3 suites only.
 pub fn provider() -> Arc<CryptoProvider> {
     let mut p = rustls::crypto::aws_lc_rs::default_provider();
@@ -71,17 +87,22 @@ pub enum TlsConfigError {
     Credential(String),
 }
 
-/// Server config for an inbound listener.
+/// Server config for a sidecar inbound listener or the CA API.
 pub fn server_config(
     id: &Identity,
     roots: Arc<RootCertStore>,
     td: &TrustDomain,
+    auth: ClientAuth,
+    revoked: Option<Arc<dyn RevocationCheck>>,
 ) -> Result<Arc<ServerConfig>, TlsConfigError> {
     let provider = provider();
-    let webpki = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(|e| TlsConfigError::Bundle(e.to_string()))?;
-    let verifier = Arc::new(SvidClientVerifier { inner: webpki, trust_domain: td.clone() });
+    let builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+    let builder = match auth {
+        ClientAuth::Required => builder,
+        ClientAuth::Optional => builder.allow_unauthenticated(),
+    };
+    let webpki = builder.build().map_err(|e| TlsConfigError::Bundle(e.to_string()))?;
+    let verifier = Arc::new(SvidClientVerifier { inner: webpki, trust_domain: td.clone(), revoked });
     // No ticketer is configured: resumption is stateful, held in this config's session cache,
     // so a credential or bundle change (which builds a new config) ends every resumable session.
     let cfg = ServerConfig::builder_with_provider(provider)
@@ -93,25 +114,32 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
-/// Client config for one outbound: it accepts only a server presenting `expected`.
+/// Client config for one outbound, or for talking to the CA: it accepts only a server
+/// presenting `expected`. Without `id` no client certificate is offered (enrollment).
 pub fn client_config(
-    id: &Identity,
+    id: Option<&Identity>,
     roots: Arc<RootCertStore>,
     expected: &SpiffeId,
+    revoked: Option<Arc<dyn RevocationCheck>>,
 ) -> Result<Arc<ClientConfig>, TlsConfigError> {
     let provider = provider();
     let verifier = Arc::new(SvidServerVerifier {
         roots,
         expected: expected.clone(),
         algs: provider.signature_verification_algorithms,
+        revoked,
     });
-    let cfg = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsConfigError::Credential(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
-        .map_err(|e| TlsConfigError::Credential(e.to_string()))?;
+        .with_custom_certificate_verifier(verifier);
+    let cfg = match id {
+        Some(id) => builder
+            .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
+            .map_err(|e| TlsConfigError::Credential(e.to_string()))?,
+        None => builder.with_no_client_auth(),
+    };
     Ok(Arc::new(cfg))
 }
 
@@ -125,9 +153,23 @@ fn svid_error(e: SvidError) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
 }
 
-/// Checks the leaf's SVID profile in our trust domain and returns its identity.
-fn check_svid(end_entity: &CertificateDer<'_>, td: &TrustDomain) -> Result<SpiffeId, rustls::Error> {
-    profile::check_leaf(end_entity, Some(td)).into_identity().map_err(|v| svid_error(SvidError::Profile(v)))
+/// Checks the leaf's SVID profile in our trust domain and its revocation status, and returns
+/// its identity.
+fn check_svid(
+    end_entity: &CertificateDer<'_>,
+    td: &TrustDomain,
+    revoked: Option<&Arc<dyn RevocationCheck>>,
+) -> Result<SpiffeId, rustls::Error> {
+    let cert = profile::parse(end_entity).map_err(|v| svid_error(SvidError::Profile(vec![v])))?;
+    let id = profile::check_leaf_parsed(&cert, Some(td))
+        .into_identity()
+        .map_err(|v| svid_error(SvidError::Profile(v)))?;
+    if let Some(check) = revoked {
+        if check.is_revoked(&crate::random::hex(cert.raw_serial()), &id) {
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        }
+    }
+    Ok(id)
 }
 
 /// The identity in an already verified peer certificate (the handshake checked it).
@@ -139,11 +181,16 @@ pub fn peer_identity(end_entity: &CertificateDer<'_>) -> Option<SpiffeId> {
 struct SvidClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     trust_domain: TrustDomain,
+    revoked: Option<Arc<dyn RevocationCheck>>,
 }
 
 impl ClientCertVerifier for SvidClientVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         self.inner.root_hint_subjects()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
     }
 
     fn verify_client_cert(
@@ -155,7 +202,7 @@ impl ClientCertVerifier for SvidClientVerifier {
         // Chain, signatures, validity and EKU first: "unknown CA" or "expired" is the more
         // useful reason when both apply.
         self.inner.verify_client_cert(end_entity, intermediates, now)?;
-        check_svid(end_entity, &self.trust_domain)?;
+        check_svid(end_entity, &self.trust_domain, self.revoked.as_ref())?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -187,6 +234,7 @@ struct SvidServerVerifier {
     roots: Arc<RootCertStore>,
     expected: SpiffeId,
     algs: WebPkiSupportedAlgorithms,
+    revoked: Option<Arc<dyn RevocationCheck>>,
 }
 
 impl ServerCertVerifier for SvidServerVerifier {
@@ -206,7 +254,7 @@ impl ServerCertVerifier for SvidServerVerifier {
             now,
             self.algs.all,
         )?;
-        let got = check_svid(end_entity, self.expected.trust_domain())?;
+        let got = check_svid(end_entity, self.expected.trust_domain(), self.revoked.as_ref())?;
         if got != self.expected {
             return Err(svid_error(SvidError::WrongIdentity { expected: self.expected.clone(), got }));
         }

@@ -49,6 +49,50 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// A join token as stored: never the token itself, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewToken {
+    /// Lowercase hex SHA-256 of the token string.
+    pub hash: String,
+    pub zone: String,
+    pub workload: String,
+    /// Seconds since the epoch after which the token is refused.
+    pub expires_at: i64,
+    pub uses: u32,
+}
+
+/// Why a token was not accepted. The caller learns only "rejected": these are for the audit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRejection {
+    Unknown,
+    Expired,
+    UsedUp,
+    /// The token is fine but the identity it names has been revoked; nothing is spent.
+    IdentityRevoked,
+}
+
+impl TokenRejection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Expired => "expired",
+            Self::UsedUp => "used_up",
+            Self::IdentityRevoked => "identity_revoked",
+        }
+    }
+}
+
+/// One entry of the revocation log: a single certificate, or every certificate of an identity.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Revocation {
+    /// Position in the log; sidecars ask for everything after the last one they saw.
+    pub seq: i64,
+    pub serial: Option<String>,
+    pub spiffe_id: Option<String>,
+    pub reason: String,
+    pub revoked_at: i64,
+}
+
 /// The operations the CA needs from its store. Every write is durable when it returns.
 pub trait Store: Send + Sync {
     /// Records an issued certificate and its audit entry in one transaction.
@@ -57,4 +101,31 @@ pub trait Store: Send + Sync {
     fn certificates(&self) -> Result<Vec<CertRecord>, StoreError>;
     /// Appends an audit entry for an operation that issued nothing.
     fn audit(&self, op: &str, actor: &str, detail: &str) -> Result<(), StoreError>;
+    /// Stores a new join token (its hash).
+    fn create_token(&self, token: &NewToken, actor: &str) -> Result<(), StoreError>;
+    /// In one transaction: checks the token, calls `issue` with its zone and workload, and if
+    /// that yields a certificate, spends one use and records the certificate. Concurrent
+    /// redemptions of a one-use token serialise on the write lock: exactly one wins.
+    fn redeem_token(
+        &self,
+        hash: &str,
+        now: i64,
+        actor: &str,
+        issue: &mut dyn FnMut(&str, &str) -> Option<CertRecord>,
+    ) -> Result<Result<CertRecord, TokenRejection>, StoreError>;
+    /// Revokes one certificate (`serial`) or every certificate of an identity (`spiffe_id`),
+    /// past and future. Returns the new log position.
+    fn revoke(
+        &self,
+        serial: Option<&str>,
+        spiffe_id: Option<&str>,
+        reason: &str,
+        actor: &str,
+    ) -> Result<i64, StoreError>;
+    /// Log entries after `seq`, oldest first.
+    fn revocations_since(&self, seq: i64) -> Result<Vec<Revocation>, StoreError>;
+    /// Whether a certificate, or its whole identity, has been revoked.
+    fn is_revoked(&self, serial: &str, spiffe_id: &str) -> Result<bool, StoreError>;
+    /// The certificate with this serial, if the CA issued it.
+    fn certificate(&self, serial: &str) -> Result<Option<CertRecord>, StoreError>;
 }

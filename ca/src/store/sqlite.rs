@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::{CertKind, CertRecord, CertStatus, Store, StoreError};
+use super::{CertKind, CertRecord, CertStatus, NewToken, Revocation, Store, StoreError, TokenRejection};
 
 /// Each entry upgrades the schema by one version. Never edit a released entry: add one.
-/// Tokens and revocations arrive with the CA server; they get tables of their own then.
 const MIGRATIONS: &[&str] = &[
     // v1: certificates and the audit trail.
     "CREATE TABLE certificates (
@@ -30,6 +29,24 @@ const MIGRATIONS: &[&str] = &[
         op      TEXT NOT NULL,
         actor   TEXT NOT NULL,
         detail  TEXT NOT NULL
+     );",
+    // v2: join tokens (only a hash is kept) and the revocation log. `seq` is the version
+    // sidecars follow: "anything newer than N?".
+    "CREATE TABLE tokens (
+        hash        TEXT PRIMARY KEY NOT NULL,
+        zone        TEXT NOT NULL,
+        workload    TEXT NOT NULL,
+        expires_at  INTEGER NOT NULL,
+        uses_left   INTEGER NOT NULL CHECK (uses_left >= 0),
+        created_at  INTEGER NOT NULL
+     );
+     CREATE TABLE revocations (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        serial      TEXT,
+        spiffe_id   TEXT,
+        reason      TEXT NOT NULL,
+        revoked_at  INTEGER NOT NULL,
+        CHECK (serial IS NOT NULL OR spiffe_id IS NOT NULL)
      );",
 ];
 
@@ -89,70 +106,233 @@ fn kind_str(k: CertKind) -> &'static str {
     }
 }
 
+fn status_str(s: CertStatus) -> &'static str {
+    match s {
+        CertStatus::Active => "active",
+        CertStatus::Revoked => "revoked",
+    }
+}
+
+type CertRow = (String, String, String, i64, i64, String);
+
+fn cert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+}
+
+fn cert_record(row: CertRow) -> Result<CertRecord, StoreError> {
+    let (serial, kind, spiffe_id, not_before, not_after, status) = row;
+    let kind = match kind.as_str() {
+        "root" => CertKind::Root,
+        "intermediate" => CertKind::Intermediate,
+        "leaf" => CertKind::Leaf,
+        other => return Err(StoreError::Corrupt(format!("certificate {serial} has kind {other:?}"))),
+    };
+    let status = match status.as_str() {
+        "active" => CertStatus::Active,
+        "revoked" => CertStatus::Revoked,
+        other => return Err(StoreError::Corrupt(format!("certificate {serial} has status {other:?}"))),
+    };
+    Ok(CertRecord { serial, kind, spiffe_id, not_before, not_after, status })
+}
+
+/// Inserts a certificate row and its audit entry inside an open transaction.
+fn insert_cert(
+    tx: &rusqlite::Transaction<'_>,
+    rec: &CertRecord,
+    actor: &str,
+    op: &str,
+) -> Result<(), StoreError> {
+    let exists: Option<i64> = tx
+        .query_row("SELECT 1 FROM certificates WHERE serial = ?1", [&rec.serial], |r| r.get(0))
+        .optional()?;
+    if exists.is_some() {
+        return Err(StoreError::DuplicateSerial(rec.serial.clone()));
+    }
+    let at = now();
+    tx.execute(
+        "INSERT INTO certificates (serial, kind, spiffe_id, not_before, not_after, status, issued_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            rec.serial,
+            kind_str(rec.kind),
+            rec.spiffe_id,
+            rec.not_before,
+            rec.not_after,
+            status_str(rec.status),
+            at
+        ],
+    )?;
+    let detail = format!("{} serial={} id={}", kind_str(rec.kind), rec.serial, rec.spiffe_id);
+    tx.execute(
+        "INSERT INTO audit (at, op, actor, detail) VALUES (?1, ?2, ?3, ?4)",
+        params![at, op, actor, detail],
+    )?;
+    Ok(())
+}
+
+const CERT_COLUMNS: &str = "serial, kind, spiffe_id, not_before, not_after, status";
+
 impl Store for SqliteStore {
     fn record_issued(&self, rec: &CertRecord, actor: &str) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let exists: Option<i64> = tx
-            .query_row("SELECT 1 FROM certificates WHERE serial = ?1", [&rec.serial], |r| r.get(0))
-            .optional()?;
-        if exists.is_some() {
-            return Err(StoreError::DuplicateSerial(rec.serial.clone()));
-        }
-        let status = match rec.status {
-            CertStatus::Active => "active",
-            CertStatus::Revoked => "revoked",
-        };
-        let at = now();
-        tx.execute(
-            "INSERT INTO certificates (serial, kind, spiffe_id, not_before, not_after, status, issued_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![rec.serial, kind_str(rec.kind), rec.spiffe_id, rec.not_before, rec.not_after, status, at],
-        )?;
-        let detail = format!("{} serial={} id={}", kind_str(rec.kind), rec.serial, rec.spiffe_id);
-        tx.execute(
-            "INSERT INTO audit (at, op, actor, detail) VALUES (?1, 'cert.issued', ?2, ?3)",
-            params![at, actor, detail],
-        )?;
+        insert_cert(&tx, rec, actor, "cert.issued")?;
         tx.commit()?;
         Ok(())
     }
 
     fn certificates(&self) -> Result<Vec<CertRecord>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT serial, kind, spiffe_id, not_before, not_after, status
-             FROM certificates ORDER BY issued_at, rowid",
+        let mut stmt =
+            conn.prepare(&format!("SELECT {CERT_COLUMNS} FROM certificates ORDER BY issued_at, rowid"))?;
+        let rows = stmt.query_map([], cert_row)?;
+        rows.map(|r| cert_record(r?)).collect()
+    }
+
+    fn certificate(&self, serial: &str) -> Result<Option<CertRecord>, StoreError> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                &format!("SELECT {CERT_COLUMNS} FROM certificates WHERE serial = ?1"),
+                [serial],
+                cert_row,
+            )
+            .optional()?;
+        row.map(cert_record).transpose()
+    }
+
+    fn create_token(&self, t: &NewToken, actor: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let at = now();
+        tx.execute(
+            "INSERT INTO tokens (hash, zone, workload, expires_at, uses_left, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![t.hash, t.zone, t.workload, t.expires_at, t.uses, at],
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, String>(5)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (serial, kind, spiffe_id, not_before, not_after, status) = row?;
-            let kind = match kind.as_str() {
-                "root" => CertKind::Root,
-                "intermediate" => CertKind::Intermediate,
-                "leaf" => CertKind::Leaf,
-                other => return Err(StoreError::Corrupt(format!("certificate {serial} has kind {other:?}"))),
-            };
-            let status = match status.as_str() {
-                "active" => CertStatus::Active,
-                "revoked" => CertStatus::Revoked,
-                other => {
-                    return Err(StoreError::Corrupt(format!("certificate {serial} has status {other:?}")))
-                }
-            };
-            out.push(CertRecord { serial, kind, spiffe_id, not_before, not_after, status });
+        let detail =
+            format!("zone={} workload={} uses={} expires_at={}", t.zone, t.workload, t.uses, t.expires_at);
+        tx.execute(
+            "INSERT INTO audit (at, op, actor, detail) VALUES (?1, 'token.created', ?2, ?3)",
+            params![at, actor, detail],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn redeem_token(
+        &self,
+        hash: &str,
+        now_s: i64,
+        actor: &str,
+        issue: &mut dyn FnMut(&str, &str) -> Option<CertRecord>,
+    ) -> Result<Result<CertRecord, TokenRejection>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let row: Option<(String, String, i64, i64)> = tx
+            .query_row(
+                "SELECT zone, workload, expires_at, uses_left FROM tokens WHERE hash = ?1",
+                [hash],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let rejection = match &row {
+            None => Some(TokenRejection::Unknown),
+            Some((_, _, expires_at, _)) if *expires_at <= now_s => Some(TokenRejection::Expired),
+            Some((_, _, _, 0)) => Some(TokenRejection::UsedUp),
+            Some(_) => None,
+        };
+        if let Some(why) = rejection {
+            // The audit of a refusal is kept even though nothing else changes.
+            tx.execute(
+                "INSERT INTO audit (at, op, actor, detail) VALUES (?1, 'token.rejected', ?2, ?3)",
+                params![now(), actor, why.as_str()],
+            )?;
+            tx.commit()?;
+            return Ok(Err(why));
         }
-        Ok(out)
+        let Some((zone, workload, _, _)) = row else { return Ok(Err(TokenRejection::Unknown)) };
+        let Some(rec) = issue(&zone, &workload) else {
+            // Signing failed: nothing is spent or recorded (the transaction rolls back).
+            return Err(StoreError::Corrupt("issuing for a token failed".into()));
+        };
+        let revoked: Option<i64> = tx
+            .query_row("SELECT 1 FROM revocations WHERE spiffe_id = ?1 LIMIT 1", [&rec.spiffe_id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if revoked.is_some() {
+            tx.execute(
+                "INSERT INTO audit (at, op, actor, detail) VALUES (?1, 'token.rejected', ?2, ?3)",
+                params![now(), actor, format!("identity_revoked id={}", rec.spiffe_id)],
+            )?;
+            tx.commit()?;
+            return Ok(Err(TokenRejection::IdentityRevoked));
+        }
+        tx.execute("UPDATE tokens SET uses_left = uses_left - 1 WHERE hash = ?1", [hash])?;
+        insert_cert(&tx, &rec, actor, "token.used")?;
+        tx.commit()?;
+        Ok(Ok(rec))
+    }
+
+    fn revoke(
+        &self,
+        serial: Option<&str>,
+        spiffe_id: Option<&str>,
+        reason: &str,
+        actor: &str,
+    ) -> Result<i64, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let at = now();
+        tx.execute(
+            "INSERT INTO revocations (serial, spiffe_id, reason, revoked_at) VALUES (?1, ?2, ?3, ?4)",
+            params![serial, spiffe_id, reason, at],
+        )?;
+        let seq = tx.last_insert_rowid();
+        tx.execute(
+            "UPDATE certificates SET status = 'revoked' WHERE serial = ?1 OR spiffe_id = ?2",
+            params![serial, spiffe_id],
+        )?;
+        let detail = format!(
+            "seq={seq} serial={} id={} reason={reason}",
+            serial.unwrap_or("-"),
+            spiffe_id.unwrap_or("-")
+        );
+        tx.execute(
+            "INSERT INTO audit (at, op, actor, detail) VALUES (?1, 'cert.revoked', ?2, ?3)",
+            params![at, actor, detail],
+        )?;
+        tx.commit()?;
+        Ok(seq)
+    }
+
+    fn revocations_since(&self, seq: i64) -> Result<Vec<Revocation>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT seq, serial, spiffe_id, reason, revoked_at FROM revocations WHERE seq > ?1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([seq], |r| {
+            Ok(Revocation {
+                seq: r.get(0)?,
+                serial: r.get(1)?,
+                spiffe_id: r.get(2)?,
+                reason: r.get(3)?,
+                revoked_at: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn is_revoked(&self, serial: &str, spiffe_id: &str) -> Result<bool, StoreError> {
+        let conn = self.conn();
+        let hit: Option<i64> = conn
+            .query_row(
+                "SELECT 1 FROM revocations WHERE serial = ?1 OR spiffe_id = ?2 LIMIT 1",
+                params![serial, spiffe_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(hit.is_some())
     }
 
     fn audit(&self, op: &str, actor: &str, detail: &str) -> Result<(), StoreError> {

@@ -1,0 +1,324 @@
+//! The CA API, version 1. JSON in and out; every refusal is a 4xx with
+//! `{"error": <stable code>, "reason": <sentence>}`.
+//!
+//! - `POST /v1/enroll`  `{"token", "csr"}` -> a certificate for the token's identity
+//! - `POST /v1/renew`   `{"csr"}` over mutual TLS -> a new certificate for the caller's identity
+//! - `GET  /v1/bundle`  -> the trust bundle
+//! - `GET  /v1/revocations?since=N&wait=S` -> entries after N; waits up to S (<= 60) seconds
+//!   for one when there is none yet
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use mesh_config::SpiffeId;
+use rustls::pki_types::CertificateDer;
+use serde::{Deserialize, Serialize};
+
+use super::Shared;
+use crate::authority::{EnrollError, IssuedLeaf};
+use crate::store::Revocation;
+use crate::token::Token;
+
+/// Largest request body: a CSR and a token are well under this.
+const MAX_BODY: usize = 64 * 1024;
+/// Time to read a request body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_WAIT: u64 = 60;
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub token: String,
+    pub csr: String,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    pub csr: String,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct IssuedBody {
+    pub spiffe_id: String,
+    pub serial: String,
+    pub not_after: i64,
+    /// Leaf then intermediate, PEM.
+    pub cert_chain: String,
+    /// Trust anchors, PEM.
+    pub bundle: String,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct BundleBody {
+    pub sequence: u64,
+    pub bundle: String,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct RevocationsBody {
+    /// The latest log position included; ask for `since=<this>` next.
+    pub sequence: i64,
+    pub revoked: Vec<RevocationJson>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct RevocationJson {
+    pub seq: i64,
+    pub serial: Option<String>,
+    pub spiffe_id: Option<String>,
+    pub reason: String,
+    pub revoked_at: i64,
+}
+
+impl From<Revocation> for RevocationJson {
+    fn from(r: Revocation) -> Self {
+        Self {
+            seq: r.seq,
+            serial: r.serial,
+            spiffe_id: r.spiffe_id,
+            reason: r.reason,
+            revoked_at: r.revoked_at,
+        }
+    }
+}
+
+/// A caller that presented a certificate the handshake verified (chain, profile, not revoked).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub id: SpiffeId,
+    pub serial: String,
+}
+
+impl Caller {
+    pub fn from_cert(der: &CertificateDer<'_>) -> Option<Self> {
+        let cert = crate::profile::parse(der).ok()?;
+        let id = crate::profile::check_leaf_parsed(&cert, None).id?;
+        Some(Self { id, serial: crate::random::hex(cert.raw_serial()) })
+    }
+}
+
+/// One JSON audit line on stdout. Values are JSON-escaped; no secret is ever passed here.
+pub fn event(name: &str, fields: &[(&str, &str)]) {
+    let mut map = serde_json::Map::new();
+    let now = time::OffsetDateTime::now_utc();
+    map.insert(
+        "timestamp".into(),
+        now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default().into(),
+    );
+    map.insert("event".into(), name.into());
+    map.insert("source".into(), "mesh-ca".into());
+    for (k, v) in fields {
+        map.insert((*k).into(), crate::profile::truncate(v).into());
+    }
+    println!("{}", serde_json::Value::Object(map));
+}
+
+fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn error(status: StatusCode, code: &str, reason: impl Into<String>) -> Response<Full<Bytes>> {
+    json(status, &ErrorBody { error: code.into(), reason: reason.into() })
+}
+
+pub async fn handle(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    caller: Option<Caller>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    if !shared.limiter.allow(peer.ip()) {
+        return error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests from this address");
+    }
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or_default().to_owned();
+    match (req.method(), path.as_str()) {
+        (&Method::POST, "/v1/enroll") => match body::<EnrollRequest>(req).await {
+            Ok(b) => enroll(shared, peer, b).await,
+            Err(resp) => resp,
+        },
+        (&Method::POST, "/v1/renew") => {
+            let Some(caller) = caller else {
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "no_client_certificate",
+                    "renewal needs the current certificate over mutual TLS",
+                );
+            };
+            match body::<RenewRequest>(req).await {
+                Ok(b) => renew(shared, caller, b).await,
+                Err(resp) => resp,
+            }
+        }
+        (&Method::GET, "/v1/bundle") => {
+            json(StatusCode::OK, &BundleBody { sequence: 1, bundle: shared.authority.dir().bundle_pem() })
+        }
+        (&Method::GET, "/v1/revocations") => revocations(shared, &query).await,
+        (_, "/v1/enroll" | "/v1/renew" | "/v1/bundle" | "/v1/revocations") => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "see the API reference in the README")
+        }
+        _ => error(StatusCode::NOT_FOUND, "not_found", "unknown path; the API lives under /v1/"),
+    }
+}
+
+/// Reads a bounded JSON body within the time limit.
+async fn body<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, Response<Full<Bytes>>> {
+    let limited = Limited::new(req.into_body(), MAX_BODY);
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
+        Err(_) => {
+            return Err(error(StatusCode::REQUEST_TIMEOUT, "body_timeout", "the request body was too slow"))
+        }
+        Ok(Err(_)) => {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("bodies are limited to {MAX_BODY} bytes"),
+            ))
+        }
+        Ok(Ok(c)) => c.to_bytes(),
+    };
+    serde_json::from_slice(&bytes).map_err(|e| {
+        error(StatusCode::BAD_REQUEST, "bad_json", format!("the body is not the expected JSON: {e}"))
+    })
+}
+
+fn issued(shared: &Shared, leaf: &IssuedLeaf) -> IssuedBody {
+    let chain = crate::pem::cert(&leaf.der) + &crate::pem::cert(&shared.authority.dir().intermediate);
+    IssuedBody {
+        spiffe_id: leaf.id.to_string(),
+        serial: leaf.serial.clone(),
+        not_after: leaf.not_after.unix_timestamp(),
+        cert_chain: chain,
+        bundle: shared.authority.dir().bundle_pem(),
+    }
+}
+
+fn refusal(e: &EnrollError) -> Response<Full<Bytes>> {
+    match e {
+        EnrollError::Csr(c) => error(StatusCode::BAD_REQUEST, c.code(), c.to_string()),
+        EnrollError::Token(_) => {
+            error(StatusCode::FORBIDDEN, "token_rejected", "the join token is not valid")
+        }
+        EnrollError::Revoked => error(StatusCode::FORBIDDEN, "revoked", e.to_string()),
+        EnrollError::Ca(crate::CaError::Refused(r)) => error(StatusCode::FORBIDDEN, "refused", r.clone()),
+        EnrollError::Ca(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ca_unavailable",
+            "the CA could not record the certificate; nothing was issued",
+        ),
+    }
+}
+
+async fn enroll(shared: Arc<Shared>, peer: SocketAddr, b: EnrollRequest) -> Response<Full<Bytes>> {
+    let Some(token) = Token::from_presented(&b.token) else {
+        event("token.rejected", &[("peer", &peer.to_string()), ("reason", "malformed")]);
+        return error(StatusCode::FORBIDDEN, "token_rejected", "the join token is not valid");
+    };
+    let sh = shared.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        sh.authority.enroll(&token, b.csr.as_bytes(), sh.cert_ttl, &format!("enroll from {peer}"))
+    })
+    .await;
+    match result {
+        Ok(Ok(leaf)) => {
+            event("token.used", &[("peer", &peer.to_string()), ("spiffe_id", &leaf.id.to_string())]);
+            event(
+                "cert.issued",
+                &[("spiffe_id", &leaf.id.to_string()), ("serial", &leaf.serial), ("via", "enroll")],
+            );
+            json(StatusCode::OK, &issued(&shared, &leaf))
+        }
+        Ok(Err(e)) => {
+            let why = match &e {
+                EnrollError::Token(r) => r.as_str().to_owned(),
+                other => other.to_string(),
+            };
+            let name = if matches!(e, EnrollError::Csr(_)) { "enroll.refused" } else { "token.rejected" };
+            event(name, &[("peer", &peer.to_string()), ("reason", &why)]);
+            refusal(&e)
+        }
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the request failed"),
+    }
+}
+
+async fn renew(shared: Arc<Shared>, caller: Caller, b: RenewRequest) -> Response<Full<Bytes>> {
+    let sh = shared.clone();
+    let c = caller.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        sh.authority.renew(&c.id, &c.serial, b.csr.as_bytes(), sh.cert_ttl, &format!("renew by {}", c.id))
+    })
+    .await;
+    match result {
+        Ok(Ok(leaf)) => {
+            event(
+                "cert.renewed",
+                &[
+                    ("spiffe_id", &leaf.id.to_string()),
+                    ("serial", &leaf.serial),
+                    ("previous_serial", &caller.serial),
+                ],
+            );
+            json(StatusCode::OK, &issued(&shared, &leaf))
+        }
+        Ok(Err(e)) => {
+            event("renew.refused", &[("spiffe_id", &caller.id.to_string()), ("reason", &e.to_string())]);
+            refusal(&e)
+        }
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the request failed"),
+    }
+}
+
+async fn revocations(shared: Arc<Shared>, query: &str) -> Response<Full<Bytes>> {
+    let mut since = 0i64;
+    let mut wait = 0u64;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("since", v)) => match v.parse() {
+                Ok(n) => since = n,
+                Err(_) => return error(StatusCode::BAD_REQUEST, "bad_query", "since must be an integer"),
+            },
+            Some(("wait", v)) => match v.parse::<u64>() {
+                Ok(n) => wait = n.min(MAX_WAIT),
+                Err(_) => {
+                    return error(StatusCode::BAD_REQUEST, "bad_query", "wait must be a number of seconds")
+                }
+            },
+            _ => return error(StatusCode::BAD_REQUEST, "bad_query", "known parameters: since, wait"),
+        }
+    }
+    let mut seq = shared.revocation_seq.clone();
+    if *seq.borrow() <= since && wait > 0 {
+        let _ = tokio::time::timeout(Duration::from_secs(wait), seq.wait_for(|s| *s > since)).await;
+    }
+    let sh = shared.clone();
+    match tokio::task::spawn_blocking(move || sh.authority.store().revocations_since(since)).await {
+        Ok(Ok(entries)) => {
+            let sequence = entries.last().map(|r| r.seq).unwrap_or(since);
+            json(
+                StatusCode::OK,
+                &RevocationsBody { sequence, revoked: entries.into_iter().map(Into::into).collect() },
+            )
+        }
+        _ => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the revocation log could not be read",
+        ),
+    }
+}

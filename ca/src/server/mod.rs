@@ -1,0 +1,231 @@
+//! `mesh-ca serve`: the CA's HTTPS API. TLS 1.3 with the CA's own SVID
+//! (`spiffe://<td>/ns/mesh-system/sa/ca`, issued at start and renewed at half-life); client
+//! certificates are optional (enrollment has none yet) and verified fully when presented,
+//! revocation included. Connections are capped, requests bounded in size and time, and
+//! callers rate-limited. The API itself is in [`api`].
+
+mod api;
+mod limits;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use mesh_config::{SpiffeId, Ttl};
+use rustls::{RootCertStore, ServerConfig};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::authority::Authority;
+use crate::error::CaError;
+use crate::tls::{self, ClientAuth, Identity, RevocationCheck};
+
+pub use api::{EnrollRequest, ErrorBody, IssuedBody, RenewRequest, RevocationsBody};
+
+/// Zone and workload of the CA server's own identity.
+pub const CA_ZONE: &str = "mesh-system";
+pub const CA_WORKLOAD: &str = "ca";
+/// Concurrent connections the API serves; more wait in the kernel backlog.
+const MAX_CONNECTIONS: usize = 1024;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the revocation log is checked for entries written by other processes
+/// (`mesh-ca revoke` on the same directory).
+const REVOCATION_POLL: Duration = Duration::from_millis(200);
+
+/// The CA server's own SPIFFE ID in a trust domain.
+pub fn ca_server_id(td: &mesh_config::TrustDomain) -> SpiffeId {
+    let zone = CA_ZONE.parse().expect("a valid static label");
+    let workload = CA_WORKLOAD.parse().expect("a valid static label");
+    SpiffeId::new(td.clone(), zone, workload)
+}
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    /// TTL of certificates issued through the API (enroll and renew).
+    pub cert_ttl: Option<Ttl>,
+}
+
+/// What request handlers share.
+pub(crate) struct Shared {
+    pub authority: Authority,
+    pub cert_ttl: Option<Ttl>,
+    /// The latest revocation log position, refreshed from the store; long-polls wait on it.
+    pub revocation_seq: watch::Receiver<i64>,
+    pub limiter: limits::RateLimiter,
+}
+
+/// Revocation answers for the server's own verifier, straight from the store. A store error
+/// counts as revoked: fail closed.
+#[derive(Debug)]
+struct StoreRevocations(Arc<std::sync::OnceLock<Arc<Shared>>>);
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shared")
+    }
+}
+
+impl RevocationCheck for StoreRevocations {
+    fn is_revoked(&self, serial_hex: &str, id: &SpiffeId) -> bool {
+        match self.0.get() {
+            Some(s) => s.authority.store_revoked(Some(serial_hex), id).unwrap_or(true),
+            None => true,
+        }
+    }
+}
+
+/// Serves until `shutdown` is cancelled. Prints the bound address on stdout first.
+pub async fn serve(
+    authority: Authority,
+    opts: ServeOptions,
+    shutdown: CancellationToken,
+) -> Result<(), CaError> {
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| CaError::Refused(format!("--listen {}: {e}", opts.listen)))?;
+    let local = listener.local_addr().map_err(|e| CaError::Refused(format!("--listen: {e}")))?;
+    let roots = Arc::new(root_store(&authority)?);
+    let td = authority.settings().trust_domain.clone();
+    let seq0 = authority.store().revocations_since(0)?.last().map(|r| r.seq).unwrap_or(0);
+    let (seq_tx, seq_rx) = watch::channel(seq0);
+    let cell = Arc::new(std::sync::OnceLock::new());
+    let revoked: Arc<dyn RevocationCheck> = Arc::new(StoreRevocations(cell.clone()));
+    let shared = Arc::new(Shared {
+        authority,
+        cert_ttl: opts.cert_ttl,
+        revocation_seq: seq_rx,
+        limiter: limits::RateLimiter::new(),
+    });
+    let _ = cell.set(shared.clone());
+
+    let config = Arc::new(RwLock::new(own_config(&shared, &roots, &td, &revoked)?));
+    tokio::spawn(renew_own_identity(
+        shared.clone(),
+        roots.clone(),
+        revoked.clone(),
+        config.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(follow_revocations(shared.clone(), seq_tx, shutdown.clone()));
+
+    api::event("ca.started", &[("listen", &local.to_string()), ("trust_domain", td.as_str())]);
+    let conns = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            p = conns.clone().acquire_owned() => p.map_err(|_| CaError::Refused("shutting down".into()))?,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
+            },
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        let acceptor =
+            TlsAcceptor::from(config.read().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone()));
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await else {
+                return;
+            };
+            let caller =
+                tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(api::Caller::from_cert);
+            let service = hyper::service::service_fn(move |req| {
+                let (shared, caller) = (shared.clone(), caller.clone());
+                async move { Ok::<_, std::convert::Infallible>(api::handle(shared, peer, caller, req).await) }
+            });
+            let _ = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .max_buf_size(64 * 1024)
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}
+
+fn root_store(authority: &Authority) -> Result<RootCertStore, CaError> {
+    let mut roots = RootCertStore::empty();
+    roots.add(authority.dir().root.clone()).map_err(|e| CaError::Crypto(format!("root certificate: {e}")))?;
+    Ok(roots)
+}
+
+/// Issues the server's own certificate (recorded like any other) and builds its config.
+fn own_config(
+    shared: &Shared,
+    roots: &Arc<RootCertStore>,
+    td: &mesh_config::TrustDomain,
+    revoked: &Arc<dyn RevocationCheck>,
+) -> Result<Arc<ServerConfig>, CaError> {
+    let key = crate::keys::generate()?;
+    let id = ca_server_id(td);
+    let leaf =
+        shared.authority.issue(&id, Some(shared.authority.settings().max_leaf_ttl), &[], &key, "serve")?;
+    let identity = Identity {
+        chain: vec![leaf.der, shared.authority.dir().intermediate.clone()],
+        key: rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    };
+    tls::server_config(&identity, roots.clone(), td, ClientAuth::Optional, Some(revoked.clone()))
+        .map_err(|e| CaError::Crypto(e.to_string()))
+}
+
+/// Re-issues the server's certificate at half its lifetime; live connections keep theirs.
+async fn renew_own_identity(
+    shared: Arc<Shared>,
+    roots: Arc<RootCertStore>,
+    revoked: Arc<dyn RevocationCheck>,
+    config: Arc<RwLock<Arc<ServerConfig>>>,
+    shutdown: CancellationToken,
+) {
+    let half = Duration::from_secs(shared.authority.settings().max_leaf_ttl.as_secs() / 2);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(half) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let td = shared.authority.settings().trust_domain.clone();
+        match own_config(&shared, &roots, &td, &revoked) {
+            Ok(c) => {
+                if let Ok(mut w) = config.write() {
+                    *w = c;
+                }
+            }
+            Err(e) => api::event("ca.renew_own_failed", &[("reason", &e.to_string())]),
+        }
+    }
+}
+
+/// Publishes the revocation log's latest position, including entries other processes wrote.
+async fn follow_revocations(shared: Arc<Shared>, tx: watch::Sender<i64>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(REVOCATION_POLL) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let after = *tx.borrow();
+        let sh = shared.clone();
+        let latest = tokio::task::spawn_blocking(move || sh.authority.store().revocations_since(after)).await;
+        if let Ok(Ok(entries)) = latest {
+            if let Some(last) = entries.last() {
+                for r in &entries {
+                    api::event(
+                        "cert.revoked",
+                        &[
+                            ("serial", r.serial.as_deref().unwrap_or("-")),
+                            ("spiffe_id", r.spiffe_id.as_deref().unwrap_or("-")),
+                            ("reason", &r.reason),
+                        ],
+                    );
+                }
+                tx.send_replace(last.seq);
+            }
+        }
+    }
+}
