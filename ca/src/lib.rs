@@ -6,6 +6,7 @@
 
 pub mod authority;
 pub mod bundle;
+pub mod client;
 pub mod csr;
 pub mod error;
 pub mod fsutil;

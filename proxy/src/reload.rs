@@ -115,7 +115,7 @@ pub async fn run(
 fn reload_credential(files: &Watched, shape: &TlsShape, tls_tx: &watch::Sender<Arc<Tls>>, events: &Events) {
     let built = Credential::load(&files.cert, &files.key, &files.bundle)
         .map_err(|e| e.to_string())
-        .and_then(|c| Tls::build(c, shape.inbound, &shape.servers).map_err(|e| e.to_string()));
+        .and_then(|c| Tls::build(c, shape.inbound, &shape.servers, None).map_err(|e| e.to_string()));
     match built {
         Ok(tls) => {
             let mut e = Event::new("cert.rotated", Severity::Info).detail(format!(

@@ -61,7 +61,7 @@ pub async fn run(plan: Plan) -> Result<(), RunError> {
         servers: plan.outbound.iter().map(|o| o.2.clone()).collect(),
     };
     let tls =
-        Tls::build(cred, shape.inbound, &shape.servers).map_err(|e| RunError::Credential(e.to_string()))?;
+        Tls::build(cred, shape.inbound, &shape.servers, None).map_err(|e| RunError::Credential(e.to_string()))?;
     let own_id = tls.cred.id.clone();
     let (policy, missing) = reload::load_policy(&files.policy, &own_id).map_err(RunError::Policy)?;
 

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::credentials::Credential;
 use crate::events::Events;
-use crate::tls::{self, TlsConfigError};
+use crate::tls::{self, ClientAuth, RevocationCheck, TlsConfigError};
 
 /// The credential and the rustls configs built from it, swapped as one.
 pub struct Tls {
@@ -26,13 +26,23 @@ pub struct Tls {
 }
 
 impl Tls {
-    pub fn build(cred: Credential, inbound: bool, servers: &[SpiffeId]) -> Result<Self, TlsConfigError> {
+    /// Builds the configs for a credential. `revoked`, when the sidecar follows the CA's
+    /// revocation list, is consulted inside every handshake.
+    pub fn build(
+        cred: Credential,
+        inbound: bool,
+        servers: &[SpiffeId],
+        revoked: Option<Arc<dyn RevocationCheck>>,
+    ) -> Result<Self, TlsConfigError> {
         let td = cred.id.trust_domain().clone();
-        let server =
-            if inbound { Some(tls::server_config(&cred.identity, cred.roots.clone(), &td)?) } else { None };
+        let server = if inbound {
+            Some(tls::server_config(&cred.identity, cred.roots.clone(), &td, ClientAuth::Required, revoked.clone())?)
+        } else {
+            None
+        };
         let clients = servers
             .iter()
-            .map(|s| tls::client_config(&cred.identity, cred.roots.clone(), s))
+            .map(|s| tls::client_config(Some(&cred.identity), cred.roots.clone(), s, revoked.clone()))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { cred, server, clients })
     }
