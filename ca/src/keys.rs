@@ -8,7 +8,7 @@ use std::path::Path;
 
 use pkcs8::der::pem::LineEnding;
 use pkcs8::{EncryptedPrivateKeyInfo, PrivateKeyInfo};
-use rcgen::KeyPair;
+pub use rcgen::KeyPair;
 
 use crate::error::CaError;
 

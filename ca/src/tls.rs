@@ -172,9 +172,12 @@ fn check_svid(
     Ok(id)
 }
 
-/// The identity in an already verified peer certificate (the handshake checked it).
-pub fn peer_identity(end_entity: &CertificateDer<'_>) -> Option<SpiffeId> {
-    profile::check_leaf(end_entity, None).id
+/// The serial (lowercase hex) and identity in an already verified peer certificate (the
+/// handshake checked it).
+pub fn peer_serial_and_identity(end_entity: &CertificateDer<'_>) -> Option<(String, SpiffeId)> {
+    let cert = profile::parse(end_entity).ok()?;
+    let id = profile::check_leaf_parsed(&cert, None).id?;
+    Some((crate::random::hex(cert.raw_serial()), id))
 }
 
 #[derive(Debug)]

@@ -23,8 +23,12 @@ pub struct Credential {
     pub id: SpiffeId,
     pub identity: Identity,
     pub roots: Arc<RootCertStore>,
-    /// The leaf's notAfter, seconds since the epoch (for readiness and events).
+    /// The leaf's validity, seconds since the epoch (renewal timing, readiness, events).
+    pub not_before: i64,
     pub not_after: i64,
+    /// When this process obtained it: renewal timing counts from here, because notBefore
+    /// is backdated for clock skew and would make "half the lifetime" come too early.
+    pub obtained_at: i64,
     pub serial: String,
 }
 
@@ -67,6 +71,7 @@ impl Credential {
     ) -> Result<Self, CredentialError> {
         let leaf = chain.first().ok_or_else(|| CredentialError::Invalid("empty chain".into()))?;
         let parsed = profile::parse(leaf).map_err(|v| CredentialError::Invalid(v.to_string()))?;
+        let not_before = parsed.validity().not_before.timestamp();
         let not_after = parsed.validity().not_after.timestamp();
         let serial = mesh_ca::random::hex(parsed.raw_serial());
         let id = profile::check_leaf_parsed(&parsed, None).into_identity().map_err(|v| {
@@ -92,6 +97,20 @@ impl Credential {
         rustls::sign::CertifiedKey::new(chain.clone(), signing_key).keys_match().map_err(|_| {
             CredentialError::Invalid("the private key does not belong to the certificate".into())
         })?;
-        Ok(Self { id, identity: Identity { chain, key }, roots, not_after, serial })
+        let obtained_at = time::OffsetDateTime::now_utc().unix_timestamp().clamp(not_before, not_after);
+        Ok(Self { id, identity: Identity { chain, key }, roots, not_before, not_after, obtained_at, serial })
+    }
+
+    /// A copy for rebuilding TLS configs (private keys are not `Clone` on purpose).
+    pub fn duplicate(&self) -> Self {
+        Self {
+            id: self.id.clone(),
+            identity: Identity { chain: self.identity.chain.clone(), key: self.identity.key.clone_key() },
+            roots: self.roots.clone(),
+            not_before: self.not_before,
+            not_after: self.not_after,
+            obtained_at: self.obtained_at,
+            serial: self.serial.clone(),
+        }
     }
 }

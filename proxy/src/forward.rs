@@ -2,6 +2,7 @@
 //! connection has been idle for too long, or either side fails. Counts bytes as they move, so
 //! the outcome record has them whatever way the connection ended.
 
+use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -22,6 +23,8 @@ pub enum End {
     Idle,
     /// A read or write failed on one side.
     Error,
+    /// Stopped from outside: the peer's certificate or identity was revoked.
+    Revoked,
 }
 
 impl End {
@@ -30,6 +33,7 @@ impl End {
             End::Closed => "closed",
             End::Idle => "idle_timeout",
             End::Error => "reset",
+            End::Revoked => "revoked",
         }
     }
 }
@@ -42,8 +46,9 @@ pub struct Counts {
 }
 
 /// Moves bytes between `a` and `b`, each direction independently (a blocked write one way
-/// never stalls the other), with a watchdog for the idle timeout.
-pub async fn splice<A, B>(a: A, b: B, idle: Duration) -> (End, Counts)
+/// never stalls the other), with a watchdog for the idle timeout. `stop` resolving ends the
+/// connection at once (revocation of the peer).
+pub async fn splice<A, B>(a: A, b: B, idle: Duration, stop: impl Future<Output = ()>) -> (End, Counts)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -75,6 +80,7 @@ where
     let end = tokio::select! {
         e = both => e,
         e = watchdog => e,
+        _ = stop => End::Revoked,
     };
     (end, Counts { a_to_b: a_to_b.load(Ordering::Relaxed), b_to_a: b_to_a.load(Ordering::Relaxed) })
 }

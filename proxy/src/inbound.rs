@@ -11,10 +11,10 @@ use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
 use crate::connect::connect;
-use crate::forward;
 use crate::outcome::{Direction, Outcome};
 use crate::state::Shared;
 use crate::tls;
+use crate::{enroll, forward};
 
 /// One inbound connection, from accept to close.
 pub async fn handle(
@@ -27,6 +27,11 @@ pub async fn handle(
     let limits = shared.limits;
     let mut rec = Outcome::new(&shared.events, Direction::Inbound, listener, peer);
     let current = shared.tls();
+    if !shared.ready() {
+        // Fail closed: an expired own certificate means no new connections at all.
+        return rec
+            .handshake_failed("own_certificate_expired", "this sidecar has no valid certificate".into());
+    }
     rec.dst_id(current.cred.id.clone());
     let Some(config) = current.server.clone() else {
         return rec.handshake_failed("no_config", "inbound has no TLS config".into());
@@ -37,8 +42,12 @@ pub async fn handle(
         Ok(Ok(s)) => s,
     };
     // The verifier accepted this chain and profile, so the identity is there.
-    let Some(peer_id) =
-        tls_stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(tls::peer_identity)
+    let Some((peer_serial, peer_id)) = tls_stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(tls::peer_serial_and_identity)
     else {
         return rec.handshake_failed("bad_svid", "verified peer has no identity".into());
     };
@@ -53,6 +62,7 @@ pub async fn handle(
         Ok(s) => s,
         Err((reason, detail)) => return rec.upstream_failed(reason, detail),
     };
-    let (end, counts) = forward::splice(tls_stream, app, limits.idle_timeout).await;
+    let stop = enroll::revoked(shared.revocations.clone(), peer_serial, peer_id);
+    let (end, counts) = forward::splice(tls_stream, app, limits.idle_timeout, stop).await;
     rec.closed(end, counts);
 }

@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod connect;
 pub mod credentials;
+pub mod enroll;
 pub mod events;
 pub mod forward;
 pub mod inbound;

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use mesh_config::policy::{HttpAttrs, Policy, Request};
 use mesh_config::SpiffeId;
 use mesh_proxy::credentials::Credential;
-use mesh_proxy::plan;
+use mesh_proxy::plan::{self, IdentityPlan};
 
 #[derive(Parser)]
 #[command(
@@ -110,18 +110,54 @@ fn check(config: PathBuf) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fail(1, e),
     };
-    let f = &plan.files;
-    let cred = match Credential::load(&f.cert, &f.key, &f.bundle) {
-        Ok(c) => c,
-        Err(e) => return fail(1, e),
-    };
-    let left = cred.not_after - time::OffsetDateTime::now_utc().unix_timestamp();
-    println!("identity  {} (serial {}, {}s left)", cred.id, cred.serial, left);
-    match mesh_proxy::reload::load_policy(&f.policy, &cred.id) {
-        Ok((_, true)) => {
-            println!("policy    {} is missing: this sidecar would deny everything", f.policy.display())
+    let own = match &plan.identity {
+        IdentityPlan::Files(f) => {
+            let cred = match Credential::load(&f.cert, &f.key, &f.bundle) {
+                Ok(c) => c,
+                Err(e) => return fail(1, e),
+            };
+            let left = cred.not_after - time::OffsetDateTime::now_utc().unix_timestamp();
+            println!("identity  {} (serial {}, {}s left)", cred.id, cred.serial, left);
+            Some(cred.id)
         }
-        Ok((p, false)) => println!("policy    {} ok ({p:?})", f.policy.display()),
+        IdentityPlan::Enroll { ca_address, ca_bundle, token_file } => {
+            // Enrolling would spend the token: check that the files are usable, and no more.
+            let anchors = match mesh_ca::pem::read_certs(ca_bundle) {
+                Ok(a) => a,
+                Err(e) => return fail(1, format!("ca_bundle: {e}")),
+            };
+            if let Err(e) = mesh_ca::client::CaClient::new(ca_address.clone(), anchors) {
+                return fail(1, format!("ca_bundle {}: {e}", ca_bundle.display()));
+            }
+            match mesh_ca::fsutil::read_bounded(token_file, 4096) {
+                Ok(t) if mesh_ca::token::Token::from_presented(&String::from_utf8_lossy(&t)).is_some() => {}
+                Ok(_) => {
+                    return fail(
+                        1,
+                        format!("token_file {}: does not hold a join token", token_file.display()),
+                    )
+                }
+                Err(e) => return fail(1, format!("token_file: {e}")),
+            }
+            println!("identity  enrollment with the CA at {ca_address} (token file readable)");
+            None
+        }
+    };
+    match Policy::from_file(&plan.policy) {
+        Ok(p) if own.as_ref().is_some_and(|id| id.trust_domain() != p.trust_domain()) => {
+            return fail(
+                1,
+                format!(
+                    "{}: trust_domain {} does not match the certificate",
+                    plan.policy.display(),
+                    p.trust_domain()
+                ),
+            )
+        }
+        Ok(p) => println!("policy    {} ok ({p:?})", plan.policy.display()),
+        Err(_) if !plan.policy.exists() => {
+            println!("policy    {} is missing: this sidecar would deny everything", plan.policy.display())
+        }
         Err(e) => return fail(1, e),
     }
     if let Some((listen, fwd)) = &plan.inbound {

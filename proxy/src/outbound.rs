@@ -14,10 +14,10 @@ use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 
 use crate::connect::connect;
-use crate::forward;
 use crate::outcome::{Direction, Outcome};
 use crate::state::Shared;
 use crate::tls;
+use crate::{enroll, forward};
 
 /// What one `[[outbound]]` needs at connection time.
 pub struct Route {
@@ -37,6 +37,11 @@ pub async fn handle(
     let limits = shared.limits;
     let mut rec = Outcome::new(&shared.events, Direction::Outbound, listener, peer);
     let current = shared.tls();
+    if !shared.ready() {
+        // Fail closed: an expired own certificate means no new connections at all.
+        return rec
+            .handshake_failed("own_certificate_expired", "this sidecar has no valid certificate".into());
+    }
     rec.src_id(current.cred.id.clone());
     rec.dst_id(route.server.clone());
     rec.dst_addr(route.connect.clone());
@@ -58,6 +63,16 @@ pub async fn handle(
             Ok(Err(e)) => return rec.handshake_failed(tls::failure_reason(&e), tls::failure_detail(&e)),
             Ok(Ok(s)) => s,
         };
-    let (end, counts) = forward::splice(app, remote, limits.idle_timeout).await;
+    let stop = match remote
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(tls::peer_serial_and_identity)
+    {
+        Some((serial, id)) => enroll::revoked(shared.revocations.clone(), serial, id),
+        None => return rec.handshake_failed("bad_svid", "verified server has no identity".into()),
+    };
+    let (end, counts) = forward::splice(app, remote, limits.idle_timeout, stop).await;
     rec.closed(end, counts);
 }

@@ -6,7 +6,8 @@ use std::path::Path;
 use mesh_config::sidecar::{EventSink, IdentitySource, Protocol, SidecarConfig};
 
 use crate::events::Sink;
-use crate::reload::Watched;
+use crate::reload::CredFiles;
+pub use crate::run::IdentityPlan;
 pub use crate::run::Plan;
 use crate::state::Limits;
 
@@ -23,12 +24,14 @@ pub fn load(path: &Path) -> Result<Plan, PlanError> {
     let cfg = SidecarConfig::from_file(path)?;
     let file = path.display().to_string();
     let unsupported = |what: &str| PlanError::Unsupported { file: file.clone(), what: what.to_owned() };
-    let (cert, key, bundle) = match cfg.identity {
-        IdentitySource::Files { cert, key, bundle } => (cert, key, bundle),
-        IdentitySource::Enroll { .. } => return Err(unsupported(
-            "[identity] enrollment (ca_url) needs `mesh-ca serve`, which this version does not have yet; \
-                 use cert/key/bundle files from `mesh-ca issue`",
-        )),
+    let identity = match cfg.identity {
+        IdentitySource::Files { cert, key, bundle } => IdentityPlan::Files(CredFiles { cert, key, bundle }),
+        IdentitySource::Enroll { ca_url, ca_bundle, token_file } => {
+            if !ca_url.path().is_empty() && ca_url.path() != "/" {
+                return Err(unsupported("[identity] ca_url must be https://host:port without a path"));
+            }
+            IdentityPlan::Enroll { ca_address: ca_url.endpoint().to_string(), ca_bundle, token_file }
+        }
     };
     let http = cfg.inbound.iter().map(|i| i.protocol).chain(cfg.outbound.iter().map(|o| o.protocol));
     if http.into_iter().any(|p| p == Protocol::Http) {
@@ -51,7 +54,8 @@ pub fn load(path: &Path) -> Result<Plan, PlanError> {
         sinks.push(Sink::Stdout);
     }
     Ok(Plan {
-        files: Watched { policy: cfg.policy, cert, key, bundle },
+        policy: cfg.policy,
+        identity,
         inbound: cfg.inbound.map(|i| (i.listen, i.forward.to_string())),
         outbound: cfg.outbound.into_iter().map(|o| (o.listen, o.connect.to_string(), o.server)).collect(),
         admin: cfg.admin.map(|a| a.listen),

@@ -22,16 +22,23 @@ use crate::state::Tls;
 /// within this interval; SIGHUP skips the wait.
 const POLL: Duration = Duration::from_secs(1);
 
-/// The files a sidecar follows.
+/// The files a sidecar follows: always the policy; the credential files in files mode.
 #[derive(Debug, Clone)]
 pub struct Watched {
     pub policy: PathBuf,
+    pub credential: Option<CredFiles>,
+}
+
+/// Certificate chain, key and bundle, as `mesh-ca issue` writes them.
+#[derive(Debug, Clone)]
+pub struct CredFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub bundle: PathBuf,
 }
 
 /// What to rebuild the TLS configs for.
+#[derive(Debug, Clone)]
 pub struct TlsShape {
     pub inbound: bool,
     pub servers: Vec<SpiffeId>,
@@ -71,7 +78,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut hup = signal(SignalKind::hangup()).ok();
-    let cred_fp = |f: &Watched| [fingerprint(&f.cert), fingerprint(&f.key), fingerprint(&f.bundle)];
+    let cred_fp = |f: &Watched| {
+        f.credential.as_ref().map(|c| [fingerprint(&c.cert), fingerprint(&c.key), fingerprint(&c.bundle)])
+    };
     let mut policy_seen = fingerprint(&files.policy);
     let mut cred_seen = cred_fp(&files);
     let mut tick = tokio::time::interval(POLL);
@@ -82,9 +91,9 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
         };
         let now = cred_fp(&files);
-        if forced || now != cred_seen {
+        if let (true, Some(creds)) = (forced || now != cred_seen, &files.credential) {
             cred_seen = now;
-            reload_credential(&files, &shape, &tls_tx, &events);
+            reload_credential(creds, &shape, &tls_tx, &events);
         }
         let now = fingerprint(&files.policy);
         if forced || now != policy_seen {
@@ -112,7 +121,7 @@ pub async fn run(
     }
 }
 
-fn reload_credential(files: &Watched, shape: &TlsShape, tls_tx: &watch::Sender<Arc<Tls>>, events: &Events) {
+fn reload_credential(files: &CredFiles, shape: &TlsShape, tls_tx: &watch::Sender<Arc<Tls>>, events: &Events) {
     let built = Credential::load(&files.cert, &files.key, &files.bundle)
         .map_err(|e| e.to_string())
         .and_then(|c| Tls::build(c, shape.inbound, &shape.servers, None).map_err(|e| e.to_string()));

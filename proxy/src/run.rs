@@ -4,9 +4,12 @@
 //! grace period, then exit.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mesh_ca::client::CaClient;
+use mesh_ca::tls::RevocationCheck;
 use mesh_config::SpiffeId;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -15,16 +18,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::credentials::Credential;
+use crate::enroll::{self, RevocationSet};
 use crate::events::{Event, Events, Severity, Sink};
 use crate::outbound::Route;
-use crate::reload::{self, TlsShape, Watched};
+use crate::reload::{self, CredFiles, TlsShape, Watched};
 use crate::state::{Limits, Shared, Tls};
 use crate::{admin, inbound, listener, outbound};
 
 /// Everything `run` needs, already validated.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub files: Watched,
+    pub policy: PathBuf,
+    pub identity: IdentityPlan,
     /// Inbound listen address and the local app's address.
     pub inbound: Option<(SocketAddr, String)>,
     /// Per outbound: listen address, remote sidecar address, expected server identity.
@@ -32,6 +37,15 @@ pub struct Plan {
     pub admin: Option<SocketAddr>,
     pub sinks: Vec<Sink>,
     pub limits: Limits,
+}
+
+/// Where the sidecar's identity comes from.
+#[derive(Debug, Clone)]
+pub enum IdentityPlan {
+    /// Files from `mesh-ca issue`, re-read when they change.
+    Files(CredFiles),
+    /// Enrollment with `mesh-ca serve`: key in memory, renewed automatically.
+    Enroll { ca_address: String, ca_bundle: PathBuf, token_file: PathBuf },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,19 +67,53 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<(TcpListener, SocketAddr),
 }
 
 pub async fn run(plan: Plan) -> Result<(), RunError> {
-    let files = plan.files.clone();
-    let cred = Credential::load(&files.cert, &files.key, &files.bundle)
-        .map_err(|e| RunError::Credential(e.to_string()))?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            wait_for_stop().await;
+            shutdown.cancel();
+        }
+    });
+    let (events, writer) = Events::start(plan.sinks.clone());
     let shape = TlsShape {
         inbound: plan.inbound.is_some(),
         servers: plan.outbound.iter().map(|o| o.2.clone()).collect(),
     };
-    let tls =
-        Tls::build(cred, shape.inbound, &shape.servers, None).map_err(|e| RunError::Credential(e.to_string()))?;
+    let (set_tx, set_rx) = watch::channel(Arc::new(RevocationSet::default()));
+    let (cred, source, revoked) = match &plan.identity {
+        IdentityPlan::Files(f) => {
+            let cred = Credential::load(&f.cert, &f.key, &f.bundle)
+                .map_err(|e| RunError::Credential(e.to_string()))?;
+            (cred, None, None)
+        }
+        IdentityPlan::Enroll { ca_address, ca_bundle, token_file } => {
+            let anchors = mesh_ca::pem::read_certs(ca_bundle)
+                .map_err(|e| RunError::Credential(format!("ca_bundle: {e}")))?;
+            let client = CaClient::new(ca_address.clone(), anchors)
+                .map_err(|e| RunError::Credential(e.to_string()))?;
+            let source = Arc::new(enroll::Source { client, token_file: token_file.clone() });
+            // No certificate, no listener: fail closed until the CA has enrolled us.
+            let Some(cred) = enroll::enroll_until_done(&source, &events, &shutdown).await else {
+                events.flush(Duration::from_secs(2)).await;
+                return Ok(());
+            };
+            let check: Arc<dyn RevocationCheck> = Arc::new(enroll::Revocations(set_rx.clone()));
+            (cred, Some(source), Some(check))
+        }
+    };
+    let tls = Tls::build(cred, shape.inbound, &shape.servers, revoked.clone())
+        .map_err(|e| RunError::Credential(e.to_string()))?;
     let own_id = tls.cred.id.clone();
-    let (policy, missing) = reload::load_policy(&files.policy, &own_id).map_err(RunError::Policy)?;
+    let (policy, missing) = reload::load_policy(&plan.policy, &own_id).map_err(RunError::Policy)?;
+    let files = Watched {
+        policy: plan.policy.clone(),
+        credential: match &plan.identity {
+            IdentityPlan::Files(f) => Some(f.clone()),
+            IdentityPlan::Enroll { .. } => None,
+        },
+    };
 
-    let (events, writer) = Events::start(plan.sinks.clone());
     let (tls_tx, tls_rx) = watch::channel(Arc::new(tls));
     let (policy_tx, policy_rx) = watch::channel(Arc::new(policy));
     let shared = Arc::new(Shared {
@@ -74,9 +122,10 @@ pub async fn run(plan: Plan) -> Result<(), RunError> {
         events: events.clone(),
         limits: plan.limits,
         conns: Arc::new(Semaphore::new(plan.limits.max_connections)),
-        shutdown: CancellationToken::new(),
+        shutdown: shutdown.clone(),
         tracker: TaskTracker::new(),
         own_addrs: std::sync::OnceLock::new(),
+        revocations: matches!(plan.identity, IdentityPlan::Enroll { .. }).then_some(set_rx),
     });
 
     // Bind everything before serving anything, so a port conflict fails the start cleanly.
@@ -137,6 +186,26 @@ pub async fn run(plan: Plan) -> Result<(), RunError> {
     if let Some(l) = admin_listener {
         tasks.push(tokio::spawn(admin::serve(l, shared.clone())));
     }
+    if let (Some(source), Some(check)) = (source, revoked) {
+        let shape = Arc::new(shape.clone());
+        tasks.push(tokio::spawn(enroll::maintain(
+            source.clone(),
+            shape.clone(),
+            tls_tx.clone(),
+            check.clone(),
+            events.clone(),
+            shutdown.clone(),
+        )));
+        tasks.push(tokio::spawn(enroll::follow_revocations(
+            source,
+            shape,
+            tls_tx.clone(),
+            set_tx,
+            check,
+            events.clone(),
+            shutdown.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(reload::run(
         files.clone(),
         shape,
@@ -157,8 +226,7 @@ pub async fn run(plan: Plan) -> Result<(), RunError> {
     }
     eprintln!("mesh-proxy: {own_id} serving {}", bound.join(" "));
 
-    wait_for_stop().await;
-    shared.shutdown.cancel();
+    shutdown.cancelled().await;
     shared.tracker.close();
     let live = shared.tracker.len();
     events.emit(

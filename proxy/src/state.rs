@@ -36,7 +36,13 @@ impl Tls {
     ) -> Result<Self, TlsConfigError> {
         let td = cred.id.trust_domain().clone();
         let server = if inbound {
-            Some(tls::server_config(&cred.identity, cred.roots.clone(), &td, ClientAuth::Required, revoked.clone())?)
+            Some(tls::server_config(
+                &cred.identity,
+                cred.roots.clone(),
+                &td,
+                ClientAuth::Required,
+                revoked.clone(),
+            )?)
         } else {
             None
         };
@@ -70,6 +76,9 @@ pub struct Shared {
     /// Addresses this sidecar listens on, so a hop that would connect back to itself (an
     /// outbound or forward pointed at our own port) is refused instead of looping.
     pub own_addrs: std::sync::OnceLock<Vec<std::net::SocketAddr>>,
+    /// The CA's revocation list, in enrollment mode: connection handlers watch it to close
+    /// connections whose peer gets revoked.
+    pub revocations: Option<watch::Receiver<Arc<crate::enroll::RevocationSet>>>,
 }
 
 impl Shared {

@@ -1,0 +1,288 @@
+//! Enrollment mode: the sidecar's identity comes from `mesh-ca serve`. The private key is
+//! made here, in memory, and never written anywhere; only CSRs leave the process.
+//!
+//! - `enroll`: the join token (read from its file once per attempt, never logged) buys the
+//!   first certificate.
+//! - `maintain`: renews at about half the lifetime (with jitter, so a fleet does not renew in
+//!   step) with a fresh key each time; on failure retries with capped exponential backoff while
+//!   the certificate is valid; past expiry the sidecar is not ready and refuses handshakes
+//!   (fail closed), and keeps trying: renewal cannot work with an expired certificate, so it
+//!   re-enrolls with the token file (a token with uses left, or a new token put there).
+//! - `follow_revocations`: long-polls the CA's revocation log; handshakes consult the set
+//!   inside the verifier, configs are rebuilt so no session resumes past a revocation, and
+//!   open connections from a revoked peer are closed by their handlers.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_ca::client::{CaClient, ClientError};
+use mesh_ca::tls::RevocationCheck;
+use mesh_ca::token::Token;
+use mesh_config::SpiffeId;
+use rustls::pki_types::PrivateKeyDer;
+use rustls::RootCertStore;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::credentials::Credential;
+use crate::events::{Event, Events, Severity};
+use crate::reload::TlsShape;
+use crate::state::Tls;
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long one revocation long-poll waits at the CA.
+const REVOCATION_WAIT: Duration = Duration::from_secs(30);
+
+/// Where the identity comes from.
+pub struct Source {
+    pub client: CaClient,
+    pub token_file: PathBuf,
+}
+
+/// Serials and identities the CA has revoked.
+#[derive(Debug, Default)]
+pub struct RevocationSet {
+    serials: HashSet<String>,
+    ids: HashSet<SpiffeId>,
+}
+
+impl RevocationSet {
+    pub fn contains(&self, serial: &str, id: &SpiffeId) -> bool {
+        self.serials.contains(serial) || self.ids.contains(id)
+    }
+}
+
+/// The handshake-time view of the revocation set.
+#[derive(Debug)]
+pub struct Revocations(pub watch::Receiver<Arc<RevocationSet>>);
+
+impl RevocationCheck for Revocations {
+    fn is_revoked(&self, serial_hex: &str, id: &SpiffeId) -> bool {
+        self.0.borrow().contains(serial_hex, id)
+    }
+}
+
+fn read_token(path: &std::path::Path) -> Result<Token, String> {
+    let raw = mesh_ca::fsutil::read_bounded(path, 4096).map_err(|e| format!("token_file: {e}"))?;
+    let text = String::from_utf8(raw).map_err(|_| format!("token_file {}: not text", path.display()))?;
+    Token::from_presented(&text)
+        .ok_or_else(|| format!("token_file {}: does not hold a join token", path.display()))
+}
+
+fn credential(issued: mesh_ca::client::Issued, key: &mesh_ca::keys::KeyPair) -> Result<Credential, String> {
+    let mut roots = RootCertStore::empty();
+    for a in issued.bundle {
+        roots.add(a).map_err(|e| format!("bundle from the CA: {e}"))?;
+    }
+    Credential::from_parts(issued.chain, PrivateKeyDer::Pkcs8(key.serialize_der().into()), Arc::new(roots))
+        .map_err(|e| format!("certificate from the CA: {e}"))
+}
+
+/// One enrollment attempt with the token file.
+pub async fn enroll(src: &Source) -> Result<Credential, ClientError> {
+    let token = read_token(&src.token_file).map_err(ClientError::Protocol)?;
+    let key = mesh_ca::keys::generate().map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let csr = mesh_ca::csr::request_for(&key).map_err(ClientError::Protocol)?;
+    let issued = src.client.enroll(&token, csr).await?;
+    credential(issued, &key).map_err(ClientError::Protocol)
+}
+
+async fn renew(src: &Source, current: &Credential) -> Result<Credential, ClientError> {
+    let key = mesh_ca::keys::generate().map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let csr = mesh_ca::csr::request_for(&key).map_err(ClientError::Protocol)?;
+    let issued = src.client.renew(&current.identity, csr).await?;
+    credential(issued, &key).map_err(ClientError::Protocol)
+}
+
+/// Enrolls, retrying with backoff until it works or `shutdown`. Each failure is an event.
+pub async fn enroll_until_done(
+    src: &Source,
+    events: &Events,
+    shutdown: &CancellationToken,
+) -> Option<Credential> {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match enroll(src).await {
+            Ok(c) => {
+                events.emit(cert_event("cert.enrolled", Severity::Info, &c));
+                return Some(c);
+            }
+            Err(e) => events
+                .emit(Event::new("cert.enroll_failed", Severity::Error).reason(reason(&e), e.to_string())),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => return None,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn reason(e: &ClientError) -> &'static str {
+    match e {
+        ClientError::Unreachable(_) => "ca_unreachable",
+        ClientError::Refused { .. } => "ca_refused",
+        ClientError::Protocol(_) => "ca_protocol",
+    }
+}
+
+fn cert_event(name: &'static str, severity: Severity, c: &Credential) -> Event {
+    let mut e = Event::new(name, severity).detail(format!("serial {} valid until {}", c.serial, c.not_after));
+    e.src_id = Some(c.id.to_string());
+    e
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// When to renew: half the remaining lifetime when it was obtained, plus or minus a tenth.
+fn renew_at(c: &Credential) -> i64 {
+    let life = (c.not_after - c.obtained_at).max(2);
+    let mut r = [0u8; 2];
+    let jitter = match mesh_ca::random::fill(&mut r) {
+        Ok(()) => (u16::from_le_bytes(r) as f64 / u16::MAX as f64) * 0.2 - 0.1,
+        Err(_) => 0.0,
+    };
+    c.obtained_at + (life as f64 * (0.5 + jitter)) as i64
+}
+
+/// Keeps the credential fresh for as long as the sidecar runs.
+pub async fn maintain(
+    src: Arc<Source>,
+    shape: Arc<TlsShape>,
+    tls_tx: watch::Sender<Arc<Tls>>,
+    revoked: Arc<dyn RevocationCheck>,
+    events: Events,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let current = tls_tx.borrow().clone();
+        let wait = (renew_at(&current.cred) - now()).max(0) as u64;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let mut backoff = Duration::from_secs(1);
+        let mut expired_told = false;
+        let fresh = loop {
+            let expired = now() >= current.cred.not_after;
+            let attempt = if expired {
+                if !expired_told {
+                    events.emit(cert_event("cert.expired", Severity::Error, &current.cred));
+                    expired_told = true;
+                }
+                enroll(&src).await.map(|c| ("cert.enrolled", c))
+            } else {
+                renew(&src, &current.cred).await.map(|c| ("cert.renewed", c))
+            };
+            match attempt {
+                Ok(ok) => break ok,
+                Err(e) => {
+                    let mut ev =
+                        Event::new("cert.renew_failed", Severity::Warning).reason(reason(&e), e.to_string());
+                    ev.src_id = Some(current.cred.id.to_string());
+                    events.emit(ev.detail(format!("retrying in {}s", backoff.as_secs())));
+                }
+            }
+            // Retry sooner than the backoff if the certificate would expire meanwhile.
+            let until_expiry = Duration::from_secs((current.cred.not_after - now()).max(1) as u64);
+            let pause = if expired { backoff } else { backoff.min(until_expiry) };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        };
+        let (name, cred) = fresh;
+        let event = cert_event(name, Severity::Info, &cred);
+        match Tls::build(cred, shape.inbound, &shape.servers, Some(revoked.clone())) {
+            Ok(tls) => {
+                tls_tx.send_replace(Arc::new(tls));
+                events.emit(event);
+            }
+            Err(e) => events
+                .emit(Event::new("cert.renew_failed", Severity::Error).reason("tls_config", e.to_string())),
+        }
+    }
+}
+
+/// Follows the CA's revocation log for as long as the sidecar runs.
+pub async fn follow_revocations(
+    src: Arc<Source>,
+    shape: Arc<TlsShape>,
+    tls_tx: watch::Sender<Arc<Tls>>,
+    set_tx: watch::Sender<Arc<RevocationSet>>,
+    revoked: Arc<dyn RevocationCheck>,
+    events: Events,
+    shutdown: CancellationToken,
+) {
+    let mut since = 0;
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let current = tls_tx.borrow().clone();
+        let answer = tokio::select! {
+            r = src.client.revocations(Some(&current.cred.identity), since, REVOCATION_WAIT) => r,
+            _ = shutdown.cancelled() => return,
+        };
+        match answer {
+            Ok(page) => {
+                backoff = Duration::from_secs(1);
+                since = page.sequence.max(since);
+                if page.revoked.is_empty() {
+                    continue;
+                }
+                let mut set = RevocationSet {
+                    serials: set_tx.borrow().serials.clone(),
+                    ids: set_tx.borrow().ids.clone(),
+                };
+                for r in page.revoked {
+                    let mut e = Event::new("cert.revoked", Severity::Warning);
+                    if let Some(s) = r.serial {
+                        e.detail = Some(format!("serial {s}"));
+                        set.serials.insert(s);
+                    }
+                    if let Some(id) = r.spiffe_id.and_then(|i| i.parse::<SpiffeId>().ok()) {
+                        e.src_id = Some(id.to_string());
+                        set.ids.insert(id);
+                    }
+                    events.emit(e.reason("revoked", r.reason));
+                }
+                set_tx.send_replace(Arc::new(set));
+                // New configs: sessions cached under the old ones cannot be resumed. Built from
+                // the credential current now (a renewal may have landed during the long-poll),
+                // under the watch's lock.
+                tls_tx.send_modify(|t| {
+                    if let Ok(tls) =
+                        Tls::build(t.cred.duplicate(), shape.inbound, &shape.servers, Some(revoked.clone()))
+                    {
+                        *t = Arc::new(tls);
+                    }
+                });
+            }
+            Err(e) => {
+                events.emit(
+                    Event::new("revocations.poll_failed", Severity::Warning)
+                        .reason(reason(&e), e.to_string()),
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Resolves when `serial` or `id` is revoked; never, when the sidecar does not follow a CA.
+pub async fn revoked(rx: Option<watch::Receiver<Arc<RevocationSet>>>, serial: String, id: SpiffeId) {
+    if let Some(mut rx) = rx {
+        if rx.wait_for(|s| s.contains(&serial, &id)).await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending::<()>().await
+}
