@@ -1,9 +1,10 @@
 //! `mesh-demo`: a local mesh on embedded defaults, with real processes.
 //!
-//! A fresh CA (`mesh-ca`) in a temporary directory, three zones (frontend, orders, payments)
-//! with small sample apps and a `mesh-proxy` sidecar each, then a set of calls, allowed and
-//! refused, shown as a table with the sidecar events that explain each refusal. Cleans up on
-//! exit, or keeps running with `--keep`. Uses only 127.0.0.1.
+//! A fresh CA (`mesh-ca init` + `mesh-ca serve`) in a temporary directory, three zones
+//! (frontend, orders, payments) with small sample apps and a `mesh-proxy` sidecar each that
+//! enrolls with a one-time join token (keys stay in the sidecars' memory), then a set of
+//! calls, allowed and refused, shown as a table with the sidecar events that explain each
+//! refusal. Cleans up on exit, or keeps running with `--keep`. Uses only 127.0.0.1.
 
 use std::collections::HashMap;
 use std::fs;
@@ -153,9 +154,11 @@ fn sample_app(who: &'static str) -> Result<u16, String> {
 }
 
 /// Writes a sidecar.toml, starts `mesh-proxy run`, and waits for its `proxy.started` event.
+#[allow(clippy::too_many_arguments)]
 fn start_sidecar(
     proxy: &Path,
     dir: &Path,
+    ca_port: u16,
     name: &'static str,
     policy: &str,
     inbound_app: Option<u16>,
@@ -163,7 +166,7 @@ fn start_sidecar(
 ) -> Result<Sidecar, String> {
     let events = dir.join(format!("{name}.events.jsonl"));
     let mut cfg = format!(
-        "policy = \"{policy}\"\n\n[identity]\ncert = \"certs/{name}/cert.pem\"\nkey = \"certs/{name}/key.pem\"\nbundle = \"certs/{name}/bundle.pem\"\n\n[events]\nsink = \"file:{}\"\n",
+        "policy = \"{policy}\"\n\n[identity]\nca_url = \"https://127.0.0.1:{ca_port}\"\nca_bundle = \"ca-bundle.pem\"\ntoken_file = \"tokens/{name}\"\n\n[events]\nsink = \"file:{}\"\n",
         events.display()
     );
     if let Some(app) = inbound_app {
@@ -263,40 +266,67 @@ fn demo(dir: &Path, keep: bool) -> Result<(), String> {
         ca(&["init", "--dir", &ca_dir.to_string_lossy(), "--trust-domain", TD])?;
     }
     println!("1. CA        created trust domain {TD} (root + intermediate, encrypted keys)");
+
+    // The CA server: sidecars enroll with it and renew through it.
+    let ca_log = dir.join("ca.events.jsonl");
+    let ca_server = Command::new(&ca_bin)
+        .args(["serve", "--dir", &ca_dir.to_string_lossy(), "--listen", "127.0.0.1:0", "--cert-ttl", "1h"])
+        .env("MESH_CA_PASSPHRASE", &pass)
+        .stdout(fs::File::create(&ca_log).map_err(|e| e.to_string())?)
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting mesh-ca serve: {e}"))?;
+    let ca_server = Sidecar { name: "ca", child: ca_server, events: ca_log.clone(), ports: HashMap::new() };
+    let started = wait_event(&ca_log, 0, |e| e["event"] == "ca.started", Duration::from_secs(10))
+        .ok_or("mesh-ca serve did not start")?;
+    let ca_port: u16 = started["listen"]
+        .as_str()
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .ok_or("mesh-ca serve did not say where it listens")?;
+    fs::write(dir.join("ca-bundle.pem"), ca(&["bundle", "--dir", &ca_dir.to_string_lossy()])?)
+        .map_err(|e| e.to_string())?;
+    println!("2. CA server mesh-ca serve on 127.0.0.1:{ca_port}: enrollment, renewal, revocations");
+    fs::create_dir_all(dir.join("tokens")).map_err(|e| e.to_string())?;
     for (name, zone, workload) in [
         ("web", "frontend", "web"),
         ("api", "orders", "api"),
         ("charge", "payments", "charge"),
         ("rogue", "frontend", "rogue"),
     ] {
-        let out = dir.join("certs").join(name);
-        ca(&[
-            "issue",
+        let token = ca(&[
+            "token",
+            "create",
             "--dir",
             &ca_dir.to_string_lossy(),
             "--zone",
             zone,
             "--workload",
             workload,
-            "--ttl",
-            "1h",
-            "--out",
-            &out.to_string_lossy(),
         ])?;
+        let path = dir.join("tokens").join(name);
+        fs::write(&path, token).map_err(|e| e.to_string())?;
+        let _ = fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600));
     }
-    println!(
-        "2. identities web (frontend), api (orders), charge (payments), rogue (frontend): 1h certificates"
-    );
+    println!("3. tokens    one-time join tokens for web (frontend), api (orders), charge (payments), rogue (frontend)");
     fs::write(dir.join("policy.toml"), POLICY).map_err(|e| e.to_string())?;
     fs::write(dir.join("rogue-policy.toml"), ROGUE_POLICY).map_err(|e| e.to_string())?;
-    println!("3. policy    frontend -> orders; orders/api -> payments/charge; deny frontend/rogue -> orders");
+    println!("4. policy    frontend -> orders; orders/api -> payments/charge; deny frontend/rogue -> orders");
 
-    let charge =
-        start_sidecar(&proxy, dir, "charge", "policy.toml", Some(sample_app("payments/charge")?), &[])?;
+    let charge = start_sidecar(
+        &proxy,
+        dir,
+        ca_port,
+        "charge",
+        "policy.toml",
+        Some(sample_app("payments/charge")?),
+        &[],
+    )?;
     let charge_in = charge.ports["inbound"];
     let api = start_sidecar(
         &proxy,
         dir,
+        ca_port,
         "api",
         "policy.toml",
         Some(sample_app("orders/api")?),
@@ -308,6 +338,7 @@ fn demo(dir: &Path, keep: bool) -> Result<(), String> {
     let web = start_sidecar(
         &proxy,
         dir,
+        ca_port,
         "web",
         "policy.toml",
         Some(sample_app("frontend/web")?),
@@ -316,13 +347,14 @@ fn demo(dir: &Path, keep: bool) -> Result<(), String> {
     let rogue = start_sidecar(
         &proxy,
         dir,
+        ca_port,
         "rogue",
         "rogue-policy.toml",
         None,
         &[("payments/sa/charge", charge_in), ("orders/sa/api", api_in)],
     )?;
     println!(
-        "4. sidecars  4 mesh-proxy processes, mutual TLS between them, events in {}/*.events.jsonl\n",
+        "5. sidecars  4 mesh-proxy processes, enrolled with their tokens (keys only in memory, 1h certificates\n              renewed at half-life), mutual TLS between them, events in {}/*.events.jsonl\n",
         dir.display()
     );
 
@@ -385,7 +417,7 @@ fn demo(dir: &Path, keep: bool) -> Result<(), String> {
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
-    drop((web, api, charge, rogue));
+    drop((web, api, charge, rogue, ca_server));
     println!("\nStopped the sidecars. Run with --keep to explore the running mesh.");
     Ok(())
 }
