@@ -194,6 +194,9 @@ struct ServeArgs {
     /// Lifetime of certificates issued through the API. Default: the CA's default leaf TTL.
     #[arg(long, value_name = "TTL", allow_hyphen_values = true)]
     cert_ttl: Option<Ttl>,
+    /// Requests per second allowed per caller address (bursts of twice that); 0 = no limit.
+    #[arg(long, value_name = "N", default_value_t = mesh_ca::server::DEFAULT_RATE)]
+    rate_limit: u32,
     #[command(flatten)]
     pass: PassArgs,
 }
@@ -465,7 +468,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode, CaError> {
             }
             stop.cancel();
         });
-        mesh_ca::server::serve(ca, ServeOptions { listen: a.listen, cert_ttl: Some(ttl) }, shutdown).await
+        mesh_ca::server::serve(ca, ServeOptions { listen: a.listen, cert_ttl: Some(ttl), rate_limit: a.rate_limit }, shutdown).await
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,8 @@
 mod api;
 mod limits;
 
+pub use limits::DEFAULT_RATE;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -48,6 +50,8 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     /// TTL of certificates issued through the API (enroll and renew).
     pub cert_ttl: Option<Ttl>,
+    /// Requests per second per caller address (bursts of twice that); 0 turns it off.
+    pub rate_limit: u32,
 }
 
 /// What request handlers share.
@@ -99,7 +103,7 @@ pub async fn serve(
         authority,
         cert_ttl: opts.cert_ttl,
         revocation_seq: seq_rx,
-        limiter: limits::RateLimiter::new(),
+        limiter: limits::RateLimiter::new(opts.rate_limit),
     });
     let _ = cell.set(shared.clone());
 
