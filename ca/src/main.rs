@@ -393,6 +393,8 @@ fn inspect_cmd(a: InspectArgs) -> Result<ExitCode, CaError> {
 #[derive(Serialize)]
 struct ListJson {
     certificates: Vec<CertJson>,
+    tokens: Vec<mesh_ca::store::TokenInfo>,
+    revocations: Vec<mesh_ca::store::Revocation>,
 }
 
 #[derive(Serialize)]
@@ -407,7 +409,10 @@ struct CertJson {
 
 fn list(a: ListArgs) -> Result<ExitCode, CaError> {
     let dir = CaDir::open(&a.dir)?;
-    let certs = dir.store()?.certificates()?;
+    let store = dir.store()?;
+    let certs = store.certificates()?;
+    let tokens = store.tokens()?;
+    let revocations = store.revocations_since(0)?;
     let rows: Vec<CertJson> = certs
         .into_iter()
         .map(|c| CertJson {
@@ -427,7 +432,8 @@ fn list(a: ListArgs) -> Result<ExitCode, CaError> {
         })
         .collect();
     if a.json {
-        let out = serde_json::to_string_pretty(&ListJson { certificates: rows }).unwrap_or_default();
+        let out = serde_json::to_string_pretty(&ListJson { certificates: rows, tokens, revocations })
+            .unwrap_or_default();
         print_out(&(out + "\n"));
         return Ok(ExitCode::SUCCESS);
     }
@@ -444,6 +450,35 @@ fn list(a: ListArgs) -> Result<ExitCode, CaError> {
             &format!("{:<32}  {:<12}  {:<8}  {:<20}  {}\n", r.serial, r.kind, status, expires, r.spiffe_id);
     }
     out += &format!("{} certificate(s)\n", rows.len());
+    let when = |t: i64| {
+        time::OffsetDateTime::from_unix_timestamp(t)
+            .ok()
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .unwrap_or_default()
+    };
+    if !tokens.is_empty() {
+        out += &format!("\n{:<40}  {:<9}  {:<20}\n", "TOKEN FOR", "USES LEFT", "EXPIRES");
+        for t in &tokens {
+            let state = if t.expires_at <= now { " (expired)" } else { "" };
+            out += &format!(
+                "{:<40}  {:<9}  {:<20}{state}\n",
+                format!("{}/{}", t.zone, t.workload),
+                t.uses_left,
+                when(t.expires_at)
+            );
+        }
+    }
+    if !revocations.is_empty() {
+        out += &format!("\n{:<5}  {:<20}  {:<12}  WHAT\n", "SEQ", "REVOKED AT", "REASON");
+        for r in &revocations {
+            let what = match (&r.serial, &r.spiffe_id) {
+                (Some(s), _) => format!("certificate {s}"),
+                (None, Some(id)) => format!("every certificate of {id}"),
+                (None, None) => "-".into(),
+            };
+            out += &format!("{:<5}  {:<20}  {:<12}  {what}\n", r.seq, when(r.revoked_at), r.reason);
+        }
+    }
     print_out(&out);
     Ok(ExitCode::SUCCESS)
 }

@@ -187,9 +187,11 @@ pub async fn maintain(
                     events.emit(ev.detail(format!("retrying in {}s", backoff.as_secs())));
                 }
             }
-            // Retry sooner than the backoff if the certificate would expire meanwhile.
-            let until_expiry = Duration::from_secs((current.cred.not_after - now()).max(1) as u64);
-            let pause = if expired { backoff } else { backoff.min(until_expiry) };
+            // Near expiry, retry more often (half the time left each time) so that a CA that
+            // comes back just before expiry is caught while renewal still works.
+            let left_ms = ((current.cred.not_after - now()) * 1000).max(0) as u64;
+            let pause =
+                if expired { backoff } else { backoff.min(Duration::from_millis((left_ms / 2).max(200))) };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = shutdown.cancelled() => return,

@@ -19,7 +19,7 @@ use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 
 use super::Shared;
-use crate::authority::{EnrollError, IssuedLeaf};
+use crate::authority::{EnrollError, EnrollJob, IssuedLeaf};
 use crate::store::Revocation;
 use crate::token::Token;
 
@@ -230,12 +230,25 @@ async fn enroll(shared: Arc<Shared>, peer: SocketAddr, b: EnrollRequest) -> Resp
         event("token.rejected", &[("peer", &peer.to_string()), ("reason", "malformed")]);
         return error(StatusCode::FORBIDDEN, "token_rejected", "the join token is not valid");
     };
-    let sh = shared.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        sh.authority.enroll(&token, b.csr.as_bytes(), sh.cert_ttl, &format!("enroll from {peer}"))
-    })
-    .await;
-    match result {
+    // The CSR is checked here, on any core and outside the store's lock; the batcher does
+    // only what must be serial: spend the token, sign, record.
+    let public_key = match crate::csr::public_key(b.csr.as_bytes()) {
+        Ok(k) => k,
+        Err(e) => {
+            event("enroll.refused", &[("peer", &peer.to_string()), ("reason", &e.to_string())]);
+            return refusal(&EnrollError::Csr(e));
+        }
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let job = EnrollJob { token, public_key, ttl: shared.cert_ttl, actor: format!("enroll from {peer}") };
+    if shared.enroll_queue.try_send((job, reply)).is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many enrollments in flight; retry shortly",
+        );
+    }
+    match answer.await {
         Ok(Ok(leaf)) => {
             event("token.used", &[("peer", &peer.to_string()), ("spiffe_id", &leaf.id.to_string())]);
             event(
@@ -247,13 +260,44 @@ async fn enroll(shared: Arc<Shared>, peer: SocketAddr, b: EnrollRequest) -> Resp
         Ok(Err(e)) => {
             let why = match &e {
                 EnrollError::Token(r) => r.as_str().to_owned(),
+                EnrollError::Revoked => crate::store::TokenRejection::IdentityRevoked.as_str().to_owned(),
                 other => other.to_string(),
             };
-            let name = if matches!(e, EnrollError::Csr(_)) { "enroll.refused" } else { "token.rejected" };
-            event(name, &[("peer", &peer.to_string()), ("reason", &why)]);
+            event("token.rejected", &[("peer", &peer.to_string()), ("reason", &why)]);
             refusal(&e)
         }
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the request failed"),
+    }
+}
+
+/// An enrollment waiting for the batcher, and where its answer goes.
+pub type QueuedEnroll = (EnrollJob, tokio::sync::oneshot::Sender<Result<IssuedLeaf, EnrollError>>);
+
+/// Group commit: takes whatever enrollments are queued (up to `MAX_BATCH`) and runs them as
+/// one store transaction. Under load batches grow by themselves while the previous one syncs.
+pub async fn batcher(shared: Arc<Shared>, mut queue: tokio::sync::mpsc::Receiver<QueuedEnroll>) {
+    const MAX_BATCH: usize = 128;
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let (jobs, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let sh = shared.clone();
+        let results = tokio::task::spawn_blocking(move || sh.authority.enroll_batch(jobs)).await;
+        match results {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            // A panic in the batch: every waiter gets an error (its sender drops); nothing was
+            // committed, so nothing was handed out.
+            Err(_) => drop(replies),
+        }
     }
 }
 

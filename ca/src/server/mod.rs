@@ -61,6 +61,8 @@ pub(crate) struct Shared {
     /// The latest revocation log position, refreshed from the store; long-polls wait on it.
     pub revocation_seq: watch::Receiver<i64>,
     pub limiter: limits::RateLimiter,
+    /// Enrollments waiting for the group-commit batcher.
+    pub enroll_queue: tokio::sync::mpsc::Sender<api::QueuedEnroll>,
 }
 
 /// Revocation answers for the server's own verifier, straight from the store. A store error
@@ -99,12 +101,15 @@ pub async fn serve(
     let (seq_tx, seq_rx) = watch::channel(seq0);
     let cell = Arc::new(std::sync::OnceLock::new());
     let revoked: Arc<dyn RevocationCheck> = Arc::new(StoreRevocations(cell.clone()));
+    let (enroll_queue, queued) = tokio::sync::mpsc::channel(4096);
     let shared = Arc::new(Shared {
         authority,
         cert_ttl: opts.cert_ttl,
         revocation_seq: seq_rx,
         limiter: limits::RateLimiter::new(opts.rate_limit),
+        enroll_queue,
     });
+    tokio::spawn(api::batcher(shared.clone(), queued));
     let _ = cell.set(shared.clone());
 
     let config = Arc::new(RwLock::new(own_config(&shared, &roots, &td, &revoked)?));

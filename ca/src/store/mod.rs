@@ -61,6 +61,16 @@ pub struct NewToken {
     pub uses: u32,
 }
 
+/// A join token as `list` shows it: what it is for and how much is left, never its value.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TokenInfo {
+    pub zone: String,
+    pub workload: String,
+    pub uses_left: i64,
+    pub expires_at: i64,
+    pub created_at: i64,
+}
+
 /// Why a token was not accepted. The caller learns only "rejected": these are for the audit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenRejection {
@@ -82,6 +92,22 @@ impl TokenRejection {
     }
 }
 
+/// One token redemption of a batch. `issue` runs under the store's lock: it must not call
+/// the store.
+pub struct Redemption<'a> {
+    /// SHA-256 (hex) of the presented token.
+    pub hash: String,
+    /// Who asked, for the audit trail.
+    pub actor: String,
+    pub issue: IssueFn<'a>,
+}
+
+/// Signs a certificate for (zone, workload) inside a redemption; `None` when it cannot.
+pub type IssueFn<'a> = Box<dyn FnMut(&str, &str) -> Option<CertRecord> + 'a>;
+
+/// What became of one redemption.
+pub type RedeemOutcome = Result<Result<CertRecord, TokenRejection>, StoreError>;
+
 /// One entry of the revocation log: a single certificate, or every certificate of an identity.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Revocation {
@@ -99,20 +125,20 @@ pub trait Store: Send + Sync {
     fn record_issued(&self, rec: &CertRecord, actor: &str) -> Result<(), StoreError>;
     /// Every certificate, oldest first.
     fn certificates(&self) -> Result<Vec<CertRecord>, StoreError>;
+    /// Every join token (never its hash), oldest first.
+    fn tokens(&self) -> Result<Vec<TokenInfo>, StoreError>;
     /// Appends an audit entry for an operation that issued nothing.
     fn audit(&self, op: &str, actor: &str, detail: &str) -> Result<(), StoreError>;
     /// Stores a new join token (its hash).
     fn create_token(&self, token: &NewToken, actor: &str) -> Result<(), StoreError>;
-    /// In one transaction: checks the token, calls `issue` with its zone and workload, and if
-    /// that yields a certificate, spends one use and records the certificate. Concurrent
-    /// redemptions of a one-use token serialise on the write lock: exactly one wins.
-    fn redeem_token(
-        &self,
-        hash: &str,
-        now: i64,
-        actor: &str,
-        issue: &mut dyn FnMut(&str, &str) -> Option<CertRecord>,
-    ) -> Result<Result<CertRecord, TokenRejection>, StoreError>;
+    /// Redeems a batch of tokens in one transaction (group commit: one sync to disk for the
+    /// whole batch), each redemption isolated in a savepoint. For each: checks the token, calls
+    /// its `issue` with the token's zone and workload, and if that yields a certificate for an
+    /// identity that is not revoked, spends one use and records the certificate. Redemptions
+    /// of one token serialise on the write lock and within the batch: a one-use token is
+    /// spent exactly once. Nothing is durable, or returned as issued, before the commit.
+    fn redeem_tokens(&self, now: i64, batch: &mut [Redemption<'_>])
+        -> Result<Vec<RedeemOutcome>, StoreError>;
     /// Revokes one certificate (`serial`) or every certificate of an identity (`spiffe_id`),
     /// past and future. Returns the new log position.
     fn revoke(

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::{CertKind, CertRecord, CertStatus, NewToken, Revocation, Store, StoreError, TokenRejection};
+use super::{
+    CertKind, CertRecord, CertStatus, NewToken, RedeemOutcome, Redemption, Revocation, Store, StoreError,
+    TokenInfo, TokenRejection,
+};
 
 /// Each entry upgrades the schema by one version. Never edit a released entry: add one.
 const MIGRATIONS: &[&str] = &[
@@ -136,12 +139,7 @@ fn cert_record(row: CertRow) -> Result<CertRecord, StoreError> {
 }
 
 /// Inserts a certificate row and its audit entry inside an open transaction.
-fn insert_cert(
-    tx: &rusqlite::Transaction<'_>,
-    rec: &CertRecord,
-    actor: &str,
-    op: &str,
-) -> Result<(), StoreError> {
+fn insert_cert(tx: &Connection, rec: &CertRecord, actor: &str, op: &str) -> Result<(), StoreError> {
     let exists: Option<i64> = tx
         .query_row("SELECT 1 FROM certificates WHERE serial = ?1", [&rec.serial], |r| r.get(0))
         .optional()?;
@@ -172,6 +170,51 @@ fn insert_cert(
 
 const CERT_COLUMNS: &str = "serial, kind, spiffe_id, not_before, not_after, status";
 
+/// One redemption inside an open transaction or savepoint; see `Store::redeem_tokens`.
+fn redeem_in(
+    conn: &Connection,
+    hash: &str,
+    now_s: i64,
+    actor: &str,
+    issue: &mut dyn FnMut(&str, &str) -> Option<CertRecord>,
+) -> RedeemOutcome {
+    let row: Option<(String, String, i64, i64)> = conn
+        .query_row("SELECT zone, workload, expires_at, uses_left FROM tokens WHERE hash = ?1", [hash], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    let rejection = match &row {
+        None => Some(TokenRejection::Unknown),
+        Some((_, _, expires_at, _)) if *expires_at <= now_s => Some(TokenRejection::Expired),
+        Some((_, _, _, 0)) => Some(TokenRejection::UsedUp),
+        Some(_) => None,
+    };
+    let reject = |why: TokenRejection, detail: String| -> RedeemOutcome {
+        conn.execute(
+            "INSERT INTO audit (at, op, actor, detail) VALUES (?1, 'token.rejected', ?2, ?3)",
+            params![now(), actor, detail],
+        )?;
+        Ok(Err(why))
+    };
+    if let Some(why) = rejection {
+        return reject(why, why.as_str().to_owned());
+    }
+    let Some((zone, workload, _, _)) = row else { return Ok(Err(TokenRejection::Unknown)) };
+    let Some(rec) = issue(&zone, &workload) else {
+        // Signing failed: nothing is spent or recorded (the savepoint rolls back).
+        return Err(StoreError::Corrupt("issuing for a token failed".into()));
+    };
+    let revoked: Option<i64> = conn
+        .query_row("SELECT 1 FROM revocations WHERE spiffe_id = ?1 LIMIT 1", [&rec.spiffe_id], |r| r.get(0))
+        .optional()?;
+    if revoked.is_some() {
+        return reject(TokenRejection::IdentityRevoked, format!("identity_revoked id={}", rec.spiffe_id));
+    }
+    conn.execute("UPDATE tokens SET uses_left = uses_left - 1 WHERE hash = ?1", [hash])?;
+    insert_cert(conn, &rec, actor, "token.used")?;
+    Ok(Ok(rec))
+}
+
 impl Store for SqliteStore {
     fn record_issued(&self, rec: &CertRecord, actor: &str) -> Result<(), StoreError> {
         let mut conn = self.conn();
@@ -187,6 +230,23 @@ impl Store for SqliteStore {
             conn.prepare(&format!("SELECT {CERT_COLUMNS} FROM certificates ORDER BY issued_at, rowid"))?;
         let rows = stmt.query_map([], cert_row)?;
         rows.map(|r| cert_record(r?)).collect()
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenInfo>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT zone, workload, uses_left, expires_at, created_at FROM tokens ORDER BY created_at, rowid",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(TokenInfo {
+                zone: r.get(0)?,
+                workload: r.get(1)?,
+                uses_left: r.get(2)?,
+                expires_at: r.get(3)?,
+                created_at: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn certificate(&self, serial: &str) -> Result<Option<CertRecord>, StoreError> {
@@ -219,59 +279,25 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn redeem_token(
+    fn redeem_tokens(
         &self,
-        hash: &str,
         now_s: i64,
-        actor: &str,
-        issue: &mut dyn FnMut(&str, &str) -> Option<CertRecord>,
-    ) -> Result<Result<CertRecord, TokenRejection>, StoreError> {
+        batch: &mut [Redemption<'_>],
+    ) -> Result<Vec<RedeemOutcome>, StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let row: Option<(String, String, i64, i64)> = tx
-            .query_row(
-                "SELECT zone, workload, expires_at, uses_left FROM tokens WHERE hash = ?1",
-                [hash],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .optional()?;
-        let rejection = match &row {
-            None => Some(TokenRejection::Unknown),
-            Some((_, _, expires_at, _)) if *expires_at <= now_s => Some(TokenRejection::Expired),
-            Some((_, _, _, 0)) => Some(TokenRejection::UsedUp),
-            Some(_) => None,
-        };
-        if let Some(why) = rejection {
-            // The audit of a refusal is kept even though nothing else changes.
-            tx.execute(
-                "INSERT INTO audit (at, op, actor, detail) VALUES (?1, 'token.rejected', ?2, ?3)",
-                params![now(), actor, why.as_str()],
-            )?;
-            tx.commit()?;
-            return Ok(Err(why));
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut out = Vec::with_capacity(batch.len());
+        for r in batch.iter_mut() {
+            // A savepoint per redemption: a failure undoes only its own writes.
+            let sp = tx.savepoint()?;
+            let res = redeem_in(&sp, &r.hash, now_s, &r.actor, &mut *r.issue);
+            if res.is_ok() {
+                sp.commit()?;
+            }
+            out.push(res);
         }
-        let Some((zone, workload, _, _)) = row else { return Ok(Err(TokenRejection::Unknown)) };
-        let Some(rec) = issue(&zone, &workload) else {
-            // Signing failed: nothing is spent or recorded (the transaction rolls back).
-            return Err(StoreError::Corrupt("issuing for a token failed".into()));
-        };
-        let revoked: Option<i64> = tx
-            .query_row("SELECT 1 FROM revocations WHERE spiffe_id = ?1 LIMIT 1", [&rec.spiffe_id], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        if revoked.is_some() {
-            tx.execute(
-                "INSERT INTO audit (at, op, actor, detail) VALUES (?1, 'token.rejected', ?2, ?3)",
-                params![now(), actor, format!("identity_revoked id={}", rec.spiffe_id)],
-            )?;
-            tx.commit()?;
-            return Ok(Err(TokenRejection::IdentityRevoked));
-        }
-        tx.execute("UPDATE tokens SET uses_left = uses_left - 1 WHERE hash = ?1", [hash])?;
-        insert_cert(&tx, &rec, actor, "token.used")?;
         tx.commit()?;
-        Ok(Ok(rec))
+        Ok(out)
     }
 
     fn revoke(
