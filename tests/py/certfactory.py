@@ -12,6 +12,10 @@ As a program:
 writes OUTDIR/root.pem, OUTDIR/<variant>.pem for every variant (the certificate followed by
 its issuer) and OUTDIR/manifest.json describing each file: role, the svid_check rules it must
 violate (empty for good ones) and keywords a foreign checker's violation text should contain.
+
+For the mesh-proxy tests: write_ca_leaf_variant() signs good and bad leaves with the intermediate
+of a real (unencrypted) mesh-ca CA, and tls_probe() connects to a sidecar like a good or bad peer
+would. tool() exposes both to the Rust tests (see its docstring).
 """
 
 from __future__ import annotations
@@ -590,15 +594,18 @@ def tls_probe(
 def tool(argv: list[str]) -> int:
     """Entry point for the Rust tests (`python3 -c ... certfactory.tool(sys.argv[1:])`):
 
-    variant CA_DIR NAME ZONE WORKLOAD OUTDIR   prints the leaf serial (hex)
+    variants CA_DIR ZONE WORKLOAD OUTROOT NAME...
+                                               writes OUTROOT/NAME/{cert,key}.pem for each NAME
+                                               and prints one JSON object {NAME: leaf serial hex}
     probe HOST PORT [--cert F --key F] [--ca F] [--tls12] [--send TEXT] [--raw-hex HEX]
                                                prints one JSON object (see tls_probe)
     """
     ap = argparse.ArgumentParser(prog="certfactory-tool")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    v = sub.add_parser("variant")
-    for a in ("ca_dir", "name", "zone", "workload", "outdir"):
+    v = sub.add_parser("variants")
+    for a in ("ca_dir", "zone", "workload", "outroot"):
         v.add_argument(a)
+    v.add_argument("names", nargs="+")
     p = sub.add_parser("probe")
     p.add_argument("host")
     p.add_argument("port", type=int)
@@ -610,8 +617,12 @@ def tool(argv: list[str]) -> int:
     p.add_argument("--raw-hex")
     p.add_argument("--timeout", type=float, default=10.0)
     args = ap.parse_args(argv)
-    if args.cmd == "variant":
-        print(write_ca_leaf_variant(args.ca_dir, args.name, args.zone, args.workload, args.outdir))
+    if args.cmd == "variants":
+        serials = {
+            n: write_ca_leaf_variant(args.ca_dir, n, args.zone, args.workload, os.path.join(args.outroot, n))
+            for n in args.names
+        }
+        print(json.dumps(serials))
         return 0
     raw = bytes.fromhex(args.raw_hex) if args.raw_hex is not None else None
     res = tls_probe(args.host, args.port, args.cert, args.key, args.ca, args.tls12,

@@ -6,8 +6,10 @@
 //! own beyond calling webpki, so that a bug in mesh-ca cannot be mirrored here.
 
 mod ca;
+pub mod ca_server;
 mod files;
 mod process;
+pub mod proxy;
 mod validate;
 
 pub use ca::{serial_bits, serial_from_issue_stdout, TestCa};

@@ -1,0 +1,167 @@
+//! Hot reload while the sidecars run: policy files (polled, and forced by SIGHUP), a broken
+//! policy keeping the last good one, and a certificate rotated on disk under an open
+//! connection.
+
+use std::fs::{File, FileTimes};
+
+use super::*;
+
+const DENY_ALL: &str = r#"trust_domain = "example.org"
+zones = ["frontend", "orders"]
+"#;
+
+/// Refers to a zone the file does not declare: must be refused as a whole.
+const BROKEN: &str = r#"trust_domain = "example.org"
+zones = ["frontend", "orders"]
+
+[[allow]]
+from = "frontend"
+to = "nowhere"
+"#;
+
+/// One exchange through the client sidecar: true if the bytes came back.
+fn passes(p: &Pair, text: &str) -> bool {
+    exchange(p.client.outbound[0], text.as_bytes()) == text.as_bytes()
+}
+
+/// Rewrites `path` in place with `text` of the same length and puts the old modification
+/// time back, so that polling cannot see the change: only SIGHUP can.
+fn rewrite_unnoticeably(path: &std::path::Path, text: &str) {
+    let meta = std::fs::metadata(path).expect("the policy file exists");
+    assert_eq!(meta.len(), text.len() as u64, "the replacement must keep the size");
+    let modified = meta.modified().expect("mtime");
+    std::fs::write(path, text).expect("rewriting the policy in place");
+    File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_times(FileTimes::new().set_modified(modified)))
+        .expect("restoring the modification time");
+}
+
+#[test]
+fn policy_changes_apply_to_new_connections_and_broken_ones_are_refused() {
+    let mesh = Mesh::new();
+    let api = mesh.identity("orders", "api");
+    let web = mesh.identity("frontend", "web");
+    let app = App::start();
+    // The server starts without its policy file: deny everything.
+    let server_policy = mesh.path("server-policy.toml");
+    let client_policy = mesh.write_file("client-policy.toml", ALLOW_FRONTEND_TO_ORDERS);
+    let server = mesh.sidecar(SidecarSpec::new("server", &api, &server_policy).inbound(app.addr));
+    let inbound = server.inbound.expect("inbound port");
+    let client = mesh.sidecar(SidecarSpec::new("client", &web, &client_policy).outbound(inbound, &api.id));
+    let p = Pair { mesh, api, web, app, server, client };
+
+    // 1. Missing policy: the server refuses after the handshake; the app sees nothing.
+    let mark = p.server.mark();
+    assert!(!passes(&p, "no policy yet"));
+    let e = p.server.next_conn_event(mark);
+    assert_fields(&p.server, &e, &[("event", "policy.deny"), ("reason", "no_rule"), ("src_id", &p.web.id)]);
+    assert_eq!(p.app.connections(), 0);
+
+    // 2. The policy appears (picked up by polling): new connections pass.
+    let mark = p.server.mark();
+    p.mesh.write_file("server-policy.toml", ALLOW_FRONTEND_TO_ORDERS);
+    p.server.next_named(mark, "policy.reloaded");
+    assert!(passes(&p, "allowed now"), "{}", p.server.transcript());
+    assert_eq!(p.app.connections(), 1);
+
+    // 3. A broken policy is refused and the last good one stays.
+    let mark = p.server.mark();
+    p.mesh.write_file("server-policy.toml", BROKEN);
+    let e = p.server.next_named(mark, "policy.reload_failed");
+    assert!(
+        p.server.events()[mark..].iter().all(|e| e["event"] != "policy.reloaded"),
+        "a broken policy was loaded\n{}",
+        p.server.transcript()
+    );
+    assert!(e.to_string().contains("server-policy.toml"), "the failure names the file: {e}");
+    assert!(passes(&p, "still allowed"), "{}", p.server.transcript());
+    assert_eq!(p.app.connections(), 2);
+
+    // 4. SIGHUP forces a reload that polling cannot notice: the client's own policy flips
+    //    `[[allow]]` to `[[deny]] ` (same size, same mtime), so its egress is now refused.
+    let flipped = ALLOW_FRONTEND_TO_ORDERS.replace("[[allow]]", "[[deny]] ");
+    rewrite_unnoticeably(&client_policy, &flipped);
+    let mark = p.client.mark();
+    p.client.signal("HUP");
+    p.client.next_named(mark, "policy.reloaded");
+    let mark = p.client.mark();
+    assert!(!passes(&p, "egress denied"));
+    let e = p.client.next_conn_event(mark);
+    assert_fields(
+        &p.client,
+        &e,
+        &[("event", "policy.deny"), ("direction", "outbound"), ("reason", "deny_rule")],
+    );
+    assert_eq!(p.app.connections(), 2, "a denied egress reached the app");
+
+    // 5. And back, by polling.
+    let mark = p.client.mark();
+    p.mesh.write_file("client-policy.toml", ALLOW_FRONTEND_TO_ORDERS);
+    p.client.next_named(mark, "policy.reloaded");
+    assert!(passes(&p, "allowed again"), "{}", p.client.transcript());
+    assert_eq!(p.app.connections(), 3);
+
+    // 6. A valid policy without the rule, then the file removed: both deny at the server.
+    for step in ["deny-all policy", "policy removed"] {
+        let mark = p.server.mark();
+        if step == "policy removed" {
+            std::fs::remove_file(&server_policy).expect("removing the policy");
+        } else {
+            p.mesh.write_file("server-policy.toml", DENY_ALL);
+        }
+        p.server.next_named(mark, "policy.reloaded");
+        let mark = p.server.mark();
+        assert!(!passes(&p, step), "{step}: still allowed");
+        let e = p.server.next_conn_event(mark);
+        assert_fields(&p.server, &e, &[("event", "policy.deny"), ("reason", "no_rule")]);
+        assert_eq!(p.app.connections(), 3, "{step}: the app was reached");
+    }
+}
+
+#[test]
+fn certificate_rotation_keeps_open_connections_and_serves_the_new_certificate() {
+    let p = Pair::start(ALLOW_FRONTEND_TO_ORDERS, &[]);
+    let inbound = p.server.inbound.expect("inbound port");
+    let presented = || {
+        let r = Probe::to(inbound).identity(&p.web).verify(&p.api.bundle()).send("who").run();
+        assert_eq!(field(&r, "received"), "who", "{r}\n{}", p.server.transcript());
+        assert_eq!(r["peer_uris"][0], p.api.id.as_str(), "{r}");
+        norm_serial(field(&r, "peer_serial"))
+    };
+    assert_eq!(presented(), p.api.serial, "the server presents its issued certificate");
+
+    let mut long = Client::connect(p.client.outbound[0]);
+    assert_eq!(long.roundtrip(b"before rotation"), b"before rotation");
+
+    let mark = p.server.mark();
+    let new = p.mesh.reissue(&p.api);
+    assert_ne!(new.serial, p.api.serial);
+    p.server.next_named(mark, "cert.rotated");
+    // cert.pem, key.pem and bundle.pem change one after another, so the first reload may
+    // still see the old pair: probe again after each further cert.rotated, until the new
+    // serial is presented (each wait is bounded; only a rotation can change the answer).
+    let rotations = || p.server.events()[mark..].iter().filter(|e| e["event"] == "cert.rotated").count();
+    loop {
+        let seen = rotations();
+        if presented() == new.serial {
+            break;
+        }
+        p.server.wait_until("a cert.rotated that presents the new serial", |events| {
+            (events[mark..].iter().filter(|e| e["event"] == "cert.rotated").count() > seen).then_some(())
+        });
+    }
+
+    // The connection opened before the rotation is still open and working.
+    assert_eq!(long.roundtrip(b"after rotation"), b"after rotation");
+    // New connections through the client sidecar (which verifies the new certificate) work.
+    assert_eq!(exchange(p.client.outbound[0], b"new connection"), b"new connection");
+    let (rest, clean) = long.finish();
+    assert!(rest.is_empty() && clean, "the long connection ended badly: {rest:?}");
+    let n = (b"before rotation".len() + b"after rotation".len()) as u64;
+    let e = p.server.wait_for("the long connection's event", |e| {
+        e["event"] == "connection" && e["bytes_in"].as_u64() == Some(n)
+    });
+    assert_fields(&p.server, &e, &[("reason", "closed"), ("src_id", &p.web.id)]);
+}
