@@ -23,16 +23,19 @@ where
 {
     let mut backoff = Duration::from_millis(5);
     loop {
+        // `biased`: shutdown is checked first, so nothing is accepted once it has begun.
         let permit = tokio::select! {
+            biased;
+            _ = shared.shutdown.cancelled() => return,
             p = shared.conns.clone().acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => return, // the semaphore is closed only at exit
             },
-            _ = shared.shutdown.cancelled() => return,
         };
         let accepted = tokio::select! {
-            r = listener.accept() => r,
+            biased;
             _ = shared.shutdown.cancelled() => return,
+            r = listener.accept() => r,
         };
         match accepted {
             Ok((stream, peer)) => {
