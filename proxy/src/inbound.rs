@@ -25,7 +25,7 @@ pub async fn handle(
     peer: SocketAddr,
 ) {
     let limits = shared.limits;
-    let mut rec = Outcome::new(&shared.events, Direction::Inbound, listener, peer);
+    let mut rec = Outcome::new(&shared, Direction::Inbound, listener, peer);
     let current = shared.tls();
     if !shared.ready() {
         // Fail closed: an expired own certificate means no new connections at all.
@@ -36,11 +36,13 @@ pub async fn handle(
     let Some(config) = current.server.clone() else {
         return rec.handshake_failed("no_config", "inbound has no TLS config".into());
     };
+    rec.handshake_started();
     let tls_stream = match timeout(limits.handshake_timeout, TlsAcceptor::from(config).accept(stream)).await {
         Err(_) => return rec.handshake_failed("timeout", "handshake timed out".into()),
         Ok(Err(e)) => return rec.handshake_failed(tls::failure_reason(&e), tls::failure_detail(&e)),
         Ok(Ok(s)) => s,
     };
+    rec.handshake_ok();
     // The verifier accepted this chain and profile, so the identity is there.
     let Some((peer_serial, peer_id)) = tls_stream
         .get_ref()

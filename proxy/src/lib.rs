@@ -6,9 +6,10 @@
 //! remote must prove the configured identity before a byte of the app's data leaves.
 //! Module map: `tls` builds every rustls config; `credentials` loads the workload's files;
 //! `listener` is the shared accept loop; `inbound`/`outbound` are the per-connection stages;
-//! `forward` copies bytes; `outcome` writes the one event per connection; `events` queues
-//! and writes events; `reload` follows files; `admin` answers probes; `run` assembles it all;
-//! `plan` turns `sidecar.toml` into what `run` needs.
+//! `forward` copies bytes; `outcome` writes the one event and the metrics per connection;
+//! `events` queues events for each sink (stdout, files, syslog, HTTPS); `metrics` names every
+//! metric; `reload` follows files; `admin` serves probes, metrics, identity and config; `run`
+//! assembles it all; `plan` turns `sidecar.toml` into what `run` needs.
 
 pub mod admin;
 pub mod connect;
@@ -18,6 +19,7 @@ pub mod events;
 pub mod forward;
 pub mod inbound;
 pub mod listener;
+pub mod metrics;
 pub mod outbound;
 pub mod outcome;
 pub mod plan;

@@ -35,7 +35,7 @@ pub async fn handle(
     peer: SocketAddr,
 ) {
     let limits = shared.limits;
-    let mut rec = Outcome::new(&shared.events, Direction::Outbound, listener, peer);
+    let mut rec = Outcome::new(&shared, Direction::Outbound, listener, peer);
     let current = shared.tls();
     if !shared.ready() {
         // Fail closed: an expired own certificate means no new connections at all.
@@ -57,12 +57,14 @@ pub async fn handle(
     let Some(config) = current.clients.get(route.index).cloned() else {
         return rec.handshake_failed("no_config", "outbound has no TLS config".into());
     };
+    rec.handshake_started();
     let remote =
         match timeout(limits.handshake_timeout, TlsConnector::from(config).connect(tls::sni(), tcp)).await {
             Err(_) => return rec.handshake_failed("timeout", "handshake timed out".into()),
             Ok(Err(e)) => return rec.handshake_failed(tls::failure_reason(&e), tls::failure_detail(&e)),
             Ok(Ok(s)) => s,
         };
+    rec.handshake_ok();
     let stop = match remote
         .get_ref()
         .1

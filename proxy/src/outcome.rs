@@ -1,15 +1,24 @@
 //! One outcome record per connection: filled in as the connection moves through its stages,
-//! and finished exactly once (every finishing method takes `self`), which writes the event.
-//! Metrics will hang off the same `finish`, so counts and events can never disagree.
+//! and finished exactly once (every finishing method takes `self`), which writes the
+//! connection's event and its metrics together, so counts and events cannot disagree.
+//!
+//! Metrics written here: connections opened (at accept), closed by outcome, open, duration;
+//! handshakes by result and reason, handshake duration; policy decisions by zone pair; bytes.
+//! A record dropped without finishing (its task aborted when the drain timed out) still
+//! closes its metrics, with outcome `aborted`; its event is `proxy.drain_timeout`'s.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
-use mesh_config::policy::Decision;
+use mesh_config::policy::{Decision, Policy};
 use mesh_config::SpiffeId;
+use tokio::sync::watch;
 
 use crate::events::{Event, Events, Severity};
 use crate::forward::{Counts, End};
+use crate::metrics;
+use crate::state::Shared;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -18,7 +27,7 @@ pub enum Direction {
 }
 
 impl Direction {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Direction::Inbound => "inbound",
             Direction::Outbound => "outbound",
@@ -28,28 +37,38 @@ impl Direction {
 
 pub struct Outcome {
     events: Events,
+    /// For zone labels: only zones the current policy declares become labels.
+    policy: watch::Receiver<Arc<Policy>>,
     direction: Direction,
     start: Instant,
+    handshake_start: Option<Instant>,
     listener: SocketAddr,
     src_addr: SocketAddr,
     dst_addr: Option<String>,
     src_id: Option<SpiffeId>,
     dst_id: Option<SpiffeId>,
     rule: Option<String>,
+    /// Set by the one finishing call; `Drop` closes the metrics of a record never finished.
+    finished: bool,
 }
 
 impl Outcome {
-    pub fn new(events: &Events, direction: Direction, listener: SocketAddr, src_addr: SocketAddr) -> Self {
+    /// A connection was accepted on `listener` from `src_addr`.
+    pub fn new(shared: &Shared, direction: Direction, listener: SocketAddr, src_addr: SocketAddr) -> Self {
+        metrics::connection_opened(direction.as_str());
         Self {
-            events: events.clone(),
+            events: shared.events.clone(),
+            policy: shared.policy.clone(),
             direction,
             start: Instant::now(),
+            handshake_start: None,
             listener,
             src_addr,
             dst_addr: None,
             src_id: None,
             dst_id: None,
             rule: None,
+            finished: false,
         }
     }
 
@@ -65,53 +84,92 @@ impl Outcome {
         self.dst_addr = Some(addr.into());
     }
 
+    /// The TLS handshake begins now (for its duration).
+    pub fn handshake_started(&mut self) {
+        self.handshake_start = Some(Instant::now());
+    }
+
+    /// The TLS handshake succeeded; the connection goes on.
+    pub fn handshake_ok(&mut self) {
+        let took = self.handshake_start.map(|t| t.elapsed());
+        metrics::handshake(self.direction.as_str(), None, took);
+    }
+
     /// Records the allowing rule; the connection goes on.
     pub fn allowed(&mut self, d: &Decision<'_>) {
         self.rule = d.rule().map(|r| r.text().to_owned());
+        self.decision_metric(d);
     }
 
-    fn event(self, name: &'static str, severity: Severity) -> (Event, Events) {
+    fn decision_metric(&self, d: &Decision<'_>) {
+        let policy = self.policy.borrow().clone();
+        let req = d.request();
+        metrics::decision(
+            self.direction.as_str(),
+            d.allowed(),
+            metrics::zone_label(&policy, req.from),
+            metrics::zone_label(&policy, req.to),
+        );
+    }
+
+    /// Ends the record: closes its metrics with `outcome` and returns its event.
+    fn finish(&mut self, outcome: &'static str, name: &'static str, severity: Severity) -> Event {
+        self.finished = true;
+        let lasted = self.start.elapsed();
+        metrics::connection_closed(self.direction.as_str(), outcome, lasted);
         let mut e = Event::new(name, severity);
         e.direction = Some(self.direction.as_str());
         e.listener = Some(self.listener.to_string());
         e.src_addr = Some(self.src_addr.to_string());
-        e.dst_addr = self.dst_addr;
-        e.src_id = self.src_id.map(|i| i.to_string());
-        e.dst_id = self.dst_id.map(|i| i.to_string());
-        e.rule = self.rule;
-        e.duration_ms = Some(self.start.elapsed().as_millis() as u64);
-        (e, self.events)
+        e.dst_addr = self.dst_addr.take();
+        e.src_id = self.src_id.take().map(|i| i.to_string());
+        e.dst_id = self.dst_id.take().map(|i| i.to_string());
+        e.rule = self.rule.take();
+        e.duration_ms = Some(lasted.as_millis() as u64);
+        e
     }
 
-    /// The handshake failed or timed out.
-    pub fn handshake_failed(self, reason: &'static str, detail: String) {
-        let (e, events) = self.event("tls.handshake_failed", Severity::Warning);
-        events.emit(e.reason(reason, detail));
+    /// The handshake failed or timed out (or could not start: no valid own certificate).
+    pub fn handshake_failed(mut self, reason: &'static str, detail: String) {
+        let took = self.handshake_start.map(|t| t.elapsed());
+        metrics::handshake(self.direction.as_str(), Some(reason), took);
+        let e = self.finish("handshake_failed", "tls.handshake_failed", Severity::Warning);
+        self.events.emit(e.reason(reason, detail));
     }
 
     /// The policy refused the connection.
-    pub fn denied(self, d: &Decision<'_>) {
+    pub fn denied(mut self, d: &Decision<'_>) {
+        self.decision_metric(d);
         let rule = d.rule().map(|r| r.text().to_owned());
-        let (mut e, events) = self.event("policy.deny", Severity::Warning);
+        let mut e = self.finish("denied", "policy.deny", Severity::Warning);
         e.decision = Some("deny");
         e.rule = rule;
-        events.emit(e.reason(d.reason().as_str(), d.to_string()));
+        self.events.emit(e.reason(d.reason().as_str(), d.to_string()));
     }
 
     /// The next hop (local app, or remote sidecar) could not be reached.
-    pub fn upstream_failed(self, reason: &'static str, detail: String) {
-        let (mut e, events) = self.event("upstream.connect_failed", Severity::Error);
+    pub fn upstream_failed(mut self, reason: &'static str, detail: String) {
+        let mut e = self.finish("upstream_failed", "upstream.connect_failed", Severity::Error);
         e.decision = Some("allow");
-        events.emit(e.reason(reason, detail));
+        self.events.emit(e.reason(reason, detail));
     }
 
-    /// An allowed connection ended. `up` is bytes from the connecting side onward.
-    pub fn closed(self, end: End, counts: Counts) {
-        let (mut e, events) = self.event("connection", Severity::Info);
+    /// An allowed connection ended. `counts.a_to_b` is bytes from the connecting side onward.
+    pub fn closed(mut self, end: End, counts: Counts) {
+        metrics::bytes(self.direction.as_str(), counts.a_to_b, counts.b_to_a);
+        let mut e = self.finish(end.as_str(), "connection", Severity::Info);
         e.decision = Some("allow");
         e.reason = Some(end.as_str());
         e.bytes_in = Some(counts.a_to_b);
         e.bytes_out = Some(counts.b_to_a);
-        events.emit(e);
+        self.events.emit(e);
+    }
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        if !self.finished {
+            metrics::connection_closed(self.direction.as_str(), "aborted", self.start.elapsed());
+        }
     }
 }

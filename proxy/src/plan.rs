@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use mesh_config::sidecar::{EventSink, IdentitySource, Protocol, SidecarConfig};
+use mesh_config::sidecar::{IdentitySource, Protocol, SidecarConfig};
 
 use crate::events::Sink;
 use crate::reload::CredFiles;
@@ -17,6 +17,8 @@ pub enum PlanError {
     Config(#[from] mesh_config::error::ConfigError),
     #[error("{file}: {what}")]
     Unsupported { file: String, what: String },
+    #[error("{file}: {what}")]
+    Events { file: String, what: String },
 }
 
 /// Reads `sidecar.toml` and builds the plan.
@@ -39,16 +41,8 @@ pub fn load(path: &Path) -> Result<Plan, PlanError> {
     }
     let mut sinks = Vec::new();
     for s in &cfg.events {
-        sinks.push(match s {
-            EventSink::Stdout => Sink::Stdout,
-            EventSink::Stderr => Sink::Stderr,
-            EventSink::File(p) => Sink::File(p.clone()),
-            other => {
-                return Err(unsupported(&format!(
-                    "[events] sink {other} is not served by this version yet; use stdout, stderr or file:PATH"
-                )))
-            }
-        });
+        let sink = Sink::from_config(s, &cfg.event_options);
+        sinks.push(sink.map_err(|what| PlanError::Events { file: file.clone(), what })?);
     }
     if sinks.is_empty() {
         sinks.push(Sink::Stdout);
@@ -60,6 +54,7 @@ pub fn load(path: &Path) -> Result<Plan, PlanError> {
         outbound: cfg.outbound.into_iter().map(|o| (o.listen, o.connect.to_string(), o.server)).collect(),
         admin: cfg.admin.map(|a| a.listen),
         sinks,
+        event_queue: cfg.event_options.queue_size,
         limits: Limits {
             handshake_timeout: cfg.limits.handshake_timeout,
             connect_timeout: cfg.limits.connect_timeout,

@@ -90,6 +90,10 @@ pub async fn run(
             Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
             _ = shutdown.cancelled() => return,
         };
+        if forced {
+            // logrotate's SIGHUP: file sinks start a new file at their path.
+            events.reopen();
+        }
         let now = cred_fp(&files);
         if let (true, Some(creds)) = (forced || now != cred_seen, &files.credential) {
             cred_seen = now;

@@ -36,6 +36,8 @@ pub struct Plan {
     pub outbound: Vec<(SocketAddr, String, SpiffeId)>,
     pub admin: Option<SocketAddr>,
     pub sinks: Vec<Sink>,
+    /// Events each sink may hold waiting before it drops.
+    pub event_queue: usize,
     pub limits: Limits,
 }
 
@@ -75,7 +77,8 @@ pub async fn run(plan: Plan) -> Result<(), RunError> {
             shutdown.cancel();
         }
     });
-    let (events, writer) = Events::start(plan.sinks.clone());
+    let prometheus = crate::metrics::install();
+    let (events, writer) = Events::start(plan.sinks.clone(), plan.event_queue);
     let shape = TlsShape {
         inbound: plan.inbound.is_some(),
         servers: plan.outbound.iter().map(|o| o.2.clone()).collect(),
@@ -151,7 +154,7 @@ pub async fn run(plan: Plan) -> Result<(), RunError> {
     let admin_listener = match plan.admin {
         Some(addr) => {
             if !addr.ip().is_loopback() {
-                eprintln!("mesh-proxy: WARNING: the admin listener {addr} is not on loopback; anyone who reaches it sees readiness");
+                eprintln!("mesh-proxy: WARNING: the admin listener {addr} is not on loopback; anyone who reaches it sees metrics, identity and config");
             }
             let (l, local) = bind(addr, "admin").await?;
             bound.push(format!("admin={local}"));
@@ -184,7 +187,13 @@ pub async fn run(plan: Plan) -> Result<(), RunError> {
         })));
     }
     if let Some(l) = admin_listener {
-        tasks.push(tokio::spawn(admin::serve(l, shared.clone())));
+        let policy_file = plan.policy.clone();
+        let admin =
+            admin::Admin { metrics: prometheus.clone(), config: admin::config_json(&plan), policy_file };
+        tasks.push(tokio::spawn(admin::serve(l, shared.clone(), Arc::new(admin))));
+    }
+    if let Some(handle) = prometheus {
+        tasks.push(tokio::spawn(crate::metrics::upkeep(handle, shutdown.clone())));
     }
     if let (Some(source), Some(check)) = (source, revoked) {
         let shape = Arc::new(shape.clone());

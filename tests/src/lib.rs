@@ -8,6 +8,7 @@
 mod ca;
 pub mod ca_server;
 mod files;
+pub mod monitoring;
 mod process;
 pub mod proxy;
 mod validate;

@@ -130,6 +130,11 @@ impl Policy {
         &self.trust_domain
     }
 
+    /// The declared zones, in file order (metrics label only these, so peers cannot add labels).
+    pub fn zones(&self) -> &[Zone] {
+        &self.zones
+    }
+
     /// Decides a request. Cost depends on the rules naming the request's selector pairs, not on
     /// the size of the policy, and nothing is allocated beyond the cited rule's shared text.
     pub fn decide<'r>(&self, req: &Request<'r>) -> Decision<'r> {

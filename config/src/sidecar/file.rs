@@ -13,12 +13,16 @@ use toml::Spanned;
 use super::addr::{Endpoint, HttpsUrl};
 use super::DEFAULT_ADMIN_LISTEN;
 use super::{
-    Admin, EventSink, IdentitySource, Inbound, Limits, Outbound, Protocol, SidecarConfig, SyslogTransport,
+    Admin, EventOptions, EventSink, HttpsFormat, IdentitySource, Inbound, Limits, Outbound, Protocol,
+    SidecarConfig, SyslogFacility, SyslogTransport,
 };
 use crate::error::{ConfigError, Source};
 
 /// Port syslog collectors listen on unless told otherwise.
 const SYSLOG_PORT: u16 = 514;
+
+/// The largest `[events] queue_size`: past a million waiting events a sink is not coming back.
+const MAX_QUEUE: usize = 1_000_000;
 
 const SINKS_HELP: &str = "write \"stdout\", \"stderr\", \"file:/path/to/events.log\", \
                           \"syslog+udp://host:port\", \"syslog+tcp://host:port\" or \"https://collector/path\"";
@@ -74,6 +78,10 @@ struct RawAdmin {
 #[serde(deny_unknown_fields)]
 struct RawEvents {
     sink: Option<Spanned<RawSinks>>,
+    queue_size: Option<Spanned<i64>>,
+    syslog_facility: Option<Spanned<String>>,
+    https_format: Option<Spanned<String>>,
+    ca_bundle: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -146,12 +154,16 @@ pub(super) fn parse(src: &Source<'_>, base: &Path) -> Result<SidecarConfig, Conf
         Some(sinks) => c.sinks(sinks)?,
         None => vec![EventSink::Stdout],
     };
+    let event_options = match &raw.events {
+        Some(e) => c.event_options(e)?,
+        None => EventOptions::default(),
+    };
     let limits = match &raw.limits {
         Some(l) => c.limits(l)?,
         None => Limits::default(),
     };
     check_listeners(src, &listeners)?;
-    Ok(SidecarConfig { policy, identity, inbound, outbound, admin, events, limits })
+    Ok(SidecarConfig { policy, identity, inbound, outbound, admin, events, event_options, limits })
 }
 
 impl Conv<'_> {
@@ -309,6 +321,43 @@ impl Conv<'_> {
                 }
             }
         }
+    }
+
+    fn event_options(&self, raw: &RawEvents) -> Result<EventOptions, ConfigError> {
+        let default = EventOptions::default();
+        let queue_size = match &raw.queue_size {
+            None => default.queue_size,
+            Some(n) => usize::try_from(*n.get_ref())
+                .ok()
+                .filter(|n| (1..=MAX_QUEUE).contains(n))
+                .ok_or_else(|| {
+                    let msg = format!("{} must be from 1 to {MAX_QUEUE}", n.get_ref());
+                    self.src.invalid(n.span(), "events.queue_size", msg)
+                })?,
+        };
+        let syslog_facility = match &raw.syslog_facility {
+            None => default.syslog_facility,
+            Some(f) => SyslogFacility::from_name(f.get_ref()).ok_or_else(|| {
+                let names: Vec<&str> = SyslogFacility::names().collect();
+                let msg = format!("{:?} is not a facility; write one of {}", f.get_ref(), names.join(", "));
+                self.src.invalid(f.span(), "events.syslog_facility", msg)
+            })?,
+        };
+        let https_format = match raw.https_format.as_ref().map(|f| (f, f.get_ref().as_str())) {
+            None | Some((_, "ndjson")) => HttpsFormat::Ndjson,
+            Some((_, "json")) => HttpsFormat::Json,
+            Some((f, other)) => {
+                let msg = format!(
+                    "{other:?} is not a body format; write \"ndjson\" (one object per line) or \"json\" (an array)"
+                );
+                return Err(self.src.invalid(f.span(), "events.https_format", msg));
+            }
+        };
+        let ca_bundle = match &raw.ca_bundle {
+            None => None,
+            Some(p) => Some(self.path(p, "events.ca_bundle")?),
+        };
+        Ok(EventOptions { queue_size, syslog_facility, https_format, ca_bundle })
     }
 
     fn limits(&self, raw: &RawLimits) -> Result<Limits, ConfigError> {

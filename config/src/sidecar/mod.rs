@@ -43,6 +43,8 @@ pub struct SidecarConfig {
     pub admin: Option<Admin>,
     /// Where events are written; never empty (stdout unless configured).
     pub events: Vec<EventSink>,
+    /// How events are delivered: queue size, syslog facility, HTTPS body and trust anchors.
+    pub event_options: EventOptions,
     /// Timeouts and the connection cap.
     pub limits: Limits,
 }
@@ -130,6 +132,95 @@ pub enum EventSink {
 pub enum SyslogTransport {
     Udp,
     Tcp,
+}
+
+/// The `[events]` settings besides `sink`; they apply to every sink of the kind they name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventOptions {
+    /// Events each sink may hold waiting; past it, that sink drops (and counts) new events.
+    pub queue_size: usize,
+    /// The facility syslog messages carry.
+    pub syslog_facility: SyslogFacility,
+    /// The body of an HTTPS POST.
+    pub https_format: HttpsFormat,
+    /// Trust anchors (PEM) for HTTPS collectors; `None`: the system's CA bundle.
+    pub ca_bundle: Option<PathBuf>,
+}
+
+/// The body of an HTTPS batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum HttpsFormat {
+    /// One JSON object per line (`application/x-ndjson`).
+    #[default]
+    Ndjson,
+    /// One JSON array (`application/json`).
+    Json,
+}
+
+/// An RFC 5424 facility, by its name (`local0`) and code (16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SyslogFacility {
+    name: &'static str,
+    code: u8,
+}
+
+/// The facilities sidecar.toml accepts, with their RFC 5424 codes.
+const FACILITIES: [(&str, u8); 12] = [
+    ("user", 1),
+    ("daemon", 3),
+    ("auth", 4),
+    ("authpriv", 10),
+    ("local0", 16),
+    ("local1", 17),
+    ("local2", 18),
+    ("local3", 19),
+    ("local4", 20),
+    ("local5", 21),
+    ("local6", 22),
+    ("local7", 23),
+];
+
+impl SyslogFacility {
+    /// `local0`, the default: free for site use, so it never mixes with the system's own logs.
+    pub const LOCAL0: Self = Self { name: "local0", code: 16 };
+
+    pub fn code(self) -> u8 {
+        self.code
+    }
+
+    pub fn name(self) -> &'static str {
+        self.name
+    }
+
+    /// Looks a facility up by name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        FACILITIES.iter().find(|(n, _)| *n == name).map(|&(name, code)| Self { name, code })
+    }
+
+    /// Every accepted name, for error messages.
+    pub fn names() -> impl Iterator<Item = &'static str> {
+        FACILITIES.iter().map(|(n, _)| *n)
+    }
+}
+
+impl Default for EventOptions {
+    fn default() -> Self {
+        Self {
+            queue_size: 8192,
+            syslog_facility: SyslogFacility::LOCAL0,
+            https_format: HttpsFormat::Ndjson,
+            ca_bundle: None,
+        }
+    }
+}
+
+impl fmt::Display for HttpsFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Ndjson => "ndjson",
+            Self::Json => "json",
+        })
+    }
 }
 
 /// Bounds on every connection, so a slow or hostile peer cannot hold resources forever.

@@ -263,6 +263,43 @@ fn sinks_are_checked() {
 }
 
 #[test]
+fn event_options_take_defaults_and_are_checked() {
+    let c = parse(MINIMAL).expect("valid");
+    assert_eq!(c.event_options, EventOptions::default());
+    assert_eq!(
+        (c.event_options.queue_size, c.event_options.syslog_facility.code()),
+        (8192, 16),
+        "defaults: 8192 events per sink, facility local0"
+    );
+    let c = parse(&format!(
+        "{MINIMAL}[events]\nsink = \"https://siem.example/in\"\nqueue_size = 64\nsyslog_facility = \"authpriv\"\n\
+         https_format = \"json\"\nca_bundle = \"collector-ca.pem\"\n"
+    ))
+    .expect("valid");
+    let o = &c.event_options;
+    assert_eq!((o.queue_size, o.syslog_facility.name(), o.syslog_facility.code()), (64, "authpriv", 10));
+    assert_eq!(
+        (o.https_format, o.ca_bundle.as_deref()),
+        (HttpsFormat::Json, Some(Path::new("/srv/app/collector-ca.pem")))
+    );
+
+    let option = |l: &str| error(&format!("{MINIMAL}[events]\n{l}\n"));
+    let (line, key, msg) = option("queue_size = 0");
+    assert_eq!((line, key.as_deref()), (Some(7), Some("events.queue_size")));
+    assert!(msg.contains("must be from 1 to 1000000"), "{msg}");
+    assert_eq!(option("queue_size = 1000001").1.as_deref(), Some("events.queue_size"));
+    let (_, key, msg) = option("syslog_facility = \"kern\"");
+    assert_eq!(key.as_deref(), Some("events.syslog_facility"));
+    assert!(msg.contains("not a facility; write one of user, daemon, auth, authpriv, local0"), "{msg}");
+    let (_, key, msg) = option("https_format = \"xml\"");
+    assert_eq!(key.as_deref(), Some("events.https_format"));
+    assert!(msg.contains("write \"ndjson\""), "{msg}");
+    let (_, key, msg) = option("ca_bundle = \"-----BEGIN CERTIFICATE-----\"");
+    assert_eq!((key.as_deref(), msg.contains("value not shown")), (Some("events.ca_bundle"), true));
+    assert_eq!(option("batch = 5").1.as_deref(), Some("events.batch"));
+}
+
+#[test]
 fn limits_are_checked() {
     let limit = |l: &str| error(&format!("{MINIMAL}[limits]\n{l}\n"));
     let (line, key, msg) = limit("idle_timeout = \"5 parsecs\"");

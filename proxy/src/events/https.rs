@@ -1,0 +1,303 @@
+//! The HTTPS sink: events POSTed in batches to a collector (NDJSON, or one JSON array), over
+//! one kept-alive HTTP/1.1 connection.
+//!
+//! A batch is what is queued, up to [`MAX_BATCH`] events, gathered for at most [`LINGER`].
+//! It is tried [`ATTEMPTS`] times with doubling backoff; a connection failure, a timeout, 408,
+//! 429 or a 5xx is retried, any other status is final. A batch that fails every attempt is
+//! dropped (counted), and the next batch waits a cool-down first (doubling up to
+//! [`MAX_COOLDOWN`]), so a dead collector costs a few connection attempts per second at most.
+//! Meanwhile the sink's queue fills and the data plane drops at its door: it never waits.
+//!
+//! The collector is verified against `[events] ca_bundle`, or the system's CA bundle, and by
+//! its DNS name or IP address as the URL gives it. Its TLS config is built here rather than
+//! in `tls` because a collector is an ordinary web server (web PKI, TLS 1.2 or 1.3), not a
+//! SPIFFE workload.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use mesh_config::sidecar::{Host, HttpsFormat, HttpsUrl};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, RootCertStore};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::{json_line, Batch, Feed};
+
+const MAX_BATCH: usize = 500;
+const LINGER: Duration = Duration::from_millis(200);
+const ATTEMPTS: u32 = 4;
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_COOLDOWN: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The collector's answer is read (to keep the connection usable) up to this much, then ignored.
+const MAX_RESPONSE: usize = 64 * 1024;
+const MAX_BUNDLE: u64 = 4 * 1024 * 1024;
+/// Where Debian, Alpine, Fedora and macOS keep the system's CA bundle.
+const SYSTEM_BUNDLES: [&str; 3] =
+    ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
+
+/// An HTTPS collector.
+#[derive(Debug, Clone)]
+pub struct HttpsTarget {
+    pub url: HttpsUrl,
+    pub format: HttpsFormat,
+    pub roots: Arc<RootCertStore>,
+    /// The file the roots came from, for `/config` and errors.
+    pub roots_file: PathBuf,
+}
+
+impl fmt::Display for HttpsTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.url.as_str())
+    }
+}
+
+/// Reads the trust anchors for collectors: `path`, or the first system bundle that exists.
+pub fn load_roots(path: Option<&Path>) -> Result<(Arc<RootCertStore>, PathBuf), String> {
+    let path = match path {
+        Some(p) => p.to_owned(),
+        None => SYSTEM_BUNDLES.iter().map(PathBuf::from).find(|p| p.exists()).ok_or_else(|| {
+            format!(
+                "no system CA bundle ({}); set [events] ca_bundle for the https sink",
+                SYSTEM_BUNDLES.join(", ")
+            )
+        })?,
+    };
+    let raw = mesh_ca::fsutil::read_bounded(&path, MAX_BUNDLE).map_err(|e| e.to_string())?;
+    let certs = mesh_ca::pem::parse_certs(&raw).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut roots = RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(format!("{}: holds no usable CA certificate", path.display()));
+    }
+    Ok((Arc::new(roots), path))
+}
+
+fn client_config(roots: Arc<RootCertStore>) -> Result<Arc<ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+fn server_name(url: &HttpsUrl) -> Result<ServerName<'static>, String> {
+    match url.endpoint().host() {
+        Host::Ip(ip) => Ok(ServerName::IpAddress((*ip).into())),
+        Host::Dns(name) => ServerName::try_from(name.clone()).map_err(|e| format!("{name}: {e}")),
+    }
+}
+
+/// The request body and its content type.
+fn body(batch: &Batch, format: HttpsFormat) -> (Vec<u8>, &'static str) {
+    let mut out = Vec::with_capacity(batch.events.len() * 512 + 2);
+    match format {
+        HttpsFormat::Ndjson => {
+            for e in batch.all() {
+                json_line(e, &mut out);
+                out.push(b'\n');
+            }
+            (out, "application/x-ndjson")
+        }
+        HttpsFormat::Json => {
+            out.push(b'[');
+            for (i, e) in batch.all().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                json_line(e, &mut out);
+            }
+            out.push(b']');
+            (out, "application/json")
+        }
+    }
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Delivered,
+    /// Worth another try (the connection is dropped).
+    Retry(String),
+    /// The collector refused the batch for good.
+    Refused(StatusCode),
+}
+
+struct Client {
+    target: HttpsTarget,
+    tls: TlsConnector,
+    name: ServerName<'static>,
+    conn: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl Client {
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
+        let address = self.target.url.endpoint().to_string();
+        let work = async {
+            let tcp = TcpStream::connect(&address).await.map_err(|e| format!("{address}: {e}"))?;
+            let _ = tcp.set_nodelay(true);
+            let tls =
+                self.tls.connect(self.name.clone(), tcp).await.map_err(|e| format!("{address}: TLS: {e}"))?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| format!("{address}: {e}"))?;
+            // Ends when the sender is dropped or the collector closes the connection.
+            tokio::spawn(conn);
+            Ok(sender)
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, work)
+            .await
+            .unwrap_or_else(|_| Err(format!("{address}: connect timed out")))
+    }
+
+    async fn attempt(&mut self, body: Bytes, content_type: &'static str) -> Attempt {
+        let mut sender = match self.conn.take() {
+            Some(s) if !s.is_closed() => s,
+            _ => match self.connect().await {
+                Ok(s) => s,
+                Err(e) => return Attempt::Retry(e),
+            },
+        };
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(self.target.url.path())
+            .header(hyper::header::HOST, self.target.url.endpoint().to_string())
+            .header(hyper::header::CONTENT_TYPE, content_type)
+            .header(hyper::header::USER_AGENT, concat!("mesh-proxy/", env!("CARGO_PKG_VERSION")))
+            .body(Full::new(body));
+        let request = match request {
+            Ok(r) => r,
+            Err(e) => return Attempt::Retry(e.to_string()),
+        };
+        let exchange = async {
+            sender.ready().await.map_err(|e| e.to_string())?;
+            let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+            let status = response.status();
+            Limited::new(response.into_body(), MAX_RESPONSE).collect().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(status)
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            Err(_) => Attempt::Retry("request timed out".into()),
+            Ok(Err(e)) => Attempt::Retry(e),
+            Ok(Ok(status)) => {
+                if status.is_success() {
+                    self.conn = Some(sender);
+                    Attempt::Delivered
+                } else if status.is_server_error()
+                    || status == StatusCode::TOO_MANY_REQUESTS
+                    || status == StatusCode::REQUEST_TIMEOUT
+                {
+                    Attempt::Retry(format!("answered {status}"))
+                } else {
+                    self.conn = Some(sender);
+                    Attempt::Refused(status)
+                }
+            }
+        }
+    }
+}
+
+pub(super) async fn run(mut feed: Feed, target: HttpsTarget) {
+    let setup = client_config(target.roots.clone()).and_then(|c| Ok((c, server_name(&target.url)?)));
+    let (config, name) = match setup {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mesh-proxy: event sink {target} unusable, dropping its events: {e}");
+            while let Some(batch) = feed.next(MAX_BATCH, Duration::ZERO).await {
+                feed.lost(batch.events.len());
+            }
+            return;
+        }
+    };
+    let mut client = Client { target, tls: TlsConnector::from(config), name, conn: None };
+    let mut cooldown: Option<Duration> = None;
+    while let Some(batch) = feed.next(MAX_BATCH, LINGER).await {
+        if let Some(wait) = cooldown {
+            tokio::time::sleep(wait).await;
+        }
+        let (bytes, content_type) = body(&batch, client.target.format);
+        let bytes = Bytes::from(bytes);
+        let mut backoff = FIRST_BACKOFF;
+        let mut last = String::new();
+        let mut delivered = false;
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            match client.attempt(bytes.clone(), content_type).await {
+                Attempt::Delivered => {
+                    delivered = true;
+                    break;
+                }
+                Attempt::Retry(why) => last = why,
+                Attempt::Refused(status) => {
+                    last = format!("refused the batch: {status}");
+                    break;
+                }
+            }
+        }
+        if delivered {
+            if cooldown.take().is_some() {
+                eprintln!("mesh-proxy: event sink {} delivers again", client.target);
+            }
+            feed.delivered(&batch);
+        } else {
+            if cooldown.is_none() {
+                eprintln!("mesh-proxy: event sink {} failing, dropping events: {last}", client.target);
+            }
+            cooldown = Some(cooldown.map_or(Duration::from_secs(1), |c| (c * 2).min(MAX_COOLDOWN)));
+            feed.lost(batch.events.len());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Event, Severity};
+
+    #[test]
+    fn bodies_are_ndjson_or_one_array() {
+        let batch = Batch {
+            events: vec![
+                Arc::new(Event::new("connection", Severity::Info)),
+                Arc::new(Event::new("policy.deny", Severity::Warning)),
+            ],
+            notice: None,
+        };
+        let (nd, ct) = body(&batch, HttpsFormat::Ndjson);
+        assert_eq!(ct, "application/x-ndjson");
+        let lines: Vec<serde_json::Value> = String::from_utf8(nd)
+            .expect("utf-8")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect();
+        assert_eq!((lines.len(), lines[1]["event"].as_str()), (2, Some("policy.deny")));
+        let (js, ct) = body(&batch, HttpsFormat::Json);
+        assert_eq!(ct, "application/json");
+        let v: serde_json::Value = serde_json::from_slice(&js).expect("one JSON array");
+        assert_eq!(v.as_array().map(Vec::len), Some(2));
+    }
+
+    #[test]
+    fn missing_or_empty_bundles_are_refused() {
+        let dir = std::env::temp_dir().join(format!("mesh-https-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "").expect("write");
+        assert!(load_roots(Some(&empty)).is_err());
+        assert!(load_roots(Some(&dir.join("missing.pem"))).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,409 @@
+//! Every metric the sidecar exports, in one place: name, type, labels and help text, and the
+//! few functions that record them. Nothing else in the crate names a metric.
+//!
+//! Naming, for the sidecar and for any other zt-mesh process that exports metrics (the CA
+//! follows the same rules with its own `mesh_ca_` names):
+//! - the `mesh_` prefix, base units in the name (`_seconds`, `_bytes`), counters end in
+//!   `_total`, timestamps are `_timestamp_seconds` since the Unix epoch;
+//! - label values come from fixed sets (`&'static str` in the code: direction, result,
+//!   reason, outcome, decision) or from configuration (sink names, zones declared in the
+//!   policy). Never from a peer: zone labels come from verified identities and only for
+//!   zones the policy declares (the first [`MAX_ZONE_LABELS`]); every other zone, and every
+//!   foreign trust domain, is `other`. Never paths, serials, addresses or SPIFFE IDs.
+//!
+//! The recorder is the Prometheus exporter's, installed once per process by [`install`];
+//! the admin listener renders it from the [`PrometheusHandle`]. No exporter HTTP server runs.
+//! Without an installed recorder (unit tests, `mesh-proxy check`) every call is a no-op.
+//!
+//! Connection metrics are written by the per-connection outcome record (`outcome`), together
+//! with the connection's event. Lifecycle metrics (reloads, renewals, accept errors) are
+//! derived from the lifecycle events themselves in [`on_event`], so a count and the events it
+//! counts cannot disagree.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use mesh_config::policy::Policy;
+use mesh_config::SpiffeId;
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::events::Event;
+
+/// The kind of a metric, for [`Def`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One metric: what the README's metrics table lists, and what `# HELP` says.
+#[derive(Debug, Clone, Copy)]
+pub struct Def {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+}
+
+macro_rules! metric {
+    ($id:ident, $name:literal, $kind:ident, [$($label:literal),*], $help:literal) => {
+        #[doc = $help]
+        pub const $id: Def = Def { name: $name, kind: Kind::$kind, labels: &[$($label),*], help: $help };
+    };
+}
+
+metric!(
+    CONNECTIONS_OPENED,
+    "mesh_connections_opened_total",
+    Counter,
+    ["direction"],
+    "Connections accepted, by direction (inbound: from peer sidecars; outbound: from the local app)."
+);
+metric!(CONNECTIONS_CLOSED, "mesh_connections_closed_total", Counter, ["direction", "outcome"],
+    "Connections finished, by direction and outcome (closed, idle_timeout, reset, revoked, denied, handshake_failed, upstream_failed, aborted).");
+metric!(
+    CONNECTIONS_OPEN,
+    "mesh_connections_open",
+    Gauge,
+    ["direction"],
+    "Connections open now, by direction."
+);
+metric!(
+    CONNECTION_DURATION,
+    "mesh_connection_duration_seconds",
+    Histogram,
+    ["direction"],
+    "How long connections lasted, from accept to close, in seconds."
+);
+metric!(
+    BYTES,
+    "mesh_bytes_total",
+    Counter,
+    ["direction", "sender"],
+    "Bytes forwarded on closed connections; sender is source (the connecting side) or destination."
+);
+metric!(
+    HANDSHAKES,
+    "mesh_tls_handshakes_total",
+    Counter,
+    ["direction", "result", "reason"],
+    "mTLS handshakes, by result (ok or failed) and failure reason (none when ok)."
+);
+metric!(
+    HANDSHAKE_DURATION,
+    "mesh_tls_handshake_duration_seconds",
+    Histogram,
+    ["direction", "result"],
+    "How long mTLS handshakes took, in seconds."
+);
+metric!(POLICY_DECISIONS, "mesh_policy_decisions_total", Counter, ["direction", "decision", "src_zone", "dst_zone"],
+    "Policy decisions, by direction, decision (allow or deny) and zone pair (zones the policy does not declare are other).");
+metric!(
+    CERT_EXPIRY,
+    "mesh_cert_expiry_timestamp_seconds",
+    Gauge,
+    [],
+    "When this sidecar's current certificate expires, in seconds since the Unix epoch."
+);
+metric!(
+    CERT_RENEWALS,
+    "mesh_cert_renewals_total",
+    Counter,
+    ["result"],
+    "Certificate renewals with the CA (enrollment mode), by result (ok or failed)."
+);
+metric!(
+    CERT_ENROLLMENTS,
+    "mesh_cert_enrollments_total",
+    Counter,
+    ["result"],
+    "Enrollments with a join token (enrollment mode), by result (ok or failed)."
+);
+metric!(
+    REVOCATIONS,
+    "mesh_revocations_received_total",
+    Counter,
+    [],
+    "Revocations learnt from the CA's revocation log."
+);
+metric!(RELOADS, "mesh_reloads_total", Counter, ["kind", "result"],
+    "File reloads, by kind (policy or cert) and result (ok or failed; a failed one keeps the last good version).");
+metric!(
+    ACCEPT_ERRORS,
+    "mesh_accept_errors_total",
+    Counter,
+    [],
+    "Errors accepting connections (such as running out of file descriptors)."
+);
+metric!(EVENTS, "mesh_events_total", Counter, ["event"], "Events emitted, by event name.");
+metric!(
+    EVENTS_DROPPED,
+    "mesh_events_dropped_total",
+    Counter,
+    ["sink"],
+    "Events a sink lost: its queue was full, or delivery failed after its retries."
+);
+metric!(
+    BUILD_INFO,
+    "mesh_build_info",
+    Gauge,
+    ["version"],
+    "Always 1; the version label says which mesh-proxy is running."
+);
+
+/// Every metric, in the README's order.
+pub const ALL: [Def; 17] = [
+    CONNECTIONS_OPENED,
+    CONNECTIONS_CLOSED,
+    CONNECTIONS_OPEN,
+    CONNECTION_DURATION,
+    BYTES,
+    HANDSHAKES,
+    HANDSHAKE_DURATION,
+    POLICY_DECISIONS,
+    CERT_EXPIRY,
+    CERT_RENEWALS,
+    CERT_ENROLLMENTS,
+    REVOCATIONS,
+    RELOADS,
+    ACCEPT_ERRORS,
+    EVENTS,
+    EVENTS_DROPPED,
+    BUILD_INFO,
+];
+
+/// Zones past this many in the policy's list share the `other` label, so a policy with
+/// thousands of zones cannot make `mesh_policy_decisions_total` explode either.
+pub const MAX_ZONE_LABELS: usize = 32;
+
+/// Label value for anything outside the bounded set.
+pub const OTHER: &str = "other";
+
+/// Histogram buckets (seconds): connections run from milliseconds to hours.
+const CONNECTION_BUCKETS: [f64; 15] =
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0];
+/// Handshakes take a few milliseconds on a quiet machine, seconds under a flood.
+const HANDSHAKE_BUCKETS: [f64; 12] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+/// How often histograms are drained into their buckets when nobody scrapes.
+const UPKEEP: Duration = Duration::from_secs(5);
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the Prometheus recorder as the process's metrics recorder (once; later calls
+/// return the same handle) and describes every metric. `None` if another recorder was
+/// installed first, in which case metrics go there.
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(CONNECTION_DURATION.name.into()), &CONNECTION_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(HANDSHAKE_DURATION.name.into()),
+                        &HANDSHAKE_BUCKETS,
+                    )
+                })
+                .ok()?;
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            describe();
+            gauge!(BUILD_INFO.name, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            // Series that exist from the start, so dashboards and alerts see 0, not nothing.
+            for direction in ["inbound", "outbound"] {
+                gauge!(CONNECTIONS_OPEN.name, "direction" => direction).set(0.0);
+                counter!(CONNECTIONS_OPENED.name, "direction" => direction).increment(0);
+            }
+            Some(handle)
+        })
+        .clone()
+}
+
+fn describe() {
+    for d in ALL {
+        let unit = if d.name.ends_with("_seconds") {
+            Some(Unit::Seconds)
+        } else if d.name.ends_with("_bytes_total") || d.name == BYTES.name {
+            Some(Unit::Bytes)
+        } else {
+            None
+        };
+        match (d.kind, unit) {
+            (Kind::Counter, Some(u)) => describe_counter!(d.name, u, d.help),
+            (Kind::Counter, None) => describe_counter!(d.name, d.help),
+            (Kind::Gauge, Some(u)) => describe_gauge!(d.name, u, d.help),
+            (Kind::Gauge, None) => describe_gauge!(d.name, d.help),
+            (Kind::Histogram, Some(u)) => describe_histogram!(d.name, u, d.help),
+            (Kind::Histogram, None) => describe_histogram!(d.name, d.help),
+        }
+    }
+}
+
+/// Drains histogram samples into buckets every few seconds, so memory stays flat between
+/// scrapes; until `shutdown`.
+pub async fn upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(UPKEEP);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => handle.run_upkeep(),
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// The Prometheus text exposition, with the values that are read rather than counted
+/// (the certificate's expiry) brought up to date first.
+pub fn render(handle: &PrometheusHandle, cert_not_after: i64) -> String {
+    gauge!(CERT_EXPIRY.name).set(cert_not_after as f64);
+    handle.render()
+}
+
+/// The zone label for a verified identity: its zone if the policy declares it (among the
+/// first [`MAX_ZONE_LABELS`]) and it is in the policy's trust domain, else [`OTHER`].
+pub fn zone_label(policy: &Policy, id: &SpiffeId) -> String {
+    if id.trust_domain() != policy.trust_domain() {
+        return OTHER.to_owned();
+    }
+    match policy.zones().iter().take(MAX_ZONE_LABELS).find(|z| *z == id.zone()) {
+        Some(z) => z.as_str().to_owned(),
+        None => OTHER.to_owned(),
+    }
+}
+
+/// A connection was accepted.
+pub fn connection_opened(direction: &'static str) {
+    counter!(CONNECTIONS_OPENED.name, "direction" => direction).increment(1);
+    gauge!(CONNECTIONS_OPEN.name, "direction" => direction).increment(1.0);
+}
+
+/// A connection finished, however it ended.
+pub fn connection_closed(direction: &'static str, outcome: &'static str, lasted: Duration) {
+    counter!(CONNECTIONS_CLOSED.name, "direction" => direction, "outcome" => outcome).increment(1);
+    gauge!(CONNECTIONS_OPEN.name, "direction" => direction).decrement(1.0);
+    histogram!(CONNECTION_DURATION.name, "direction" => direction).record(lasted.as_secs_f64());
+}
+
+/// Bytes a closed connection moved: from the connecting side onward, and back.
+pub fn bytes(direction: &'static str, from_source: u64, from_destination: u64) {
+    counter!(BYTES.name, "direction" => direction, "sender" => "source").increment(from_source);
+    counter!(BYTES.name, "direction" => direction, "sender" => "destination").increment(from_destination);
+}
+
+/// A handshake ended; `reason` is `None` when it succeeded.
+pub fn handshake(direction: &'static str, reason: Option<&'static str>, took: Option<Duration>) {
+    let result = if reason.is_some() { "failed" } else { "ok" };
+    counter!(HANDSHAKES.name, "direction" => direction, "result" => result, "reason" => reason.unwrap_or("none"))
+        .increment(1);
+    if let Some(took) = took {
+        histogram!(HANDSHAKE_DURATION.name, "direction" => direction, "result" => result)
+            .record(took.as_secs_f64());
+    }
+}
+
+/// The policy decided; zones are labels from [`zone_label`].
+pub fn decision(direction: &'static str, allowed: bool, src_zone: String, dst_zone: String) {
+    let decision = if allowed { "allow" } else { "deny" };
+    counter!(POLICY_DECISIONS.name, "direction" => direction, "decision" => decision,
+        "src_zone" => src_zone, "dst_zone" => dst_zone)
+    .increment(1);
+}
+
+/// `n` events lost by the sink labelled `sink` (a label from configuration).
+pub fn events_dropped(sink: &str, n: u64) {
+    counter!(EVENTS_DROPPED.name, "sink" => sink.to_owned()).increment(n);
+}
+
+/// Counts an event, and the lifecycle metric it stands for. Called for every event emitted.
+pub fn on_event(e: &Event) {
+    counter!(EVENTS.name, "event" => e.event).increment(1);
+    let (def, labels): (Def, &[(&'static str, &'static str)]) = match e.event {
+        "policy.reloaded" => (RELOADS, &[("kind", "policy"), ("result", "ok")]),
+        "policy.reload_failed" => (RELOADS, &[("kind", "policy"), ("result", "failed")]),
+        "cert.rotated" => (RELOADS, &[("kind", "cert"), ("result", "ok")]),
+        "cert.reload_failed" => (RELOADS, &[("kind", "cert"), ("result", "failed")]),
+        "cert.renewed" => (CERT_RENEWALS, &[("result", "ok")]),
+        "cert.renew_failed" => (CERT_RENEWALS, &[("result", "failed")]),
+        "cert.enrolled" => (CERT_ENROLLMENTS, &[("result", "ok")]),
+        "cert.enroll_failed" => (CERT_ENROLLMENTS, &[("result", "failed")]),
+        "cert.revoked" => (REVOCATIONS, &[]),
+        "listener.accept_failed" => (ACCEPT_ERRORS, &[]),
+        _ => return,
+    };
+    counter!(def.name, labels).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Severity;
+
+    #[test]
+    fn names_follow_the_conventions() {
+        for d in ALL {
+            assert!(d.name.starts_with("mesh_"), "{}", d.name);
+            assert_eq!(d.kind == Kind::Counter, d.name.ends_with("_total"), "{}", d.name);
+            assert!(!d.help.is_empty() && d.help.ends_with('.'), "{}", d.name);
+            for l in d.labels {
+                assert!(!["path", "serial", "spiffe_id", "addr", "peer"].contains(l), "{}: {l}", d.name);
+            }
+        }
+        let mut names: Vec<&str> = ALL.iter().map(|d| d.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len(), "metric names are unique");
+    }
+
+    #[test]
+    fn the_readme_lists_every_metric() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+            .expect("the workspace README");
+        for d in ALL {
+            assert!(readme.contains(&format!("`{}`", d.name)), "README lacks {}", d.name);
+        }
+    }
+
+    #[test]
+    fn zone_labels_are_bounded_by_the_policy() {
+        let mut text = String::from("trust_domain = \"example.org\"\nzones = [");
+        for i in 0..40 {
+            text.push_str(&format!("\"z{i}\", "));
+        }
+        text.push_str("]\n");
+        let policy = Policy::from_str_named(&text, "policy.toml").expect("policy");
+        let id = |s: &str| s.parse::<SpiffeId>().expect("id");
+        assert_eq!(zone_label(&policy, &id("spiffe://example.org/ns/z3/sa/a")), "z3");
+        assert_eq!(zone_label(&policy, &id("spiffe://example.org/ns/z31/sa/a")), "z31");
+        // Declared, but past the cap.
+        assert_eq!(zone_label(&policy, &id("spiffe://example.org/ns/z32/sa/a")), OTHER);
+        // Not declared: a peer with a valid certificate for an unknown zone adds no label.
+        assert_eq!(zone_label(&policy, &id("spiffe://example.org/ns/attacker1/sa/a")), OTHER);
+        // The right zone name in another trust domain.
+        assert_eq!(zone_label(&policy, &id("spiffe://evil.org/ns/z3/sa/a")), OTHER);
+    }
+
+    #[test]
+    fn lifecycle_events_count_as_metrics() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            for name in ["policy.reloaded", "policy.reload_failed", "cert.rotated", "cert.renew_failed"] {
+                on_event(&Event::new(name, Severity::Info));
+            }
+            on_event(&Event::new("cert.renew_failed", Severity::Warning));
+        });
+        let text = handle.render();
+        for line in [
+            "mesh_reloads_total{kind=\"policy\",result=\"ok\"} 1",
+            "mesh_reloads_total{kind=\"policy\",result=\"failed\"} 1",
+            "mesh_reloads_total{kind=\"cert\",result=\"ok\"} 1",
+            "mesh_cert_renewals_total{result=\"failed\"} 2",
+            "mesh_events_total{event=\"cert.renew_failed\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+    }
+}
