@@ -197,6 +197,9 @@ struct ServeArgs {
     /// Requests per second allowed per caller address (bursts of twice that); 0 = no limit.
     #[arg(long, value_name = "N", default_value_t = mesh_ca::server::DEFAULT_RATE)]
     rate_limit: u32,
+    /// Serve Prometheus metrics (GET /metrics) on this address, e.g. 127.0.0.1:9443.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pass: PassArgs,
 }
@@ -503,7 +506,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode, CaError> {
             }
             stop.cancel();
         });
-        mesh_ca::server::serve(ca, ServeOptions { listen: a.listen, cert_ttl: Some(ttl), rate_limit: a.rate_limit }, shutdown).await
+        mesh_ca::server::serve(ca, ServeOptions { listen: a.listen, cert_ttl: Some(ttl), rate_limit: a.rate_limit, metrics_listen: a.metrics_listen }, shutdown).await
     })?;
     Ok(ExitCode::SUCCESS)
 }

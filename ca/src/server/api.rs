@@ -134,6 +134,7 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
 }
 
 fn error(status: StatusCode, code: &str, reason: impl Into<String>) -> Response<Full<Bytes>> {
+    super::metrics::refused(code);
     json(status, &ErrorBody { error: code.into(), reason: reason.into() })
 }
 
@@ -250,6 +251,7 @@ async fn enroll(shared: Arc<Shared>, peer: SocketAddr, b: EnrollRequest) -> Resp
     }
     match answer.await {
         Ok(Ok(leaf)) => {
+            super::metrics::issued("enroll");
             event("token.used", &[("peer", &peer.to_string()), ("spiffe_id", &leaf.id.to_string())]);
             event(
                 "cert.issued",
@@ -287,7 +289,10 @@ pub async fn batcher(shared: Arc<Shared>, mut queue: tokio::sync::mpsc::Receiver
         }
         let (jobs, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
         let sh = shared.clone();
+        super::metrics::batch_size(jobs.len());
+        let started = std::time::Instant::now();
         let results = tokio::task::spawn_blocking(move || sh.authority.enroll_batch(jobs)).await;
+        super::metrics::issue_duration(started.elapsed());
         match results {
             Ok(results) => {
                 for (reply, result) in replies.into_iter().zip(results) {
@@ -304,12 +309,15 @@ pub async fn batcher(shared: Arc<Shared>, mut queue: tokio::sync::mpsc::Receiver
 async fn renew(shared: Arc<Shared>, caller: Caller, b: RenewRequest) -> Response<Full<Bytes>> {
     let sh = shared.clone();
     let c = caller.clone();
+    let started = std::time::Instant::now();
     let result = tokio::task::spawn_blocking(move || {
         sh.authority.renew(&c.id, &c.serial, b.csr.as_bytes(), sh.cert_ttl, &format!("renew by {}", c.id))
     })
     .await;
+    super::metrics::issue_duration(started.elapsed());
     match result {
         Ok(Ok(leaf)) => {
+            super::metrics::issued("renew");
             event(
                 "cert.renewed",
                 &[

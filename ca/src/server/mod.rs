@@ -6,6 +6,7 @@
 
 mod api;
 mod limits;
+pub mod metrics;
 
 pub use limits::DEFAULT_RATE;
 
@@ -52,6 +53,8 @@ pub struct ServeOptions {
     pub cert_ttl: Option<Ttl>,
     /// Requests per second per caller address (bursts of twice that); 0 turns it off.
     pub rate_limit: u32,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// What request handlers share.
@@ -122,7 +125,25 @@ pub async fn serve(
     ));
     tokio::spawn(follow_revocations(shared.clone(), seq_tx, shutdown.clone()));
 
-    api::event("ca.started", &[("listen", &local.to_string()), ("trust_domain", td.as_str())]);
+    let mut started = vec![("listen", local.to_string()), ("trust_domain", td.to_string())];
+    if let Some(addr) = opts.metrics_listen {
+        let (l, bound) = metrics::bind(addr)
+            .await
+            .map_err(|e| CaError::Refused(format!("--metrics-listen {addr}: {e}")))?;
+        let handle = metrics::install()
+            .ok_or_else(|| CaError::Refused("metrics recorder already installed".into()))?;
+        for (name, der) in
+            [("root", &shared.authority.dir().root), ("intermediate", &shared.authority.dir().intermediate)]
+        {
+            if let Ok(c) = crate::profile::parse(der) {
+                metrics::authority_expiry(name, c.validity().not_after.timestamp());
+            }
+        }
+        tokio::spawn(metrics::serve(l, handle, shutdown.clone()));
+        started.push(("metrics", bound.to_string()));
+    }
+    let fields: Vec<(&str, &str)> = started.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    api::event("ca.started", &fields);
     let conns = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = tokio::select! {
