@@ -105,6 +105,9 @@ where
             return Ok(());
         }
         w.write_all(&buf[..n]).await?;
+        // TLS streams may hold the last record of a burst until flushed; a quiet peer would
+        // otherwise wait for it forever. Free for plain TCP.
+        w.flush().await?;
         count.fetch_add(n as u64, Ordering::Relaxed);
         last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
