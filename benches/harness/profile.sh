@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# profile.sh -- where the mesh-proxy pair spends its CPU under load, with perf (cpu-clock
+# sampling; no hardware counters needed) and a syscall count.
+#
+#   benches/harness/profile.sh                   # keep-alive load, then new-connection load
+#   DURATION=5 benches/harness/profile.sh
+#
+# On 127.0.0.1 only: an nginx backend (fixed 200 "hello\n", as in peers.sh), a server
+# sidecar and a client sidecar (certificates from mesh-ca via pki.sh, TOKIO_WORKER_THREADS=1),
+# then for each load -- `ka` (wrk -c32 keep-alive) and `nc` (wrk -c32 'Connection: close',
+# one mTLS handshake per request) -- it runs wrk for DURATION seconds while
+#   perf record -F 999 -p <both sidecars>     (flat profile by symbol and by library)
+# and then wrk for DURATION more seconds while
+#   strace -c -f -p <client sidecar>          (syscalls per request)
+# Output in target/profile/<load>-*.txt; a summary of the top symbols on stdout.
+#
+# Settings: DURATION=8 CONNS=32 BASE_PORT=19200 NO_BUILD=1 TOP=25
+# Needs: perf (linux-perf), strace, wrk, nginx-light (installs them when missing).
+# Bounded: every wrk has -d and timeout(1); only processes it started are stopped, by PID.
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+DURATION=${DURATION:-8}
+CONNS=${CONNS:-32}
+TOP=${TOP:-25}
+BASE_PORT=${BASE_PORT:-19200}
+BE_PORT=$BASE_PORT
+SRV_PORT=$((BASE_PORT + 1))
+CLI_PORT=$((BASE_PORT + 2))
+OUT=$ROOT/target/profile
+log() { printf '[profile %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+for t in perf strace wrk nginx curl; do
+    command -v "$t" >/dev/null && continue
+    [[ $EUID == 0 ]] || die "missing $t"
+    case $t in perf) pkg=linux-perf ;; nginx) pkg=nginx-light ;; *) pkg=$t ;; esac
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null || die "cannot install $pkg"
+done
+if [[ "${NO_BUILD:-0}" != 1 ]]; then
+    (cd "$ROOT" && cargo build --release --quiet -p mesh-proxy -p mesh-ca --bins)
+fi
+BIN=$ROOT/target/release/mesh-proxy
+mkdir -p "$OUT"
+W=$(mktemp -d /tmp/ztmesh-prof.XXXXXX)
+chmod 755 "$W"
+PIDS=()
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$W"
+}
+trap cleanup EXIT
+wait_port() {
+    local i
+    for i in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        kill -0 "$2" 2>/dev/null || return 1
+        sleep 0.05
+    done
+    return 1
+}
+for p in $BE_PORT $SRV_PORT $CLI_PORT; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then die "port $p is in use (set BASE_PORT)"; fi
+done
+
+bash "$HERE/pki.sh" "$ROOT/target/release/mesh-ca" "$W"
+mkdir -p "$W/tmp"
+user_line=""
+[[ $EUID == 0 ]] && user_line="user root;"
+printf '%s\n' "$user_line" \
+    "worker_processes 1;" \
+    "pid $W/backend.pid;" \
+    "error_log $W/backend-error.log warn;" \
+    "events { worker_connections 4096; }" \
+    "http {" \
+    "    access_log off;" \
+    "    keepalive_requests 100000000;" \
+    "    client_body_temp_path $W/tmp/body;" \
+    "    proxy_temp_path $W/tmp/proxy;" \
+    "    fastcgi_temp_path $W/tmp/fastcgi;" \
+    "    uwsgi_temp_path $W/tmp/uwsgi;" \
+    "    scgi_temp_path $W/tmp/scgi;" \
+    "    server {" \
+    "        listen 127.0.0.1:$BE_PORT backlog=4096;" \
+    "        location = / { default_type text/plain; return 200 \"hello\\n\"; }" \
+    "    }" \
+    "}" >"$W/backend.conf"
+
+write_sidecar() {   # $1 side, $2 the listener section
+    printf '%s\n' "policy = \"$W/policy.toml\"" \
+        "[identity]" \
+        "cert = \"$W/$1/cert.pem\"" \
+        "key = \"$W/$1/key.pem\"" \
+        "bundle = \"$W/$1/bundle.pem\"" \
+        "$2" \
+        "[events]" \
+        "sink = \"file:$W/events-$1.jsonl\"" >"$W/$1.toml"
+}
+write_sidecar server "[inbound]
+listen = \"127.0.0.1:$SRV_PORT\"
+forward = \"127.0.0.1:$BE_PORT\""
+write_sidecar client "[[outbound]]
+listen = \"127.0.0.1:$CLI_PORT\"
+connect = \"127.0.0.1:$SRV_PORT\"
+server = \"spiffe://example.org/ns/b/sa/server\""
+
+nginx -e "$W/backend-error.log" -c "$W/backend.conf" -g 'daemon off;' &
+PIDS+=($!)
+wait_port "$BE_PORT" "${PIDS[-1]}" || die "backend did not start"
+TOKIO_WORKER_THREADS=1 "$BIN" run --config "$W/server.toml" 2>"$W/server.err" &
+SRV_PID=$!
+PIDS+=("$SRV_PID")
+wait_port "$SRV_PORT" "$SRV_PID" || die "server sidecar: $(cat "$W/server.err")"
+TOKIO_WORKER_THREADS=1 "$BIN" run --config "$W/client.toml" 2>"$W/client.err" &
+CLI_PID=$!
+PIDS+=("$CLI_PID")
+wait_port "$CLI_PORT" "$CLI_PID" || die "client sidecar: $(cat "$W/client.err")"
+[[ "$(curl -s --max-time 5 "http://127.0.0.1:$CLI_PORT/")" == hello ]] || die "end-to-end check failed"
+log "pair up: client $CLI_PID, server $SRV_PID"
+
+url=http://127.0.0.1:$CLI_PORT/
+for load in ka nc; do
+    hdr=()
+    [[ $load == nc ]] && hdr=(-H "Connection: close")
+    timeout 30 wrk -t1 -c"$CONNS" -d2s "${hdr[@]}" "$url" >/dev/null 2>&1 || true # warm-up
+    log "$load: perf record for $((DURATION - 2))s of a ${DURATION}s wrk"
+    timeout $((DURATION + 20)) wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${hdr[@]}" "$url" \
+        >"$OUT/$load-wrk-perf.txt" 2>&1 &
+    wrk_pid=$!
+    sleep 1
+    timeout $((DURATION + 10)) perf record -q -F 999 -p "$CLI_PID,$SRV_PID" -o "$OUT/$load.perf.data" \
+        -- sleep $((DURATION - 2)) 2>/dev/null || true
+    wait "$wrk_pid" || true
+    perf report -i "$OUT/$load.perf.data" --no-children --sort symbol --percent-limit 0.3 --stdio 2>/dev/null |
+        grep -v '^#' | grep -v '^$' >"$OUT/$load-symbols.txt" || true
+    perf report -i "$OUT/$load.perf.data" --no-children --sort dso --stdio 2>/dev/null |
+        grep -v '^#' | grep -v '^$' >"$OUT/$load-dso.txt" || true
+    log "$load: strace -c for $((DURATION - 2))s (client sidecar; slows it, counts only)"
+    timeout $((DURATION + 20)) wrk -t1 -c"$CONNS" -d"${DURATION}s" "${hdr[@]}" "$url" \
+        >"$OUT/$load-wrk-strace.txt" 2>&1 &
+    wrk_pid=$!
+    sleep 1
+    timeout -s INT $((DURATION - 2)) strace -c -f -p "$CLI_PID" -o "$OUT/$load-strace-client.txt" \
+        2>/dev/null || true
+    wait "$wrk_pid" || true
+    echo "== $load: wrk during perf"
+    grep -E "Requests/sec|Latency  " "$OUT/$load-wrk-perf.txt" || true
+    echo "== $load: requests in the whole strace wrk: $(awk '/requests in/ { print $1 }' "$OUT/$load-wrk-strace.txt")"
+    echo "== $load: CPU by library (both sidecars)"
+    head -n 12 "$OUT/$load-dso.txt"
+    echo "== $load: top symbols (both sidecars)"
+    head -n "$TOP" "$OUT/$load-symbols.txt"
+    echo "== $load: syscalls (client sidecar)"
+    head -n 16 "$OUT/$load-strace-client.txt"
+done
+log "full reports in $OUT"
