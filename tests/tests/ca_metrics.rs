@@ -3,9 +3,9 @@
 
 use std::net::SocketAddr;
 
-use mesh_tests::TestCa;
 use mesh_tests::ca_server::{token, CaServer, Csr};
 use mesh_tests::monitoring::scrape;
+use mesh_tests::TestCa;
 use serde_json::json;
 
 #[test]
