@@ -60,7 +60,7 @@ pub fn parse(der: &[u8]) -> Result<X509Certificate<'_>, Violation> {
 }
 
 /// The URI SANs of a certificate, or a violation if the SAN extension is malformed.
-fn uri_sans<'a>(cert: &'a X509Certificate<'_>) -> Result<Vec<&'a str>, Violation> {
+pub fn uri_sans<'a>(cert: &'a X509Certificate<'_>) -> Result<Vec<&'a str>, Violation> {
     match cert.subject_alternative_name() {
         Ok(Some(san)) => Ok(san
             .value
