@@ -16,7 +16,8 @@ tool itself was misused.
     request --url https://HOST:PORT --bundle F [--cert F --key F] METHOD PATH
         [--json TEXT | --body-file F | --body-bytes N] [--repeat N] [--announce]
             one HTTPS request (or N on one keep-alive connection); prints
-            {"status", "json", "text", "error", "statuses"}; `error` is set when the TLS
+            {"status", "json", "text", "error", "statuses"}, where status/json/text are the
+            first reply that is not 2xx, or else the last one; `error` is set when the TLS
             handshake or the connection failed (an alert shows as "...ALERT...").
             --announce prints {"sent": true} (one line) once the request is written.
     race --url U --bundle F --token T --n N
@@ -391,9 +392,14 @@ def cmd_request(a) -> dict:
         out["error"] = "connect: " + describe(e)
         return out
     try:
+        refused = False
         for _ in range(a.repeat):
             r = one_request(conn, a.method, a.path, body, a.announce)
-            out.update(r)
+            # The first refusal is the reply worth reporting: in a flood, a later request
+            # may be allowed again once the limiter has refilled.
+            if not refused:
+                out.update(r)
+                refused = not 200 <= (r["status"] or 0) < 300
             out["statuses"].append(r["status"])
     except (OSError, ssl.SSLError, http.client.HTTPException) as e:
         # In TLS 1.3 the server judges the client certificate after the client has finished
