@@ -13,8 +13,6 @@ use mesh_ca::settings::Settings;
 use mesh_config::{SpiffeId, TrustDomain, Ttl};
 use mesh_proxy::tls::{self, Identity};
 use rcgen::KeyPair;
-use rustls::client::Resumption;
-use rustls::server::NoServerSessionStorage;
 use rustls::{ClientConfig, ClientConnection, Connection, RootCertStore, ServerConfig, ServerConnection};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
@@ -86,8 +84,18 @@ impl Pki {
     }
 
     /// The sidecar's server config (inbound) and client config (outbound), with the builders
-    /// `mesh_proxy::state::Tls::build` calls: resumption as shipped.
+    /// `mesh_proxy::state::Tls::build` calls: resumption as shipped (allowed).
     pub fn configs(&self) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+        self.configs_with(tls::Resumption::Allowed)
+    }
+
+    /// The same configs with `[tls] resumption = false`, so every handshake is a full one
+    /// (certificate, signature and chain verification both ways).
+    pub fn configs_full_handshake(&self) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+        self.configs_with(tls::Resumption::Off)
+    }
+
+    fn configs_with(&self, resumption: tls::Resumption) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
         // No revocation list: a sidecar that does not follow the CA's (the check is one hash
         // lookup when present).
         let server = tls::server_config(
@@ -96,108 +104,13 @@ impl Pki {
             &self.trust_domain,
             tls::ClientAuth::Required,
             None,
+            resumption,
         )
         .expect("server config from a fresh identity");
-        let client = tls::client_config(Some(&self.client), self.roots.clone(), &self.server_id, None)
-            .expect("client config from a fresh identity");
+        let client =
+            tls::client_config(Some(&self.client), self.roots.clone(), &self.server_id, None, resumption)
+                .expect("client config from a fresh identity");
         (server, client)
-    }
-
-    /// The same configs with resumption switched off on both sides, so every handshake is a
-    /// full one (certificate, signature and chain verification both ways).
-    pub fn configs_full_handshake(&self) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
-        let (s, c) = self.configs();
-        let mut s = (*s).clone();
-        s.session_storage = Arc::new(NoServerSessionStorage {});
-        s.send_tls13_tickets = 0;
-        let mut c = (*c).clone();
-        c.resumption = Resumption::disabled();
-        (Arc::new(s), Arc::new(c))
-    }
-}
-
-impl Pki {
-    /// An experiment, not the shipped code: the full-handshake pair with the client offering
-    /// `TLS13_AES_128_GCM_SHA256` first (the shipped provider offers AES-256-GCM-SHA384 first,
-    /// and the server follows the client's order). `mesh_ca::tls` has no knob for the order,
-    /// so the client side is rebuilt here with `ReplicaServerVerifier`, which makes the same
-    /// two checks as the sidecar's private `SvidServerVerifier`.
-    pub fn configs_full_handshake_aes128(&self) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
-        let (server, _) = self.configs_full_handshake();
-        let mut provider = (*tls::provider()).clone();
-        provider.cipher_suites.sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
-        let verifier = Arc::new(ReplicaServerVerifier {
-            roots: self.roots.clone(),
-            expected: self.server_id.clone(),
-            algs: provider.signature_verification_algorithms,
-        });
-        let mut client = ClientConfig::builder_with_provider(Arc::new(provider))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("TLS 1.3 is supported")
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_client_auth_cert(self.client.chain.clone(), self.client.key.clone_key())
-            .expect("a valid client identity");
-        client.resumption = Resumption::disabled();
-        (server, Arc::new(client))
-    }
-}
-
-/// Chain to the bundle, then the SVID profile and the expected identity: what the sidecar's
-/// outbound verifier does, for experiments on the client config only.
-#[derive(Debug)]
-struct ReplicaServerVerifier {
-    roots: Arc<RootCertStore>,
-    expected: SpiffeId,
-    algs: rustls::crypto::WebPkiSupportedAlgorithms,
-}
-
-impl rustls::client::danger::ServerCertVerifier for ReplicaServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &rustls_pki_types::ServerName<'_>,
-        _ocsp: &[u8],
-        now: rustls_pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algs.all,
-        )?;
-        let id = mesh_ca::profile::check_leaf(end_entity, Some(self.expected.trust_domain()))
-            .into_identity()
-            .map_err(|_| rustls::Error::General("bad SVID".into()))?;
-        if id != self.expected {
-            return Err(rustls::Error::General("wrong identity".into()));
-        }
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.algs.supported_schemes()
     }
 }
 

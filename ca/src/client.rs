@@ -106,8 +106,9 @@ impl CaClient {
             .await
             .map_err(|_| unreachable(&"connect timed out"))?
             .map_err(|e| unreachable(&e))?;
-        let config = tls::client_config(id, self.roots.clone(), &self.expected, None)
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let config =
+            tls::client_config(id, self.roots.clone(), &self.expected, None, tls::Resumption::Allowed)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let stream =
             tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(config).connect(tls::sni(), tcp))
                 .await

@@ -26,6 +26,7 @@ use tokio::sync::Semaphore;
 use crate::events::Sink;
 use crate::run::{IdentityPlan, Plan};
 use crate::state::Shared;
+use crate::tls::Resumption;
 
 const MAX_CONNECTIONS: usize = 64;
 const MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -221,5 +222,6 @@ pub fn config_json(plan: &Plan) -> Value {
             "drain_timeout_seconds": l.drain_timeout.as_secs_f64(),
             "max_connections": l.max_connections,
         },
+        "tls": { "resumption": plan.resumption == Resumption::Allowed },
     })
 }

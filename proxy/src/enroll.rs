@@ -200,7 +200,7 @@ pub async fn maintain(
         };
         let (name, cred) = fresh;
         let event = cert_event(name, Severity::Info, &cred);
-        match Tls::build(cred, shape.inbound, &shape.servers, Some(revoked.clone())) {
+        match Tls::build(cred, &shape, Some(revoked.clone())) {
             Ok(tls) => {
                 tls_tx.send_replace(Arc::new(tls));
                 events.emit(event);
@@ -257,9 +257,7 @@ pub async fn follow_revocations(
                 // the credential current now (a renewal may have landed during the long-poll),
                 // under the watch's lock.
                 tls_tx.send_modify(|t| {
-                    if let Ok(tls) =
-                        Tls::build(t.cred.duplicate(), shape.inbound, &shape.servers, Some(revoked.clone()))
-                    {
+                    if let Ok(tls) = Tls::build(t.cred.duplicate(), &shape, Some(revoked.clone())) {
                         *t = Arc::new(tls);
                     }
                 });

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mesh_config::policy::Request;
+use rustls::HandshakeKind;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
@@ -42,7 +43,7 @@ pub async fn handle(
         Ok(Err(e)) => return rec.handshake_failed(tls::failure_reason(&e), tls::failure_detail(&e)),
         Ok(Ok(s)) => s,
     };
-    rec.handshake_ok();
+    rec.handshake_ok(tls_stream.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed));
     // The verifier accepted this chain and profile, so the identity is there.
     let Some((peer_serial, peer_id)) = tls_stream
         .get_ref()

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use mesh_config::policy::Request;
 use mesh_config::SpiffeId;
+use rustls::HandshakeKind;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
@@ -64,7 +65,7 @@ pub async fn handle(
             Ok(Err(e)) => return rec.handshake_failed(tls::failure_reason(&e), tls::failure_detail(&e)),
             Ok(Ok(s)) => s,
         };
-    rec.handshake_ok();
+    rec.handshake_ok(remote.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed));
     let stop = match remote
         .get_ref()
         .1

@@ -48,6 +48,8 @@ pub struct Outcome {
     src_id: Option<SpiffeId>,
     dst_id: Option<SpiffeId>,
     rule: Option<String>,
+    /// `Some` once a handshake completed: whether it resumed a session.
+    resumed: Option<bool>,
     /// Set by the one finishing call; `Drop` closes the metrics of a record never finished.
     finished: bool,
 }
@@ -68,6 +70,7 @@ impl Outcome {
             src_id: None,
             dst_id: None,
             rule: None,
+            resumed: None,
             finished: false,
         }
     }
@@ -89,8 +92,9 @@ impl Outcome {
         self.handshake_start = Some(Instant::now());
     }
 
-    /// The TLS handshake succeeded; the connection goes on.
-    pub fn handshake_ok(&mut self) {
+    /// The TLS handshake succeeded, resumed or full; the connection goes on.
+    pub fn handshake_ok(&mut self, resumed: bool) {
+        self.resumed = Some(resumed);
         let took = self.handshake_start.map(|t| t.elapsed());
         metrics::handshake(self.direction.as_str(), None, took);
     }
@@ -126,6 +130,7 @@ impl Outcome {
         e.dst_id = self.dst_id.take().map(|i| i.to_string());
         e.rule = self.rule.take();
         e.duration_ms = Some(lasted.as_millis() as u64);
+        e.tls_resumed = self.resumed;
         e
     }
 

@@ -10,6 +10,7 @@ use crate::reload::CredFiles;
 pub use crate::run::IdentityPlan;
 pub use crate::run::Plan;
 use crate::state::Limits;
+use crate::tls::Resumption;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -62,5 +63,6 @@ pub fn load(path: &Path) -> Result<Plan, PlanError> {
             drain_timeout: cfg.limits.drain_timeout,
             max_connections: cfg.limits.max_connections,
         },
+        resumption: if cfg.tls.resumption { Resumption::Allowed } else { Resumption::Off },
     })
 }

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::credentials::Credential;
 use crate::events::{Event, Events, Severity};
 use crate::state::Tls;
+use crate::tls::Resumption;
 
 /// How often files are checked. Rotation tools rename files into place, so a change is seen
 /// within this interval; SIGHUP skips the wait.
@@ -42,6 +43,8 @@ pub struct CredFiles {
 pub struct TlsShape {
     pub inbound: bool,
     pub servers: Vec<SpiffeId>,
+    /// `[tls] resumption`.
+    pub resumption: Resumption,
 }
 
 /// Identity of a file's current version: (inode, size, mtime ns); `None` if missing.
@@ -128,7 +131,7 @@ pub async fn run(
 fn reload_credential(files: &CredFiles, shape: &TlsShape, tls_tx: &watch::Sender<Arc<Tls>>, events: &Events) {
     let built = Credential::load(&files.cert, &files.key, &files.bundle)
         .map_err(|e| e.to_string())
-        .and_then(|c| Tls::build(c, shape.inbound, &shape.servers, None).map_err(|e| e.to_string()));
+        .and_then(|c| Tls::build(c, shape, None).map_err(|e| e.to_string()));
     match built {
         Ok(tls) => {
             let mut e = Event::new("cert.rotated", Severity::Info).detail(format!(

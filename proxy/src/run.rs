@@ -23,6 +23,7 @@ use crate::events::{Event, Events, Severity, Sink};
 use crate::outbound::Route;
 use crate::reload::{self, CredFiles, TlsShape, Watched};
 use crate::state::{Limits, Shared, Tls};
+use crate::tls::Resumption;
 use crate::{admin, inbound, listener, outbound};
 
 /// Everything `run` needs, already validated.
@@ -39,6 +40,8 @@ pub struct Plan {
     /// Events each sink may hold waiting before it drops.
     pub event_queue: usize,
     pub limits: Limits,
+    /// `[tls] resumption`, for the inbound and every outbound.
+    pub resumption: Resumption,
 }
 
 /// Where the sidecar's identity comes from.
@@ -82,6 +85,7 @@ pub async fn run(plan: Plan) -> Result<(), RunError> {
     let shape = TlsShape {
         inbound: plan.inbound.is_some(),
         servers: plan.outbound.iter().map(|o| o.2.clone()).collect(),
+        resumption: plan.resumption,
     };
     let (set_tx, set_rx) = watch::channel(Arc::new(RevocationSet::default()));
     let (cred, source, revoked) = match &plan.identity {
@@ -105,8 +109,7 @@ pub async fn run(plan: Plan) -> Result<(), RunError> {
             (cred, Some(source), Some(check))
         }
     };
-    let tls = Tls::build(cred, shape.inbound, &shape.servers, revoked.clone())
-        .map_err(|e| RunError::Credential(e.to_string()))?;
+    let tls = Tls::build(cred, &shape, revoked.clone()).map_err(|e| RunError::Credential(e.to_string()))?;
     let own_id = tls.cred.id.clone();
     let (policy, missing) = reload::load_policy(&plan.policy, &own_id).map_err(RunError::Policy)?;
     let files = Watched {

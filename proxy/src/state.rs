@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_config::policy::Policy;
-use mesh_config::SpiffeId;
 use rustls::{ClientConfig, ServerConfig};
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -14,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::credentials::Credential;
 use crate::events::Events;
+use crate::reload::TlsShape;
 use crate::tls::{self, ClientAuth, RevocationCheck, TlsConfigError};
 
 /// The credential and the rustls configs built from it, swapped as one.
@@ -30,25 +30,29 @@ impl Tls {
     /// revocation list, is consulted inside every handshake.
     pub fn build(
         cred: Credential,
-        inbound: bool,
-        servers: &[SpiffeId],
+        shape: &TlsShape,
         revoked: Option<Arc<dyn RevocationCheck>>,
     ) -> Result<Self, TlsConfigError> {
         let td = cred.id.trust_domain().clone();
-        let server = if inbound {
+        let server = if shape.inbound {
             Some(tls::server_config(
                 &cred.identity,
                 cred.roots.clone(),
                 &td,
                 ClientAuth::Required,
                 revoked.clone(),
+                shape.resumption,
             )?)
         } else {
             None
         };
-        let clients = servers
+        let clients = shape
+            .servers
             .iter()
-            .map(|s| tls::client_config(Some(&cred.identity), cred.roots.clone(), s, revoked.clone()))
+            .map(|s| {
+                let roots = cred.roots.clone();
+                tls::client_config(Some(&cred.identity), roots, s, revoked.clone(), shape.resumption)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { cred, server, clients })
     }

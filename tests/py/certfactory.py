@@ -531,45 +531,65 @@ def tls_probe(
     send: bytes = b"",
     raw: bytes | None = None,
     timeout: float = 10.0,
+    again: bool = False,
 ) -> dict:
     """Connects like a (possibly bad) peer sidecar would and reports what happened.
 
     `raw` sends those bytes over plain TCP instead of TLS, then half-closes. Otherwise a TLS
     client presents `cert` (the whole chain file, as `load_cert_chain` sends every certificate
     in it) and `key`, verifies the server against `ca` when given, caps the version at 1.2 when
-    `tls12`, sends `send` and reads back as many bytes. Never raises for network outcomes.
+    `tls12`, sends `send` and reads back as many bytes. With `again`, it then connects a second
+    time offering the first connection's session, and reports that connection under "again"
+    (its "resumed" says whether the server accepted the session). Never raises for network
+    outcomes.
     """
     deadline = time.monotonic() + timeout
-    out: dict = {"handshake": False, "received": "", "error": None}
-    sock = socket.create_connection((host, port), timeout=timeout)
-    out["local"] = "%s:%d" % sock.getsockname()[:2]
-    try:
-        if raw is not None:
+    if raw is not None:
+        out: dict = {"handshake": False, "received": "", "error": None}
+        sock = socket.create_connection((host, port), timeout=timeout)
+        out["local"] = "%s:%d" % sock.getsockname()[:2]
+        try:
             sock.sendall(raw)
             sock.shutdown(socket.SHUT_WR)
             got, err = _read_some(sock, 0, deadline)
             out.update(received=got.decode("latin-1"), error=err)
             return out
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        if ca:
-            ctx.load_verify_locations(ca)
-            ctx.verify_mode = ssl.CERT_REQUIRED
-        else:
-            ctx.verify_mode = ssl.CERT_NONE
-        if tls12:
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            ctx.maximum_version = ssl.TLSVersion.TLSv1_2
-        if cert:
-            ctx.load_cert_chain(cert, key)
+        finally:
+            sock.close()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    if ca:
+        ctx.load_verify_locations(ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    else:
+        ctx.verify_mode = ssl.CERT_NONE
+    if tls12:
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    out, session = _tls_once(ctx, host, port, send, timeout, deadline, None)
+    if again:
+        out["again"], _ = _tls_once(ctx, host, port, send, timeout, deadline, session)
+    return out
+
+
+def _tls_once(ctx, host, port, send, timeout, deadline, session):
+    """One TLS connection of tls_probe; returns its report and the session it ended with."""
+    out: dict = {"handshake": False, "received": "", "error": None}
+    sock = socket.create_connection((host, port), timeout=timeout)
+    out["local"] = "%s:%d" % sock.getsockname()[:2]
+    try:
         try:
-            tls = ctx.wrap_socket(sock, server_hostname="mesh.invalid")
+            tls = ctx.wrap_socket(sock, server_hostname="mesh.invalid", session=session)
         except (OSError, ssl.SSLError) as e:
             out["error"] = f"handshake: {type(e).__name__}: {e}"
-            return out
+            return out, None
         sock = tls
         out["handshake"] = True
         out["version"] = tls.version()
+        out["cipher"] = tls.cipher()[0]
+        out["resumed"] = tls.session_reused
         der = tls.getpeercert(binary_form=True)
         if der:
             peer = x509.load_der_x509_certificate(der)
@@ -586,7 +606,8 @@ def tls_probe(
         except (OSError, ssl.SSLError) as e:
             got, err = b"", f"{type(e).__name__}: {e}"
         out.update(received=got.decode("latin-1"), error=err)
-        return out
+        # TLS 1.3 tickets arrive after the handshake; by now the echo has been read past them.
+        return out, tls.session
     finally:
         sock.close()
 
@@ -597,7 +618,7 @@ def tool(argv: list[str]) -> int:
     variants CA_DIR ZONE WORKLOAD OUTROOT NAME...
                                                writes OUTROOT/NAME/{cert,key}.pem for each NAME
                                                and prints one JSON object {NAME: leaf serial hex}
-    probe HOST PORT [--cert F --key F] [--ca F] [--tls12] [--send TEXT] [--raw-hex HEX]
+    probe HOST PORT [--cert F --key F] [--ca F] [--tls12] [--send TEXT] [--raw-hex HEX] [--again]
                                                prints one JSON object (see tls_probe)
     """
     ap = argparse.ArgumentParser(prog="certfactory-tool")
@@ -616,6 +637,7 @@ def tool(argv: list[str]) -> int:
     p.add_argument("--send", default="")
     p.add_argument("--raw-hex")
     p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--again", action="store_true")
     args = ap.parse_args(argv)
     if args.cmd == "variants":
         serials = {
@@ -626,7 +648,7 @@ def tool(argv: list[str]) -> int:
         return 0
     raw = bytes.fromhex(args.raw_hex) if args.raw_hex is not None else None
     res = tls_probe(args.host, args.port, args.cert, args.key, args.ca, args.tls12,
-                    args.send.encode(), raw, args.timeout)
+                    args.send.encode(), raw, args.timeout, args.again)
     print(json.dumps(res))
     return 0
 

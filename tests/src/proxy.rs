@@ -165,6 +165,9 @@ impl Mesh {
                 t.push_str(&format!("{k} = \"{v}\"\n"));
             }
         }
+        if let Some(on) = spec.resumption {
+            t.push_str(&format!("\n[tls]\nresumption = {on}\n"));
+        }
         let path = dir.join("sidecar.toml");
         std::fs::write(&path, t).expect("writing sidecar.toml");
         path
@@ -190,6 +193,8 @@ pub struct SidecarSpec<'a> {
     /// `(connect, server)` per `[[outbound]]`.
     pub outbound: Vec<(SocketAddr, String)>,
     pub limits: Vec<(&'a str, &'a str)>,
+    /// `[tls] resumption`, when written.
+    pub resumption: Option<bool>,
 }
 
 impl<'a> SidecarSpec<'a> {
@@ -201,6 +206,7 @@ impl<'a> SidecarSpec<'a> {
             inbound: None,
             outbound: Vec::new(),
             limits: Vec::new(),
+            resumption: None,
         }
     }
     pub fn inbound(mut self, app: SocketAddr) -> Self {
@@ -213,6 +219,10 @@ impl<'a> SidecarSpec<'a> {
     }
     pub fn limit(mut self, key: &'a str, value: &'a str) -> Self {
         self.limits.push((key, value));
+        self
+    }
+    pub fn resumption(mut self, on: bool) -> Self {
+        self.resumption = Some(on);
         self
     }
 }
@@ -678,6 +688,12 @@ impl Probe {
     /// Sends `text` after the handshake and reads as many bytes back.
     pub fn send(mut self, text: &str) -> Self {
         self.args.extend(["--send".into(), text.into()]);
+        self
+    }
+    /// Connects a second time offering the first connection's TLS session; the report of that
+    /// connection is under `again` (`resumed`: whether the server took the session).
+    pub fn again(mut self) -> Self {
+        self.args.push("--again".into());
         self
     }
     /// Plain TCP: sends `bytes`, half-closes, reads to EOF. No TLS at all.

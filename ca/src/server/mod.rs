@@ -202,8 +202,15 @@ fn own_config(
         chain: vec![leaf.der, shared.authority.dir().intermediate.clone()],
         key: rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
     };
-    tls::server_config(&identity, roots.clone(), td, ClientAuth::Optional, Some(revoked.clone()))
-        .map_err(|e| CaError::Crypto(e.to_string()))
+    tls::server_config(
+        &identity,
+        roots.clone(),
+        td,
+        ClientAuth::Optional,
+        Some(revoked.clone()),
+        tls::Resumption::Allowed,
+    )
+    .map_err(|e| CaError::Crypto(e.to_string()))
 }
 
 /// Re-issues the server's certificate at half its lifetime; live connections keep theirs.

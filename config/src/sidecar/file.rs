@@ -14,7 +14,7 @@ use super::addr::{Endpoint, HttpsUrl};
 use super::DEFAULT_ADMIN_LISTEN;
 use super::{
     Admin, EventOptions, EventSink, HttpsFormat, IdentitySource, Inbound, Limits, Outbound, Protocol,
-    SidecarConfig, SyslogFacility, SyslogTransport,
+    SidecarConfig, SyslogFacility, SyslogTransport, TlsOptions,
 };
 use crate::error::{ConfigError, Source};
 
@@ -38,6 +38,13 @@ struct RawSidecar {
     admin: Option<RawAdmin>,
     events: Option<RawEvents>,
     limits: Option<RawLimits>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    resumption: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -162,8 +169,11 @@ pub(super) fn parse(src: &Source<'_>, base: &Path) -> Result<SidecarConfig, Conf
         Some(l) => c.limits(l)?,
         None => Limits::default(),
     };
+    let tls = TlsOptions {
+        resumption: raw.tls.as_ref().and_then(|t| t.resumption).unwrap_or(TlsOptions::default().resumption),
+    };
     check_listeners(src, &listeners)?;
-    Ok(SidecarConfig { policy, identity, inbound, outbound, admin, events, event_options, limits })
+    Ok(SidecarConfig { policy, identity, inbound, outbound, admin, events, event_options, limits, tls })
 }
 
 impl Conv<'_> {

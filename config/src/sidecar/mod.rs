@@ -47,6 +47,8 @@ pub struct SidecarConfig {
     pub event_options: EventOptions,
     /// Timeouts and the connection cap.
     pub limits: Limits,
+    /// TLS session settings shared by the inbound and every outbound.
+    pub tls: TlsOptions,
 }
 
 /// How the sidecar obtains its identity: exactly one mode.
@@ -236,6 +238,23 @@ pub struct Limits {
     pub drain_timeout: Duration,
     /// The most connections open at once, across all listeners.
     pub max_connections: usize,
+}
+
+/// `[tls]`: how sessions are set up. Versions, suites and verification are not configurable:
+/// TLS 1.3 with mutual authentication, always.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// Whether a returning peer may resume its session (an abbreviated handshake that skips
+    /// the certificate exchange). Sessions live in memory only, and end whenever the
+    /// certificate, the bundle or the revocation list changes. `false` makes every connection
+    /// a full handshake: more CPU, nothing remembered between connections.
+    pub resumption: bool,
+}
+
+impl Default for TlsOptions {
+    fn default() -> Self {
+        Self { resumption: true }
+    }
 }
 
 impl Default for Limits {

@@ -117,6 +117,7 @@ fn minimal_enrollment_file_takes_defaults() {
     assert_eq!((c.inbound, c.outbound.len(), c.admin), (None, 0, None));
     assert_eq!(c.events, [EventSink::Stdout]);
     assert_eq!(c.limits, Limits::default());
+    assert!(c.tls.resumption, "resumption is on unless turned off");
     let c = parse(&format!("{MINIMAL}[admin]\n[events]\nsink = \"stderr\"\n")).expect("valid");
     assert_eq!(c.admin, Some(Admin { listen: DEFAULT_ADMIN_LISTEN }));
     assert_eq!(c.events, [EventSink::Stderr]);
@@ -313,6 +314,17 @@ fn limits_are_checked() {
     );
     assert_eq!(limit("max_connections = \"many\"").1.as_deref(), Some("limits.max_connections"));
     assert_eq!(limit("read_timeout = \"1s\"").1.as_deref(), Some("limits.read_timeout"));
+}
+
+#[test]
+fn tls_resumption_can_be_turned_off_and_nothing_else() {
+    let c = parse(&format!("{MINIMAL}[tls]\nresumption = false\n")).expect("valid");
+    assert_eq!(c.tls, TlsOptions { resumption: false });
+    let (line, key, _) = error(&format!("{MINIMAL}[tls]\nresumption = \"no\"\n"));
+    assert_eq!((line, key.as_deref()), (Some(7), Some("tls.resumption")));
+    // Versions and suites are not a knob: TLS 1.3 only, always.
+    let (_, key, msg) = error(&format!("{MINIMAL}[tls]\nmin_version = \"1.2\"\n"));
+    assert_eq!(key.as_deref(), Some("tls.min_version"), "{msg}");
 }
 
 #[test]

@@ -79,6 +79,10 @@ pub struct Event {
     pub bytes_out: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+    /// Whether the connection's handshake resumed an earlier session (no certificates were
+    /// exchanged this time; the identity is the one verified when the session began).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_resumed: Option<bool>,
     /// `events.dropped`: the sink that lost events, and how many.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sink: Option<String>,
@@ -108,6 +112,7 @@ impl Event {
             bytes_in: None,
             bytes_out: None,
             duration_ms: None,
+            tls_resumed: None,
             sink: None,
             count: None,
             detail: None,

@@ -113,3 +113,59 @@ fn inbound_refuses_every_bad_peer_and_still_serves_good_ones() {
         p.server.transcript()
     );
 }
+
+/// The `tls_resumed` of the next connection event after `mark`, checking it names both peers.
+#[track_caller]
+fn resumed_after(p: &Pair, sc: &Sidecar, mark: usize) -> bool {
+    let e = sc.next_conn_event(mark);
+    assert_fields(sc, &e, &[("event", "connection"), ("src_id", &p.web.id), ("dst_id", &p.api.id)]);
+    e["tls_resumed"].as_bool().unwrap_or_else(|| panic!("no tls_resumed in {e}\n{}", sc.transcript()))
+}
+
+/// Calls through `client`'s outbound `n` times; returns, per call, what the client's and the
+/// server's events said about resumption.
+fn calls(p: &Pair, client: &Sidecar, server: &Sidecar, n: usize) -> Vec<(bool, bool)> {
+    (0..n)
+        .map(|i| {
+            let (mc, ms) = (client.mark(), server.mark());
+            let msg = format!("call {i}");
+            assert_eq!(exchange(client.outbound[0], msg.as_bytes()), msg.as_bytes());
+            (resumed_after(p, client, mc), resumed_after(p, server, ms))
+        })
+        .collect()
+}
+
+/// Resumption is on by default: a returning peer skips the certificate exchange, and the
+/// event says so while still naming the identity verified when the session began. With
+/// `[tls] resumption = false` on either side, every connection is a full handshake.
+#[test]
+fn sessions_resume_by_default_and_never_where_resumption_is_off() {
+    let p = Pair::start(ALLOW_FRONTEND_TO_ORDERS, &[]);
+    let inbound = p.server.inbound.expect("inbound port");
+    let full_then_resumed = vec![(false, false), (true, true), (true, true)];
+    assert_eq!(calls(&p, &p.client, &p.server, 3), full_then_resumed, "{}", p.server.transcript());
+
+    // Another TLS stack (Python's ssl on OpenSSL) resumes with the inbound too.
+    let probe = || Probe::to(inbound).identity(&p.web).verify(&p.api.bundle()).send("again?").again();
+    let r = probe().run();
+    assert_eq!((&r["resumed"], &r["again"]["resumed"]), (&false.into(), &true.into()), "{r}");
+    assert_eq!(field(&r["again"], "received"), "again?", "{r}");
+
+    // Server side off: it issues no tickets and keeps no cache, so nothing resumes.
+    let spec = SidecarSpec::new("server-full", &p.api, &p.mesh.path("policy.toml")).inbound(p.app.addr);
+    let server = p.mesh.sidecar(spec.resumption(false));
+    let to = server.inbound.expect("inbound port");
+    let client = p
+        .mesh
+        .sidecar(SidecarSpec::new("client-2", &p.web, &p.mesh.path("policy.toml")).outbound(to, &p.api.id));
+    assert_eq!(calls(&p, &client, &server, 3), vec![(false, false); 3], "{}", server.transcript());
+    let r = Probe::to(to).identity(&p.web).verify(&p.api.bundle()).send("again?").again().run();
+    assert_eq!((&r["resumed"], &r["again"]["resumed"]), (&false.into(), &false.into()), "{r}");
+    assert_eq!(field(&r["again"], "received"), "again?", "{r}");
+
+    // Client side off, towards the resuming server: the client never offers a session.
+    let spec =
+        SidecarSpec::new("client-full", &p.web, &p.mesh.path("policy.toml")).outbound(inbound, &p.api.id);
+    let client = p.mesh.sidecar(spec.resumption(false));
+    assert_eq!(calls(&p, &client, &p.server, 3), vec![(false, false); 3], "{}", client.transcript());
+}
