@@ -49,31 +49,15 @@ for p in $APP_PORT $SRV_PORT $CLI_PORT; do
 done
 bash "$HERE/pki.sh" "$ROOT/target/release/mesh-ca" "$W"
 
-cat >"$W/server.toml" <<TOML
-policy = "$W/policy.toml"
-[identity]
-cert = "$W/server/cert.pem"
-key = "$W/server/key.pem"
-bundle = "$W/server/bundle.pem"
-[inbound]
-listen = "127.0.0.1:$SRV_PORT"
-forward = "127.0.0.1:$APP_PORT"
-[events]
-sink = "file:$W/events-server.jsonl"
-TOML
-cat >"$W/client.toml" <<TOML
-policy = "$W/policy.toml"
-[identity]
-cert = "$W/client/cert.pem"
-key = "$W/client/key.pem"
-bundle = "$W/client/bundle.pem"
-[[outbound]]
-listen = "127.0.0.1:$CLI_PORT"
-connect = "127.0.0.1:$SRV_PORT"
-server = "spiffe://example.org/ns/b/sa/server"
-[events]
-sink = "file:$W/events-client.jsonl"
-TOML
+source "$HERE/lib.sh"
+export ZTMESH_DIR=$W
+SRV_CONF=$(ztmesh_conf server 1 "[inbound]
+listen = \"127.0.0.1:$SRV_PORT\"
+forward = \"127.0.0.1:$APP_PORT\"")
+CLI_CONF=$(ztmesh_conf client 1 "[[outbound]]
+listen = \"127.0.0.1:$CLI_PORT\"
+connect = \"127.0.0.1:$SRV_PORT\"
+server = \"spiffe://example.org/ns/b/sa/server\"")
 
 wait_port() {
     local i
@@ -88,15 +72,15 @@ wait_port() {
 python3 "$HERE/echo_backend.py" "$APP_PORT" &
 PIDS+=($!)
 wait_port "$APP_PORT" "${PIDS[-1]}" || die "echo app did not start"
-TOKIO_WORKER_THREADS=$WORKERS "$BIN" run --config "$W/server.toml" 2>"$W/server.err" &
+TOKIO_WORKER_THREADS=$WORKERS "$BIN" run --config "$SRV_CONF" 2>"$W/server.err" &
 SRV_PID=$!
 PIDS+=("$SRV_PID")
 wait_port "$SRV_PORT" "$SRV_PID" || die "server sidecar did not start: $(cat "$W/server.err")"
-TOKIO_WORKER_THREADS=$WORKERS "$BIN" run --config "$W/client.toml" 2>"$W/client.err" &
+TOKIO_WORKER_THREADS=$WORKERS "$BIN" run --config "$CLI_CONF" 2>"$W/client.err" &
 CLI_PID=$!
 PIDS+=("$CLI_PID")
 wait_port "$CLI_PORT" "$CLI_PID" || die "client sidecar did not start: $(cat "$W/client.err")"
 sleep 1
 log "sidecars up (client $CLI_PID, server $SRV_PID, TOKIO_WORKER_THREADS=$WORKERS); opening $N connections"
 timeout 300 python3 "$HERE/conn_memory.py" "$CLI_PORT" "$CLI_PID" "$SRV_PID" "$N"
-log "events: $(grep -c '"event":"connection"' "$W/events-server.jsonl" || true) connection events on the server side"
+log "events: $(grep -c '"event":"connection"' "$W/run/events-server-1.jsonl" || true) connection events on the server side"

@@ -88,32 +88,24 @@ printf '%s\n' "$user_line" \
     "    }" \
     "}" >"$W/backend.conf"
 
-write_sidecar() {   # $1 side, $2 the listener section
-    printf '%s\n' "policy = \"$W/policy.toml\"" \
-        "[identity]" \
-        "cert = \"$W/$1/cert.pem\"" \
-        "key = \"$W/$1/key.pem\"" \
-        "bundle = \"$W/$1/bundle.pem\"" \
-        "$2" \
-        "[events]" \
-        "sink = \"file:$W/events-$1.jsonl\"" >"$W/$1.toml"
-}
-write_sidecar server "[inbound]
+source "$HERE/lib.sh"
+export ZTMESH_DIR=$W
+SRV_CONF=$(ztmesh_conf server 1 "[inbound]
 listen = \"127.0.0.1:$SRV_PORT\"
-forward = \"127.0.0.1:$BE_PORT\""
-write_sidecar client "[[outbound]]
+forward = \"127.0.0.1:$BE_PORT\"")
+CLI_CONF=$(ztmesh_conf client 1 "[[outbound]]
 listen = \"127.0.0.1:$CLI_PORT\"
 connect = \"127.0.0.1:$SRV_PORT\"
-server = \"spiffe://example.org/ns/b/sa/server\""
+server = \"spiffe://example.org/ns/b/sa/server\"")
 
 nginx -e "$W/backend-error.log" -c "$W/backend.conf" -g 'daemon off;' &
 PIDS+=($!)
 wait_port "$BE_PORT" "${PIDS[-1]}" || die "backend did not start"
-TOKIO_WORKER_THREADS=1 "$BIN" run --config "$W/server.toml" 2>"$W/server.err" &
+TOKIO_WORKER_THREADS=1 "$BIN" run --config "$SRV_CONF" 2>"$W/server.err" &
 SRV_PID=$!
 PIDS+=("$SRV_PID")
 wait_port "$SRV_PORT" "$SRV_PID" || die "server sidecar: $(cat "$W/server.err")"
-TOKIO_WORKER_THREADS=1 "$BIN" run --config "$W/client.toml" 2>"$W/client.err" &
+TOKIO_WORKER_THREADS=1 "$BIN" run --config "$CLI_CONF" 2>"$W/client.err" &
 CLI_PID=$!
 PIDS+=("$CLI_PID")
 wait_port "$CLI_PORT" "$CLI_PID" || die "client sidecar: $(cat "$W/client.err")"

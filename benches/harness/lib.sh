@@ -1,0 +1,59 @@
+# The one place the harness scripts write a sidecar.toml. Sourced by ztmesh-client.sh and
+# ztmesh-server.sh (the peers.sh candidate wrappers), conn-memory.sh and profile.sh.
+#
+# ztmesh_conf ROLE RESUME TABLES
+#   Writes $ZTMESH_DIR/run/ROLE-RESUME.toml and prints its path: the identity for ROLE
+#   (client or server, from pki.sh), the listener TABLES given, the event sink, and
+#   `[tls] resumption` from RESUME (peers.sh's {RESUME}: 0 = full handshakes wanted,
+#   1 = resumption allowed).
+# ztmesh_exec ROLE RESUME TABLES
+#   The same, then execs `mesh-proxy run` in the foreground (peers.sh measures and stops the
+#   process by PID).
+#
+# Environment (set by run.sh):
+#   ZTMESH_BIN      the mesh-proxy binary
+#   ZTMESH_DIR      the harness work dir: policy.toml, {client,server}/{cert,key,bundle}.pem
+#   ZTMESH_PKI      mesh (certificates from mesh-ca, default) | peers (peers.sh's own openssl
+#                   PKI from BENCH_{CLIENT,SERVER}_{CERT,KEY} and BENCH_CA, identical to the
+#                   other pairs')
+#   ZTMESH_EVENTS   event sink, default file:$ZTMESH_DIR/run/events-ROLE-RESUME.jsonl
+#   BENCH_WORKERS   from peers.sh: worker threads (TOKIO_WORKER_THREADS), as nginx/haproxy get
+ztmesh_conf() {
+    local role=$1 resume=$2 tables=$3 cert key bundle resumption=true
+    : "${ZTMESH_DIR:?set by benches/harness/run.sh}"
+    if [[ "${ZTMESH_PKI:-mesh}" == peers ]]; then
+        local up=${role^^} c k
+        c=BENCH_${up}_CERT k=BENCH_${up}_KEY
+        cert=${!c} key=${!k} bundle=$BENCH_CA
+    else
+        cert=$ZTMESH_DIR/$role/cert.pem key=$ZTMESH_DIR/$role/key.pem bundle=$ZTMESH_DIR/$role/bundle.pem
+    fi
+    [[ "$resume" == 0 ]] && resumption=false
+    local conf=$ZTMESH_DIR/run/$role-$resume.toml
+    mkdir -p "$ZTMESH_DIR/run"
+    cat >"$conf" <<TOML
+policy = "$ZTMESH_DIR/policy.toml"
+
+[identity]
+cert = "$cert"
+key = "$key"
+bundle = "$bundle"
+
+$tables
+
+[tls]
+resumption = $resumption
+
+[events]
+sink = "${ZTMESH_EVENTS:-file:$ZTMESH_DIR/run/events-$role-$resume.jsonl}"
+TOML
+    echo "$conf"
+}
+
+ztmesh_exec() {
+    local conf
+    : "${ZTMESH_BIN:?set by benches/harness/run.sh}"
+    conf=$(ztmesh_conf "$@")
+    export TOKIO_WORKER_THREADS=${BENCH_WORKERS:-1}
+    exec "$ZTMESH_BIN" run --config "$conf"
+}
