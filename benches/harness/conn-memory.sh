@@ -13,7 +13,7 @@
 # 50-connection warm-up) / N, in KiB.
 #
 # Settings: N=5000  WORKERS=1 (TOKIO_WORKER_THREADS, as in the load harness)  BASE_PORT=19100
-#   NO_BUILD=1 (use the existing target/release binaries)
+#   NO_BUILD=1 (use the existing static build from scripts/build-release)  ZTMESH_BIN=another mesh-proxy
 # Bounded: conn_memory.py has a 240 s deadline, the whole script a 300 s timeout; it stops
 # only the processes it started, by PID. Needs ~4*N+100 file descriptors (raises ulimit -n).
 set -euo pipefail
@@ -30,10 +30,12 @@ die() { log "ERROR: $*"; exit 1; }
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 (($(ulimit -n) >= 2 * N + 256)) || die "ulimit -n $(ulimit -n) is too low for N=$N"
 
+# Where scripts/build-release puts the static release binaries.
+REL=$ROOT/target/$(rustc -vV | sed -n 's/^host: //p')/release
 if [[ "${NO_BUILD:-0}" != 1 ]]; then
-    (cd "$ROOT" && cargo build --release --quiet -p mesh-proxy -p mesh-ca --bins)
+    "$ROOT/scripts/build-release" >/dev/null
 fi
-BIN=$ROOT/target/release/mesh-proxy
+BIN=${ZTMESH_BIN:-$REL/mesh-proxy}
 W=$(mktemp -d /tmp/ztmesh-mem.XXXXXX)
 PIDS=()
 cleanup() {
@@ -47,7 +49,7 @@ trap cleanup EXIT
 for p in $APP_PORT $SRV_PORT $CLI_PORT; do
     (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && die "port $p is in use (set BASE_PORT)"
 done
-bash "$HERE/pki.sh" "$ROOT/target/release/mesh-ca" "$W"
+bash "$HERE/pki.sh" "$REL/mesh-ca" "$W"
 
 source "$HERE/lib.sh"
 export ZTMESH_DIR=$W

@@ -14,7 +14,8 @@
 #   strace -c -f -p <client sidecar>          (syscalls per request)
 # Output in target/profile/<load>-*.txt; a summary of the top symbols on stdout.
 #
-# Settings: DURATION=8 CONNS=32 BASE_PORT=19200 NO_BUILD=1 TOP=25
+# Settings: DURATION=8 CONNS=32 BASE_PORT=19200 NO_BUILD=1 TOP=25 LOADS="ka nc"
+#   RESUME=1 (0: [tls] resumption = false on both sidecars, so `nc` profiles full handshakes)
 # Needs: perf (linux-perf), strace, wrk, nginx-light (installs them when missing).
 # Bounded: every wrk has -d and timeout(1); only processes it started are stopped, by PID.
 set -euo pipefail
@@ -23,6 +24,8 @@ ROOT=$(cd "$HERE/../.." && pwd)
 DURATION=${DURATION:-8}
 CONNS=${CONNS:-32}
 TOP=${TOP:-25}
+RESUME=${RESUME:-1}
+LOADS=${LOADS:-ka nc}
 BASE_PORT=${BASE_PORT:-19200}
 BE_PORT=$BASE_PORT
 SRV_PORT=$((BASE_PORT + 1))
@@ -37,10 +40,12 @@ for t in perf strace wrk nginx curl; do
     case $t in perf) pkg=linux-perf ;; nginx) pkg=nginx-light ;; *) pkg=$t ;; esac
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null || die "cannot install $pkg"
 done
+# Where scripts/build-release puts the static release binaries.
+REL=$ROOT/target/$(rustc -vV | sed -n 's/^host: //p')/release
 if [[ "${NO_BUILD:-0}" != 1 ]]; then
-    (cd "$ROOT" && cargo build --release --quiet -p mesh-proxy -p mesh-ca --bins)
+    "$ROOT/scripts/build-release" >/dev/null
 fi
-BIN=$ROOT/target/release/mesh-proxy
+BIN=$REL/mesh-proxy
 mkdir -p "$OUT"
 W=$(mktemp -d /tmp/ztmesh-prof.XXXXXX)
 chmod 755 "$W"
@@ -65,7 +70,7 @@ for p in $BE_PORT $SRV_PORT $CLI_PORT; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then die "port $p is in use (set BASE_PORT)"; fi
 done
 
-bash "$HERE/pki.sh" "$ROOT/target/release/mesh-ca" "$W"
+bash "$HERE/pki.sh" "$REL/mesh-ca" "$W"
 mkdir -p "$W/tmp"
 user_line=""
 [[ $EUID == 0 ]] && user_line="user root;"
@@ -90,10 +95,10 @@ printf '%s\n' "$user_line" \
 
 source "$HERE/lib.sh"
 export ZTMESH_DIR=$W
-SRV_CONF=$(ztmesh_conf server 1 "[inbound]
+SRV_CONF=$(ztmesh_conf server "$RESUME" "[inbound]
 listen = \"127.0.0.1:$SRV_PORT\"
 forward = \"127.0.0.1:$BE_PORT\"")
-CLI_CONF=$(ztmesh_conf client 1 "[[outbound]]
+CLI_CONF=$(ztmesh_conf client "$RESUME" "[[outbound]]
 listen = \"127.0.0.1:$CLI_PORT\"
 connect = \"127.0.0.1:$SRV_PORT\"
 server = \"spiffe://example.org/ns/b/sa/server\"")
@@ -113,7 +118,7 @@ wait_port "$CLI_PORT" "$CLI_PID" || die "client sidecar: $(cat "$W/client.err")"
 log "pair up: client $CLI_PID, server $SRV_PID"
 
 url=http://127.0.0.1:$CLI_PORT/
-for load in ka nc; do
+for load in $LOADS; do
     hdr=()
     [[ $load == nc ]] && hdr=(-H "Connection: close")
     timeout 30 wrk -t1 -c"$CONNS" -d2s "${hdr[@]}" "$url" >/dev/null 2>&1 || true # warm-up

@@ -81,12 +81,14 @@ if need_install; then
 fi
 
 # ---------------------------------------------------------------- 2. binaries
+# Where scripts/build-release puts the static release binaries.
+REL=$ROOT/target/$(rustc -vV | sed -n 's/^host: //p')/release
 if [[ "${NO_BUILD:-0}" != 1 ]]; then
     log "building release binaries"
-    (cd "$ROOT" && cargo build --release --quiet -p mesh-proxy -p mesh-ca --bins)
+    "$ROOT/scripts/build-release" >/dev/null
 fi
-export ZTMESH_BIN=$ROOT/target/release/mesh-proxy
-CA_BIN=$ROOT/target/release/mesh-ca
+export ZTMESH_BIN=$REL/mesh-proxy
+CA_BIN=$REL/mesh-ca
 [[ -x "$ZTMESH_BIN" && -x "$CA_BIN" ]] || die "release binaries missing (run without NO_BUILD=1)"
 
 # ---------------------------------------------------------------- 3. CA, identities, policy

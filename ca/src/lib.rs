@@ -20,6 +20,7 @@ pub mod settings;
 pub mod store;
 pub mod tls;
 pub mod token;
+mod verified;
 
 pub use authority::{Authority, CaDir, InitOptions, IssuedLeaf};
 pub use error::CaError;

@@ -15,6 +15,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::profile::{self, Violation};
+use crate::verified::{ChainKey, Verified, VerifiedChains};
 use mesh_config::{SpiffeId, TrustDomain};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -121,7 +122,12 @@ pub fn server_config(
         ClientAuth::Optional => builder.allow_unauthenticated(),
     };
     let webpki = builder.build().map_err(|e| TlsConfigError::Bundle(e.to_string()))?;
-    let verifier = Arc::new(SvidClientVerifier { inner: webpki, trust_domain: td.clone(), revoked });
+    let verifier = Arc::new(SvidClientVerifier {
+        inner: webpki,
+        trust_domain: td.clone(),
+        revoked,
+        memo: VerifiedChains::default(),
+    });
     // No ticketer is configured: resumption is stateful, held in this config's session cache,
     // so a credential or bundle change (which builds a new config) ends every resumable session.
     let mut cfg = ServerConfig::builder_with_provider(provider)
@@ -152,6 +158,7 @@ pub fn client_config(
         expected: expected.clone(),
         algs: provider.signature_verification_algorithms,
         revoked,
+        memo: VerifiedChains::default(),
     });
     let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -180,19 +187,41 @@ fn svid_error(e: SvidError) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
 }
 
-/// Checks the leaf's SVID profile in our trust domain and its revocation status, and returns
-/// its identity.
-fn check_svid(
+/// What both verifiers check of a peer's chain, in order: the chain itself (`verify_chain`:
+/// path to our anchors, signatures, validity, EKU), the leaf's SVID profile in trust domain
+/// `td`, then revocation. Returns the peer's identity.
+///
+/// The first two are skipped for a chain `memo` already verified under this config, while
+/// it is still inside its validity window (see [`crate::verified`]); revocation is checked
+/// every time.
+fn verify_peer(
+    memo: &VerifiedChains,
     end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
     td: &TrustDomain,
     revoked: Option<&Arc<dyn RevocationCheck>>,
+    verify_chain: impl FnOnce() -> Result<(), rustls::Error>,
 ) -> Result<SpiffeId, rustls::Error> {
-    let cert = profile::parse(end_entity).map_err(|v| svid_error(SvidError::Profile(vec![v])))?;
-    let id = profile::check_leaf_parsed(&cert, Some(td))
-        .into_identity()
-        .map_err(|v| svid_error(SvidError::Profile(v)))?;
+    let key = ChainKey::of(end_entity, intermediates);
+    let (serial, id) = match memo.get(&key, now) {
+        Some(v) => (v.serial, v.id),
+        None => {
+            // Chain, signatures, validity and EKU first: "unknown CA" or "expired" is the
+            // more useful reason when both apply.
+            verify_chain()?;
+            let cert = profile::parse(end_entity).map_err(|v| svid_error(SvidError::Profile(vec![v])))?;
+            let id = profile::check_leaf_parsed(&cert, Some(td))
+                .into_identity()
+                .map_err(|v| svid_error(SvidError::Profile(v)))?;
+            if let Some(v) = Verified::new(id.clone(), &cert, intermediates) {
+                memo.insert(key, v);
+            }
+            (crate::random::hex(cert.raw_serial()), id)
+        }
+    };
     if let Some(check) = revoked {
-        if check.is_revoked(&crate::random::hex(cert.raw_serial()), &id) {
+        if check.is_revoked(&serial, &id) {
             return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
         }
     }
@@ -216,6 +245,7 @@ struct SvidClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     trust_domain: TrustDomain,
     revoked: Option<Arc<dyn RevocationCheck>>,
+    memo: VerifiedChains,
 }
 
 impl ClientCertVerifier for SvidClientVerifier {
@@ -233,10 +263,9 @@ impl ClientCertVerifier for SvidClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        // Chain, signatures, validity and EKU first: "unknown CA" or "expired" is the more
-        // useful reason when both apply.
-        self.inner.verify_client_cert(end_entity, intermediates, now)?;
-        check_svid(end_entity, &self.trust_domain, self.revoked.as_ref())?;
+        let chain = || self.inner.verify_client_cert(end_entity, intermediates, now).map(|_| ());
+        let (td, revoked) = (&self.trust_domain, self.revoked.as_ref());
+        verify_peer(&self.memo, end_entity, intermediates, now, td, revoked, chain)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -269,6 +298,7 @@ struct SvidServerVerifier {
     expected: SpiffeId,
     algs: WebPkiSupportedAlgorithms,
     revoked: Option<Arc<dyn RevocationCheck>>,
+    memo: VerifiedChains,
 }
 
 impl ServerCertVerifier for SvidServerVerifier {
@@ -280,15 +310,18 @@ impl ServerCertVerifier for SvidServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algs.all,
-        )?;
-        let got = check_svid(end_entity, self.expected.trust_domain(), self.revoked.as_ref())?;
+        let chain = || {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                &self.roots,
+                intermediates,
+                now,
+                self.algs.all,
+            )
+        };
+        let (td, revoked) = (self.expected.trust_domain(), self.revoked.as_ref());
+        let got = verify_peer(&self.memo, end_entity, intermediates, now, td, revoked, chain)?;
         if got != self.expected {
             return Err(svid_error(SvidError::WrongIdentity { expected: self.expected.clone(), got }));
         }
@@ -369,3 +402,7 @@ pub fn failure_detail(err: &std::io::Error) -> String {
         None => err.to_string(),
     }
 }
+
+#[cfg(test)]
+#[path = "tls_tests.rs"]
+mod tests;
