@@ -13,9 +13,10 @@
 # Environment (set by run.sh):
 #   ZTMESH_BIN      the mesh-proxy binary
 #   ZTMESH_DIR      the harness work dir: policy.toml, {client,server}/{cert,key,bundle}.pem
-#   ZTMESH_PKI      mesh (certificates from mesh-ca, default) | peers (peers.sh's own openssl
-#                   PKI from BENCH_{CLIENT,SERVER}_{CERT,KEY} and BENCH_CA, identical to the
-#                   other pairs')
+#   ZTMESH_PKI      mesh (certificates from mesh-ca; the default here, for conn-memory.sh and
+#                   profile.sh) | peers (peers.sh's own openssl PKI from
+#                   BENCH_{CLIENT,SERVER}_{CERT,KEY} and BENCH_CA, identical to the other
+#                   pairs'; run.sh's default)
 #   ZTMESH_EVENTS   event sink, default file:$ZTMESH_DIR/run/events-ROLE-RESUME.jsonl
 #   BENCH_WORKERS   from peers.sh: worker threads (TOKIO_WORKER_THREADS), as nginx/haproxy get
 ztmesh_conf() {

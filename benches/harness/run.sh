@@ -4,15 +4,15 @@
 #
 #   benches/harness/run.sh                       # RUNS=3 PEERS="direct nginx haproxy" (~10 min)
 #   DURATION=3 RUNS=1 benches/harness/run.sh     # smoke run (~2 min)
-#   ZTMESH_PKI=peers benches/harness/run.sh      # mesh-proxy on peers.sh's own certificates
-#   PEERS="direct nginx haproxy haproxy:candidate" ZTMESH_PKI=peers benches/harness/run.sh
+#   ZTMESH_PKI=mesh benches/harness/run.sh       # mesh-proxy on mesh-ca certificates (+ intermediate)
+#   PEERS="direct nginx haproxy haproxy:candidate" benches/harness/run.sh
 #                                                # + haproxy client -> mesh-proxy server
 #                                                #   (real full handshakes on our server side)
 #
 # What it does:
 #   1. installs the Debian packages peers.sh needs for these pairs when missing
 #      (wrk nginx-light libnginx-mod-stream haproxy curl procps openssl; NO_INSTALL=1 skips);
-#   2. builds release binaries (mesh-proxy, mesh-ca);
+#   2. builds the static release binaries (scripts/build-release: mesh-proxy, mesh-ca);
 #   3. in a temp dir: `mesh-ca init` (example.org), `mesh-ca issue` for
 #      spiffe://example.org/ns/a/sa/client and .../ns/b/sa/server (the IDs peers.sh uses), and a
 #      policy.toml allowing a -> b;
@@ -23,8 +23,11 @@
 # Settings (environment): every peers.sh setting passes through (RUNS, PEERS, DURATION, CONNS,
 #   WORKERS, BULK_MB, ...; see ../shared/bench/peers.sh --help). Own settings:
 #   RUNS=3  PEERS="direct nginx haproxy"  (ztmesh is added by peers.sh)
-#   ZTMESH_PKI=mesh|peers   mesh: certificates from mesh-ca (leaf + intermediate, as deployed);
-#                           peers: peers.sh's openssl certificates (leaf only, same as nginx's)
+#   ZTMESH_PKI=peers|mesh   peers (default): peers.sh's openssl certificates, the very ones the
+#                           nginx and haproxy pairs present (leaf directly under the root), so
+#                           every pair verifies the same chain and peers.sh's mTLS check applies;
+#                           mesh: certificates from mesh-ca (leaf + intermediate, as deployed:
+#                           one more signature to verify per new peer chain)
 #   ZTMESH_EVENTS=SINK      default: a file per sidecar in the temp dir; e.g. file:/dev/null
 #   PEERS_SH=PATH           default: <repo>/../shared/bench/peers.sh
 #   RESULTS_DIR=DIR         default: <repo>/target/bench-results
@@ -37,8 +40,8 @@
 # Output: peers.sh's median table on stdout, CSVs and raw logs in $RESULTS_DIR.
 # Expected warnings: with ZTMESH_PKI=mesh, peers.sh's mTLS check reports FAIL(with=000;...)
 #   for ztmesh: its curl presents a peers.sh-CA certificate, which the sidecar rightly refuses
-#   (unknown_ca). mesh-proxy has no switch to refuse resumption yet, so ztmesh's
-#   "full handshake" column measures resumed handshakes (see benches/PERFORMANCE.md).
+#   (unknown_ca). The wrappers turn peers.sh's {RESUME}=0 into `[tls] resumption = false`, so
+#   the full-handshake column measures full handshakes.
 # Rules: loopback only; every load step is time-bounded by peers.sh (wrk -d, curl --max-time,
 # timeout) and the whole run by HARNESS_TIMEOUT; only processes it started are stopped.
 
@@ -56,7 +59,7 @@ export PEERS=${PEERS:-direct nginx haproxy}
 export RESULTS_DIR=${RESULTS_DIR:-$ROOT/target/bench-results}
 PEERS_SH=${PEERS_SH:-$ROOT/../shared/bench/peers.sh}
 HARNESS_TIMEOUT=${HARNESS_TIMEOUT:-2700}
-export ZTMESH_PKI=${ZTMESH_PKI:-mesh}
+export ZTMESH_PKI=${ZTMESH_PKI:-peers}
 
 log() { printf '[harness %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
