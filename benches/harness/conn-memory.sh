@@ -30,11 +30,13 @@ die() { log "ERROR: $*"; exit 1; }
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 (($(ulimit -n) >= 2 * N + 256)) || die "ulimit -n $(ulimit -n) is too low for N=$N"
 
-# Where scripts/build-release puts the static release binaries.
-REL=$ROOT/target/$(rustc -vV | sed -n 's/^host: //p')/release
+# The static release binaries (scripts/build-release prints where it put them).
+REL=
 if [[ "${NO_BUILD:-0}" != 1 ]]; then
-    "$ROOT/scripts/build-release" >/dev/null
+    REL=$("$ROOT/scripts/build-release")
 fi
+# NO_BUILD=1: the last static build (musl if there is one).
+[[ -n "${REL:-}" ]] || REL=$(ls -d "$ROOT"/target/*-linux-musl/release "$ROOT/target/$(rustc -vV | sed -n 's/^host: //p')/release" 2>/dev/null | head -n 1)
 BIN=${ZTMESH_BIN:-$REL/mesh-proxy}
 W=$(mktemp -d /tmp/ztmesh-mem.XXXXXX)
 PIDS=()

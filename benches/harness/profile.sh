@@ -40,11 +40,13 @@ for t in perf strace wrk nginx curl; do
     case $t in perf) pkg=linux-perf ;; nginx) pkg=nginx-light ;; *) pkg=$t ;; esac
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null || die "cannot install $pkg"
 done
-# Where scripts/build-release puts the static release binaries.
-REL=$ROOT/target/$(rustc -vV | sed -n 's/^host: //p')/release
+# The static release binaries (scripts/build-release prints where it put them).
+REL=
 if [[ "${NO_BUILD:-0}" != 1 ]]; then
-    "$ROOT/scripts/build-release" >/dev/null
+    REL=$("$ROOT/scripts/build-release")
 fi
+# NO_BUILD=1: the last static build (musl if there is one).
+[[ -n "${REL:-}" ]] || REL=$(ls -d "$ROOT"/target/*-linux-musl/release "$ROOT/target/$(rustc -vV | sed -n 's/^host: //p')/release" 2>/dev/null | head -n 1)
 BIN=$REL/mesh-proxy
 mkdir -p "$OUT"
 W=$(mktemp -d /tmp/ztmesh-prof.XXXXXX)

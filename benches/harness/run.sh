@@ -84,13 +84,15 @@ if need_install; then
 fi
 
 # ---------------------------------------------------------------- 2. binaries
-# Where scripts/build-release puts the static release binaries.
-REL=$ROOT/target/$(rustc -vV | sed -n 's/^host: //p')/release
+# The static release binaries (scripts/build-release prints where it put them).
+REL=
 if [[ "${NO_BUILD:-0}" != 1 ]]; then
     log "building release binaries"
-    "$ROOT/scripts/build-release" >/dev/null
+    REL=$("$ROOT/scripts/build-release")
 fi
-export ZTMESH_BIN=$REL/mesh-proxy
+# NO_BUILD=1: the last static build (musl if there is one).
+[[ -n "${REL:-}" ]] || REL=$(ls -d "$ROOT"/target/*-linux-musl/release "$ROOT/target/$(rustc -vV | sed -n 's/^host: //p')/release" 2>/dev/null | head -n 1)
+export ZTMESH_BIN=${ZTMESH_BIN:-$REL/mesh-proxy}
 CA_BIN=$REL/mesh-ca
 [[ -x "$ZTMESH_BIN" && -x "$CA_BIN" ]] || die "release binaries missing (run without NO_BUILD=1)"
 

@@ -95,7 +95,17 @@ fn run(config: PathBuf) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fail(1, e),
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // TOKIO_WORKER_THREADS=1 asks for one thread of work: a current-thread runtime gives it,
+    // running the accept loops and every connection on that thread. A one-worker
+    // multi-thread runtime would accept on the main thread and hand each connection to the
+    // worker, a cross-thread wake per connection.
+    let one_thread = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|v| v.trim() == "1");
+    let mut builder = if one_thread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(3, format!("cannot start the runtime: {e}")),
     };
