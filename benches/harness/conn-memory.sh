@@ -36,7 +36,10 @@ if [[ "${NO_BUILD:-0}" != 1 ]]; then
     REL=$("$ROOT/scripts/build-release")
 fi
 # NO_BUILD=1: the last static build (musl if there is one).
-[[ -n "${REL:-}" ]] || REL=$(ls -d "$ROOT"/target/*-linux-musl/release "$ROOT/target/$(rustc -vV | sed -n 's/^host: //p')/release" 2>/dev/null | head -n 1)
+if [[ -z "${REL:-}" ]]; then
+    REL=$ROOT/target/$(rustc -vV | sed -n 's/^host: //p' | sed 's/-gnu.*$/-musl/')/release
+    [[ -x "$REL/mesh-proxy" ]] || REL=$ROOT/target/$(rustc -vV | sed -n 's/^host: //p')/release
+fi
 BIN=${ZTMESH_BIN:-$REL/mesh-proxy}
 W=$(mktemp -d /tmp/ztmesh-mem.XXXXXX)
 PIDS=()
