@@ -11,7 +11,7 @@
 # enrollment (the same P-256 CSR each time: the CA signs a new certificate for it every
 # time) on CONNS keep-alive connections. Each 200 is a certificate the store committed
 # before answering (group commit: one fsync per batch). The script then counts the
-# certificates in store.db (sqlite3) and checks they match wrk's successful responses.
+# certificates in store.db (sqlite3) and checks they cover wrk's successful responses.
 #
 # Settings: RUNS=3 DURATION=10 CONNS=32 BASE_PORT=19300 NO_BUILD=1
 # Needs: wrk, sqlite3, python3 with cryptography (installs wrk and sqlite3 when missing).
@@ -85,11 +85,14 @@ for run in $(seq 1 "$RUNS"); do
     bad=$(awk '/Non-2xx or 3xx responses/ { print $NF }' "$W/wrk-$run.txt")
     ok=$((total - ${bad:-0}))
     stored=$((after - before))
-    [[ "$stored" == "$ok" ]] || die "run $run: wrk saw $ok certificates issued, the store holds $stored"
+    # wrk stops counting at its deadline; up to CONNS requests still in flight then are
+    # issued (and stored) after it, and never counted as answered.
+    ((stored >= ok && stored <= ok + CONNS)) ||
+        die "run $run: wrk saw $ok certificates issued, the store holds $stored"
     secs=$(awk '/requests in/ { sub(/s,?$/, "", $4); print $4 }' "$W/wrk-$run.txt")
-    rate=$(awk -v n="$stored" -v d="$secs" 'BEGIN { printf "%.0f", n / d }')
+    rate=$(awk -v n="$ok" -v d="$secs" 'BEGIN { printf "%.0f", n / d }')
     rates+=("$rate")
-    log "run $run: $stored durable issuances in ${secs}s = $rate/s (non-2xx: ${bad:-0})"
+    log "run $run: $ok durable issuances answered in ${secs}s = $rate/s (non-2xx: ${bad:-0}; stored: $stored)"
 done
 median=$(printf '%s\n' "${rates[@]}" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
 echo "{\"runs\": [$(IFS=,; echo "${rates[*]}")], \"median_per_second\": $median, \"connections\": $CONNS, \"server_cores\": 1}"
