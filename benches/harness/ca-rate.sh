@@ -33,15 +33,8 @@ command -v sqlite3 >/dev/null || missing+=(sqlite3)
 if ((${#missing[@]})); then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-REL=
-if [[ "${NO_BUILD:-0}" != 1 ]]; then
-    REL=$("$ROOT/scripts/build-release")
-fi
-# NO_BUILD=1: the last static build (musl if there is one).
-if [[ -z "${REL:-}" ]]; then
-    REL=$ROOT/target/$(rustc -vV | sed -n 's/^host: //p' | sed 's/-gnu.*$/-musl/')/release
-    [[ -x "$REL/mesh-proxy" ]] || REL=$ROOT/target/$(rustc -vV | sed -n 's/^host: //p')/release
-fi
+source "$HERE/lib.sh"
+REL=$(release_dir "$ROOT")
 CA=$REL/mesh-ca
 [[ -x "$CA" ]] || die "no release mesh-ca (run without NO_BUILD=1)"
 

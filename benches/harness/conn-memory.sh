@@ -30,16 +30,8 @@ die() { log "ERROR: $*"; exit 1; }
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 (($(ulimit -n) >= 2 * N + 256)) || die "ulimit -n $(ulimit -n) is too low for N=$N"
 
-# The static release binaries (scripts/build-release prints where it put them).
-REL=
-if [[ "${NO_BUILD:-0}" != 1 ]]; then
-    REL=$("$ROOT/scripts/build-release")
-fi
-# NO_BUILD=1: the last static build (musl if there is one).
-if [[ -z "${REL:-}" ]]; then
-    REL=$ROOT/target/$(rustc -vV | sed -n 's/^host: //p' | sed 's/-gnu.*$/-musl/')/release
-    [[ -x "$REL/mesh-proxy" ]] || REL=$ROOT/target/$(rustc -vV | sed -n 's/^host: //p')/release
-fi
+source "$HERE/lib.sh"
+REL=$(release_dir "$ROOT")
 BIN=${ZTMESH_BIN:-$REL/mesh-proxy}
 W=$(mktemp -d /tmp/ztmesh-mem.XXXXXX)
 PIDS=()
@@ -56,7 +48,6 @@ for p in $APP_PORT $SRV_PORT $CLI_PORT; do
 done
 bash "$HERE/pki.sh" "$REL/mesh-ca" "$W"
 
-source "$HERE/lib.sh"
 export ZTMESH_DIR=$W
 SRV_CONF=$(ztmesh_conf server 1 "[inbound]
 listen = \"127.0.0.1:$SRV_PORT\"

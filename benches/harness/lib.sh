@@ -1,5 +1,10 @@
-# The one place the harness scripts write a sidecar.toml. Sourced by ztmesh-client.sh and
-# ztmesh-server.sh (the peers.sh candidate wrappers), conn-memory.sh and profile.sh.
+# Shared by the harness scripts: where the release binaries are, and the one place a
+# sidecar.toml is written. Sourced by run.sh, ztmesh-client.sh and ztmesh-server.sh (the
+# peers.sh candidate wrappers), conn-memory.sh, profile.sh and ca-rate.sh.
+#
+# release_dir ROOT
+#   Prints the directory of the static release binaries: builds them with
+#   scripts/build-release unless NO_BUILD=1, which takes the last build (musl if any).
 #
 # ztmesh_conf ROLE RESUME TABLES
 #   Writes $ZTMESH_DIR/run/ROLE-RESUME.toml and prints its path: the identity for ROLE
@@ -19,6 +24,20 @@
 #                   pairs'; run.sh's default)
 #   ZTMESH_EVENTS   event sink, default file:$ZTMESH_DIR/run/events-ROLE-RESUME.jsonl
 #   BENCH_WORKERS   from peers.sh: worker threads (TOKIO_WORKER_THREADS), as nginx/haproxy get
+release_dir() {
+    local root=$1 host
+    if [[ "${NO_BUILD:-0}" != 1 ]]; then
+        "$root/scripts/build-release"
+        return
+    fi
+    host=$(rustc -vV | sed -n 's/^host: //p')
+    if [[ -x "$root/target/${host%%-*}-unknown-linux-musl/release/mesh-proxy" ]]; then
+        echo "$root/target/${host%%-*}-unknown-linux-musl/release"
+    else
+        echo "$root/target/$host/release"
+    fi
+}
+
 ztmesh_conf() {
     local role=$1 resume=$2 tables=$3 cert key bundle resumption=true
     : "${ZTMESH_DIR:?set by benches/harness/run.sh}"

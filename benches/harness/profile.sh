@@ -40,16 +40,8 @@ for t in perf strace wrk nginx curl; do
     case $t in perf) pkg=linux-perf ;; nginx) pkg=nginx-light ;; *) pkg=$t ;; esac
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null || die "cannot install $pkg"
 done
-# The static release binaries (scripts/build-release prints where it put them).
-REL=
-if [[ "${NO_BUILD:-0}" != 1 ]]; then
-    REL=$("$ROOT/scripts/build-release")
-fi
-# NO_BUILD=1: the last static build (musl if there is one).
-if [[ -z "${REL:-}" ]]; then
-    REL=$ROOT/target/$(rustc -vV | sed -n 's/^host: //p' | sed 's/-gnu.*$/-musl/')/release
-    [[ -x "$REL/mesh-proxy" ]] || REL=$ROOT/target/$(rustc -vV | sed -n 's/^host: //p')/release
-fi
+source "$HERE/lib.sh"
+REL=$(release_dir "$ROOT")
 BIN=$REL/mesh-proxy
 mkdir -p "$OUT"
 W=$(mktemp -d /tmp/ztmesh-prof.XXXXXX)
@@ -98,7 +90,6 @@ printf '%s\n' "$user_line" \
     "    }" \
     "}" >"$W/backend.conf"
 
-source "$HERE/lib.sh"
 export ZTMESH_DIR=$W
 SRV_CONF=$(ztmesh_conf server "$RESUME" "[inbound]
 listen = \"127.0.0.1:$SRV_PORT\"

@@ -84,17 +84,9 @@ if need_install; then
 fi
 
 # ---------------------------------------------------------------- 2. binaries
-# The static release binaries (scripts/build-release prints where it put them).
-REL=
-if [[ "${NO_BUILD:-0}" != 1 ]]; then
-    log "building release binaries"
-    REL=$("$ROOT/scripts/build-release")
-fi
-# NO_BUILD=1: the last static build (musl if there is one).
-if [[ -z "${REL:-}" ]]; then
-    REL=$ROOT/target/$(rustc -vV | sed -n 's/^host: //p' | sed 's/-gnu.*$/-musl/')/release
-    [[ -x "$REL/mesh-proxy" ]] || REL=$ROOT/target/$(rustc -vV | sed -n 's/^host: //p')/release
-fi
+source "$HERE/lib.sh"
+log "building release binaries (NO_BUILD=1 skips)"
+REL=$(release_dir "$ROOT")
 export ZTMESH_BIN=${ZTMESH_BIN:-$REL/mesh-proxy}
 CA_BIN=$REL/mesh-ca
 [[ -x "$ZTMESH_BIN" && -x "$CA_BIN" ]] || die "release binaries missing (run without NO_BUILD=1)"
