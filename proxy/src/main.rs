@@ -96,9 +96,9 @@ fn run(config: PathBuf) -> ExitCode {
         Err(e) => return fail(1, e),
     };
     // TOKIO_WORKER_THREADS=1 asks for one thread of work: a current-thread runtime gives it,
-    // running the accept loops and every connection on that thread. A one-worker
-    // multi-thread runtime would accept on the main thread and hand each connection to the
-    // worker, a cross-thread wake per connection.
+    // running the accept loops and every connection on that thread, without the
+    // work-stealing queues, atomics and cross-thread wake-ups of a one-worker multi-thread
+    // runtime (whose main thread also sits apart, waiting in block_on).
     let one_thread = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|v| v.trim() == "1");
     let mut builder = if one_thread {
         tokio::runtime::Builder::new_current_thread()
