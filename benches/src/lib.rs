@@ -223,10 +223,8 @@ pub async fn sidecar_pair(
 ) -> (DuplexStream, DuplexStream) {
     let idle = std::time::Duration::from_secs(300);
     let (app, outbound_in) = tokio::io::duplex(PIPE);
-    // The wire pipe is larger than any transfer a bench makes: `forward::pipe` never flushes,
-    // and tokio-rustls leaves records queued inside rustls when its transport is full, so on a
-    // pipe that can fill, the tail of a burst would wait for the next write (see
-    // PERFORMANCE.md, "the missing flush"). With room to spare every write goes out at once.
+    // The wire pipe is larger than any transfer a bench makes, so a write never waits for the
+    // far side to read: the benches time the proxies' work, not pipe back-pressure.
     let (wire_c, wire_s) = tokio::io::duplex(WIRE);
     let (inbound_out, far) = tokio::io::duplex(PIPE);
     let accept = tokio::spawn(async move {
