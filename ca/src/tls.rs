@@ -177,6 +177,20 @@ pub fn client_config(
     Ok(Arc::new(cfg))
 }
 
+/// Client config for an ordinary HTTPS server outside the mesh (an event collector): the
+/// web PKI's rules, with `roots` as trust anchors and the DNS name or IP address checked.
+/// Collectors are third-party servers, so TLS 1.2 is accepted here (and only here) with
+/// rustls's safe defaults; no client certificate is offered.
+pub fn web_client_config(roots: Arc<RootCertStore>) -> Result<Arc<ClientConfig>, TlsConfigError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsConfigError::Bundle(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// The SNI an outbound sends. Identity is checked by SPIFFE ID, not by name, so this is a
 /// fixed placeholder that reveals nothing about the workload.
 pub fn sni() -> ServerName<'static> {

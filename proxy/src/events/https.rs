@@ -25,7 +25,7 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use mesh_config::sidecar::{Host, HttpsFormat, HttpsUrl};
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, RootCertStore};
+use rustls::RootCertStore;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -80,16 +80,6 @@ pub fn load_roots(path: Option<&Path>) -> Result<(Arc<RootCertStore>, PathBuf), 
         return Err(format!("{}: holds no usable CA certificate", path.display()));
     }
     Ok((Arc::new(roots), path))
-}
-
-fn client_config(roots: Arc<RootCertStore>) -> Result<Arc<ClientConfig>, String> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
 }
 
 fn server_name(url: &HttpsUrl) -> Result<ServerName<'static>, String> {
@@ -208,7 +198,9 @@ impl Client {
 }
 
 pub(super) async fn run(mut feed: Feed, target: HttpsTarget) {
-    let setup = client_config(target.roots.clone()).and_then(|c| Ok((c, server_name(&target.url)?)));
+    let setup = mesh_ca::tls::web_client_config(target.roots.clone())
+        .map_err(|e| e.to_string())
+        .and_then(|c| Ok((c, server_name(&target.url)?)));
     let (config, name) = match setup {
         Ok(s) => s,
         Err(e) => {
