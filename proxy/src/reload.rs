@@ -100,13 +100,16 @@ pub async fn run(
         let now = cred_fp(&files);
         if let (true, Some(creds)) = (forced || now != cred_seen, &files.credential) {
             cred_seen = now;
-            reload_credential(creds, &shape, &tls_tx, &events);
+            let (creds, shape) = (creds.clone(), shape.clone());
+            let built = blocking(move || build_credential(&creds, &shape)).await;
+            publish_credential(built, &tls_tx, &events);
         }
         let now = fingerprint(&files.policy);
         if forced || now != policy_seen {
             policy_seen = now;
             let own = tls_tx.borrow().cred.id.clone();
-            match load_policy(&files.policy, &own) {
+            let path = files.policy.clone();
+            match blocking(move || load_policy(&path, &own)).await {
                 Ok((p, missing)) => {
                     let e = if missing {
                         Event::new("policy.reloaded", Severity::Warning)
@@ -128,10 +131,19 @@ pub async fn run(
     }
 }
 
-fn reload_credential(files: &CredFiles, shape: &TlsShape, tls_tx: &watch::Sender<Arc<Tls>>, events: &Events) {
-    let built = Credential::load(&files.cert, &files.key, &files.bundle)
+/// Runs a file load on tokio's blocking pool. Parsing a 10,000-rule policy takes ~0.2 s; on
+/// the async worker that would stall every connection of a one-worker sidecar meanwhile.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(format!("the loading task failed: {e}")))
+}
+
+fn build_credential(files: &CredFiles, shape: &TlsShape) -> Result<Tls, String> {
+    Credential::load(&files.cert, &files.key, &files.bundle)
         .map_err(|e| e.to_string())
-        .and_then(|c| Tls::build(c, shape, None).map_err(|e| e.to_string()));
+        .and_then(|c| Tls::build(c, shape, None).map_err(|e| e.to_string()))
+}
+
+fn publish_credential(built: Result<Tls, String>, tls_tx: &watch::Sender<Arc<Tls>>, events: &Events) {
     match built {
         Ok(tls) => {
             let mut e = Event::new("cert.rotated", Severity::Info).detail(format!(
