@@ -45,7 +45,7 @@ cleanup() {
     rm -rf "$W"
 }
 trap cleanup EXIT
-(exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && die "port $PORT is in use (set BASE_PORT)"
+ports_free "$PORT"
 
 "$CA" init --dir "$W/ca" --trust-domain example.org --insecure-no-passphrase >/dev/null
 token=$("$CA" token create --dir "$W/ca" --zone bench --workload rate --ttl 1h --uses 10000000)

@@ -32,52 +32,16 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 source "$HERE/lib.sh"
 REL=$(release_dir "$ROOT")
-BIN=${ZTMESH_BIN:-$REL/mesh-proxy}
-W=$(mktemp -d /tmp/ztmesh-mem.XXXXXX)
-PIDS=()
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$W"
-}
-trap cleanup EXIT
-
-for p in $APP_PORT $SRV_PORT $CLI_PORT; do
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && die "port $p is in use (set BASE_PORT)"
-done
+export ZTMESH_BIN=${ZTMESH_BIN:-$REL/mesh-proxy}
+harness_tmp ztmesh-mem
+ports_free "$APP_PORT" "$SRV_PORT" "$CLI_PORT"
 bash "$HERE/pki.sh" "$REL/mesh-ca" "$W"
 
 export ZTMESH_DIR=$W
-SRV_CONF=$(ztmesh_conf server 1 "[inbound]
-listen = \"127.0.0.1:$SRV_PORT\"
-forward = \"127.0.0.1:$APP_PORT\"")
-CLI_CONF=$(ztmesh_conf client 1 "[[outbound]]
-listen = \"127.0.0.1:$CLI_PORT\"
-connect = \"127.0.0.1:$SRV_PORT\"
-server = \"spiffe://example.org/ns/b/sa/server\"")
-
-wait_port() {
-    local i
-    for i in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        kill -0 "$2" 2>/dev/null || return 1
-        sleep 0.05
-    done
-    return 1
-}
-
 python3 "$HERE/echo_backend.py" "$APP_PORT" &
 PIDS+=($!)
 wait_port "$APP_PORT" "${PIDS[-1]}" || die "echo app did not start"
-TOKIO_WORKER_THREADS=$WORKERS "$BIN" run --config "$SRV_CONF" 2>"$W/server.err" &
-SRV_PID=$!
-PIDS+=("$SRV_PID")
-wait_port "$SRV_PORT" "$SRV_PID" || die "server sidecar did not start: $(cat "$W/server.err")"
-TOKIO_WORKER_THREADS=$WORKERS "$BIN" run --config "$CLI_CONF" 2>"$W/client.err" &
-CLI_PID=$!
-PIDS+=("$CLI_PID")
-wait_port "$CLI_PORT" "$CLI_PID" || die "client sidecar did not start: $(cat "$W/client.err")"
+start_pair 1 "$WORKERS" "$SRV_PORT" "$APP_PORT" "$CLI_PORT"
 sleep 1
 log "sidecars up (client $CLI_PID, server $SRV_PID, TOKIO_WORKER_THREADS=$WORKERS); opening $N connections"
 timeout 300 python3 "$HERE/conn_memory.py" "$CLI_PORT" "$CLI_PID" "$SRV_PID" "$N"

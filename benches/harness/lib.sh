@@ -11,6 +11,18 @@
 #   (client or server, from pki.sh), the listener TABLES given, the event sink, and
 #   `[tls] resumption` from RESUME (peers.sh's {RESUME}: 0 = full handshakes wanted,
 #   1 = resumption allowed).
+# harness_tmp NAME
+#   Makes the work dir $W (/tmp/NAME.XXXXXX) and an EXIT trap that stops every process in
+#   PIDS (the ones the script started; by PID, never by name) and removes $W.
+# ports_free PORT...
+#   Dies (the caller's `die`) if one of these loopback ports is taken.
+# wait_port PORT PID
+#   Waits up to 5 s for PORT to accept; fails at once if PID has exited.
+# start_pair RESUME WORKERS SRV_PORT FORWARD_PORT CLI_PORT
+#   The sidecar pair every script measures: writes both sidecar.toml files (client on
+#   CLI_PORT -> mTLS -> server on SRV_PORT -> 127.0.0.1:FORWARD_PORT), starts $ZTMESH_BIN for
+#   each with TOKIO_WORKER_THREADS=WORKERS, waits for both ports, and sets SRV_PID and
+#   CLI_PID (added to PIDS). Stderr goes to $W/server.err and $W/client.err.
 # ztmesh_exec ROLE RESUME TABLES
 #   The same, then execs `mesh-proxy run` in the foreground (peers.sh measures and stops the
 #   process by PID).
@@ -76,4 +88,53 @@ ztmesh_exec() {
     conf=$(ztmesh_conf "$@")
     export TOKIO_WORKER_THREADS=${BENCH_WORKERS:-1}
     exec "$ZTMESH_BIN" run --config "$conf"
+}
+
+PIDS=()
+harness_tmp() {
+    W=$(mktemp -d "/tmp/$1.XXXXXX")
+    trap harness_cleanup EXIT
+}
+harness_cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$W"
+}
+
+ports_free() {
+    local p
+    for p in "$@"; do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then die "port $p is in use (set BASE_PORT)"; fi
+    done
+}
+
+wait_port() {
+    local i
+    for i in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        kill -0 "$2" 2>/dev/null || return 1
+        sleep 0.05
+    done
+    return 1
+}
+
+start_pair() {
+    local resume=$1 workers=$2 srv=$3 fwd=$4 cli=$5 srv_conf cli_conf
+    : "${ZTMESH_BIN:?set ZTMESH_BIN}"
+    srv_conf=$(ztmesh_conf server "$resume" "[inbound]
+listen = \"127.0.0.1:$srv\"
+forward = \"127.0.0.1:$fwd\"")
+    cli_conf=$(ztmesh_conf client "$resume" "[[outbound]]
+listen = \"127.0.0.1:$cli\"
+connect = \"127.0.0.1:$srv\"
+server = \"spiffe://example.org/ns/b/sa/server\"")
+    TOKIO_WORKER_THREADS=$workers "$ZTMESH_BIN" run --config "$srv_conf" 2>"$W/server.err" &
+    SRV_PID=$!
+    PIDS+=("$SRV_PID")
+    wait_port "$srv" "$SRV_PID" || die "server sidecar did not start: $(cat "$W/server.err")"
+    TOKIO_WORKER_THREADS=$workers "$ZTMESH_BIN" run --config "$cli_conf" 2>"$W/client.err" &
+    CLI_PID=$!
+    PIDS+=("$CLI_PID")
+    wait_port "$cli" "$CLI_PID" || die "client sidecar did not start: $(cat "$W/client.err")"
 }

@@ -42,30 +42,11 @@ for t in perf strace wrk nginx curl; do
 done
 source "$HERE/lib.sh"
 REL=$(release_dir "$ROOT")
-BIN=$REL/mesh-proxy
+export ZTMESH_BIN=$REL/mesh-proxy
 mkdir -p "$OUT"
-W=$(mktemp -d /tmp/ztmesh-prof.XXXXXX)
+harness_tmp ztmesh-prof
 chmod 755 "$W"
-PIDS=()
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$W"
-}
-trap cleanup EXIT
-wait_port() {
-    local i
-    for i in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        kill -0 "$2" 2>/dev/null || return 1
-        sleep 0.05
-    done
-    return 1
-}
-for p in $BE_PORT $SRV_PORT $CLI_PORT; do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then die "port $p is in use (set BASE_PORT)"; fi
-done
+ports_free "$BE_PORT" "$SRV_PORT" "$CLI_PORT"
 
 bash "$HERE/pki.sh" "$REL/mesh-ca" "$W"
 mkdir -p "$W/tmp"
@@ -91,25 +72,10 @@ printf '%s\n' "$user_line" \
     "}" >"$W/backend.conf"
 
 export ZTMESH_DIR=$W
-SRV_CONF=$(ztmesh_conf server "$RESUME" "[inbound]
-listen = \"127.0.0.1:$SRV_PORT\"
-forward = \"127.0.0.1:$BE_PORT\"")
-CLI_CONF=$(ztmesh_conf client "$RESUME" "[[outbound]]
-listen = \"127.0.0.1:$CLI_PORT\"
-connect = \"127.0.0.1:$SRV_PORT\"
-server = \"spiffe://example.org/ns/b/sa/server\"")
-
 nginx -e "$W/backend-error.log" -c "$W/backend.conf" -g 'daemon off;' &
 PIDS+=($!)
 wait_port "$BE_PORT" "${PIDS[-1]}" || die "backend did not start"
-TOKIO_WORKER_THREADS=1 "$BIN" run --config "$SRV_CONF" 2>"$W/server.err" &
-SRV_PID=$!
-PIDS+=("$SRV_PID")
-wait_port "$SRV_PORT" "$SRV_PID" || die "server sidecar: $(cat "$W/server.err")"
-TOKIO_WORKER_THREADS=1 "$BIN" run --config "$CLI_CONF" 2>"$W/client.err" &
-CLI_PID=$!
-PIDS+=("$CLI_PID")
-wait_port "$CLI_PORT" "$CLI_PID" || die "client sidecar: $(cat "$W/client.err")"
+start_pair "$RESUME" 1 "$SRV_PORT" "$BE_PORT" "$CLI_PORT"
 [[ "$(curl -s --max-time 5 "http://127.0.0.1:$CLI_PORT/")" == hello ]] || die "end-to-end check failed"
 log "pair up: client $CLI_PID, server $SRV_PID"
 
