@@ -133,7 +133,12 @@ impl Mesh {
     /// directory (the contract resolves them against the config file) and starts it.
     pub fn sidecar(&self, spec: SidecarSpec<'_>) -> Sidecar {
         let config = self.write_config(&spec);
-        Sidecar::start(spec.name, &config)
+        match spec.workers {
+            Some(n) => {
+                Sidecar::start_with_env(spec.name, &config, &[("TOKIO_WORKER_THREADS", &n.to_string())])
+            }
+            None => Sidecar::start(spec.name, &config),
+        }
     }
 
     /// Only writes the sidecar.toml of `spec`; returns its path.
@@ -195,6 +200,8 @@ pub struct SidecarSpec<'a> {
     pub limits: Vec<(&'a str, &'a str)>,
     /// `[tls] resumption`, when written.
     pub resumption: Option<bool>,
+    /// `TOKIO_WORKER_THREADS` for the process, when set (1: the current-thread runtime).
+    pub workers: Option<usize>,
 }
 
 impl<'a> SidecarSpec<'a> {
@@ -207,6 +214,7 @@ impl<'a> SidecarSpec<'a> {
             outbound: Vec::new(),
             limits: Vec::new(),
             resumption: None,
+            workers: None,
         }
     }
     pub fn inbound(mut self, app: SocketAddr) -> Self {
@@ -223,6 +231,10 @@ impl<'a> SidecarSpec<'a> {
     }
     pub fn resumption(mut self, on: bool) -> Self {
         self.resumption = Some(on);
+        self
+    }
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n);
         self
     }
 }
@@ -259,7 +271,13 @@ impl Sidecar {
     /// Starts `mesh-proxy run --config CONFIG` (from `/`, so nothing resolves against the
     /// working directory) and waits for `proxy.started`, reading the bound ports from it.
     pub fn start(name: &str, config: &Path) -> Self {
+        Self::start_with_env(name, config, &[])
+    }
+
+    /// [`Sidecar::start`] with extra environment variables for the process.
+    pub fn start_with_env(name: &str, config: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(binary("mesh-proxy"))
+            .envs(env.iter().copied())
             .arg("run")
             .arg("--config")
             .arg(config)

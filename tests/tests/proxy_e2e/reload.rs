@@ -1,6 +1,6 @@
 //! Hot reload while the sidecars run: policy files (polled, and forced by SIGHUP), a broken
-//! policy keeping the last good one, and a certificate rotated on disk under an open
-//! connection.
+//! policy keeping the last good one, a certificate rotated on disk under an open
+//! connection, and a policy load that waits without stalling a one-worker sidecar.
 
 use std::fs::{File, FileTimes};
 
@@ -164,4 +164,66 @@ fn certificate_rotation_keeps_open_connections_and_serves_the_new_certificate() 
         e["event"] == "connection" && e["bytes_in"].as_u64() == Some(n)
     });
     assert_fields(&p.server, &e, &[("reason", "closed"), ("src_id", &p.web.id)]);
+}
+
+/// Opens `fifo` for writing without blocking, retrying until a reader has it open: before
+/// that the kernel answers ENXIO. Bounded by the shared deadline.
+fn writer_once_read(fifo: &std::path::Path, server: &Sidecar) -> File {
+    use std::os::unix::fs::OpenOptionsExt;
+    const O_NONBLOCK: i32 = 0o4000; // Linux
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match File::options().write(true).custom_flags(O_NONBLOCK).open(fifo) {
+            Ok(f) => return f,
+            Err(e) if e.raw_os_error() == Some(6) && std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("the sidecar never opened the policy FIFO ({e})\n{}", server.transcript()),
+        }
+    }
+}
+
+/// A policy load that waits (a FIFO with no writer yet, as a hung network mount would) must
+/// not stall the data plane, even on a one-worker sidecar whose only thread runs every
+/// connection: loads run on the blocking pool.
+#[test]
+fn a_policy_load_that_waits_stalls_no_connection_on_a_one_worker_sidecar() {
+    use std::io::Write;
+    let mesh = Mesh::new();
+    let api = mesh.identity("orders", "api");
+    let web = mesh.identity("frontend", "web");
+    let app = App::start();
+    let server_policy = mesh.write_file("server-policy.toml", ALLOW_FRONTEND_TO_ORDERS);
+    let client_policy = mesh.write_file("client-policy.toml", ALLOW_FRONTEND_TO_ORDERS);
+    let server = mesh.sidecar(SidecarSpec::new("server", &api, &server_policy).inbound(app.addr).workers(1));
+    let inbound = server.inbound.expect("inbound port");
+    let client = mesh.sidecar(SidecarSpec::new("client", &web, &client_policy).outbound(inbound, &api.id));
+    let p = Pair { mesh, api, web, app, server, client };
+    assert!(passes(&p, "before"), "{}", p.server.transcript());
+
+    // The FIFO goes in under the policy's name (it keeps a second name, for the writer).
+    let fifo = p.mesh.path("policy.fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo runs");
+    assert!(made.success(), "mkfifo failed");
+    let staged = p.mesh.path("server-policy.staged");
+    std::fs::hard_link(&fifo, &staged).expect("a second name for the FIFO");
+    std::fs::rename(&staged, &server_policy).expect("the FIFO replaces the policy file");
+    let mark = p.server.mark();
+    p.server.signal("HUP");
+    // Once a non-blocking writer gets in, the sidecar's loader has the FIFO open and sits in
+    // read() until the policy text arrives.
+    let mut writer = writer_once_read(&fifo, &p.server);
+
+    // Meanwhile the only worker serves connections.
+    assert!(passes(&p, "while the policy load waits"), "{}", p.server.transcript());
+
+    // A regular file goes back under the name first (the loader reads through the fd it
+    // holds), so no later poll opens the FIFO again; then the text arrives and the load ends.
+    std::fs::write(&staged, ALLOW_FRONTEND_TO_ORDERS).expect("staging a regular policy file");
+    std::fs::rename(&staged, &server_policy).expect("the regular file replaces the FIFO");
+    writer.write_all(ALLOW_FRONTEND_TO_ORDERS.as_bytes()).expect("writing the policy into the FIFO");
+    drop(writer);
+    let e = p.server.next_named(mark, "policy.reloaded");
+    assert_fields(&p.server, &e, &[("severity", "info")]);
+    assert!(passes(&p, "after"), "{}", p.server.transcript());
 }
