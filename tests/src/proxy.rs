@@ -133,12 +133,9 @@ impl Mesh {
     /// directory (the contract resolves them against the config file) and starts it.
     pub fn sidecar(&self, spec: SidecarSpec<'_>) -> Sidecar {
         let config = self.write_config(&spec);
-        match spec.workers {
-            Some(n) => {
-                Sidecar::start_with_env(spec.name, &config, &[("TOKIO_WORKER_THREADS", &n.to_string())])
-            }
-            None => Sidecar::start(spec.name, &config),
-        }
+        let workers = spec.workers.map(|n| n.to_string());
+        let env: Vec<(&str, &str)> = workers.iter().map(|n| ("TOKIO_WORKER_THREADS", n.as_str())).collect();
+        Sidecar::start_with_env(spec.name, &config, &env)
     }
 
     /// Only writes the sidecar.toml of `spec`; returns its path.

@@ -3,6 +3,7 @@
 //! connection, and a policy load that waits without stalling a one-worker sidecar.
 
 use std::fs::{File, FileTimes};
+use std::path::{Path, PathBuf};
 
 use super::*;
 
@@ -26,7 +27,7 @@ fn passes(p: &Pair, text: &str) -> bool {
 
 /// Rewrites `path` in place with `text` of the same length and puts the old modification
 /// time back, so that polling cannot see the change: only SIGHUP can.
-fn rewrite_unnoticeably(path: &std::path::Path, text: &str) {
+fn rewrite_unnoticeably(path: &Path, text: &str) {
     let meta = std::fs::metadata(path).expect("the policy file exists");
     assert_eq!(meta.len(), text.len() as u64, "the replacement must keep the size");
     let modified = meta.modified().expect("mtime");
@@ -38,19 +39,34 @@ fn rewrite_unnoticeably(path: &std::path::Path, text: &str) {
         .expect("restoring the modification time");
 }
 
-#[test]
-fn policy_changes_apply_to_new_connections_and_broken_ones_are_refused() {
+/// A [`Pair`] whose sidecars follow policy files of their own, so that one side's file can
+/// change alone: the server's holds `server_policy` (missing if `None`), the client's allows
+/// frontend -> orders. `server_workers` sets the server's TOKIO_WORKER_THREADS. Returns the
+/// pair and the paths of the server's and the client's policy.
+fn split_pair(server_policy: Option<&str>, server_workers: Option<usize>) -> (Pair, PathBuf, PathBuf) {
     let mesh = Mesh::new();
     let api = mesh.identity("orders", "api");
     let web = mesh.identity("frontend", "web");
     let app = App::start();
-    // The server starts without its policy file: deny everything.
-    let server_policy = mesh.path("server-policy.toml");
-    let client_policy = mesh.write_file("client-policy.toml", ALLOW_FRONTEND_TO_ORDERS);
-    let server = mesh.sidecar(SidecarSpec::new("server", &api, &server_policy).inbound(app.addr));
+    let server_path = match server_policy {
+        Some(text) => mesh.write_file("server-policy.toml", text),
+        None => mesh.path("server-policy.toml"),
+    };
+    let client_path = mesh.write_file("client-policy.toml", ALLOW_FRONTEND_TO_ORDERS);
+    let mut spec = SidecarSpec::new("server", &api, &server_path).inbound(app.addr);
+    if let Some(n) = server_workers {
+        spec = spec.workers(n);
+    }
+    let server = mesh.sidecar(spec);
     let inbound = server.inbound.expect("inbound port");
-    let client = mesh.sidecar(SidecarSpec::new("client", &web, &client_policy).outbound(inbound, &api.id));
-    let p = Pair { mesh, api, web, app, server, client };
+    let client = mesh.sidecar(SidecarSpec::new("client", &web, &client_path).outbound(inbound, &api.id));
+    (Pair { mesh, api, web, app, server, client }, server_path, client_path)
+}
+
+#[test]
+fn policy_changes_apply_to_new_connections_and_broken_ones_are_refused() {
+    // The server starts without its policy file: deny everything.
+    let (p, server_policy, client_policy) = split_pair(None, None);
 
     // 1. Missing policy: the server refuses after the handshake; the app sees nothing.
     let mark = p.server.mark();
@@ -167,15 +183,16 @@ fn certificate_rotation_keeps_open_connections_and_serves_the_new_certificate() 
 }
 
 /// Opens `fifo` for writing without blocking, retrying until a reader has it open: before
-/// that the kernel answers ENXIO. Bounded by the shared deadline.
-fn writer_once_read(fifo: &std::path::Path, server: &Sidecar) -> File {
+/// that the kernel answers ENXIO. Bounded by [`DEADLINE`].
+fn writer_once_read(fifo: &Path, server: &Sidecar) -> File {
     use std::os::unix::fs::OpenOptionsExt;
-    const O_NONBLOCK: i32 = 0o4000; // Linux
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    const O_NONBLOCK: i32 = 0o4000; // Linux, x86_64 and aarch64
+    const ENXIO: i32 = 6;
+    let until = std::time::Instant::now() + DEADLINE;
     loop {
         match File::options().write(true).custom_flags(O_NONBLOCK).open(fifo) {
             Ok(f) => return f,
-            Err(e) if e.raw_os_error() == Some(6) && std::time::Instant::now() < until => {
+            Err(e) if e.raw_os_error() == Some(ENXIO) && std::time::Instant::now() < until => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             Err(e) => panic!("the sidecar never opened the policy FIFO ({e})\n{}", server.transcript()),
@@ -189,16 +206,7 @@ fn writer_once_read(fifo: &std::path::Path, server: &Sidecar) -> File {
 #[test]
 fn a_policy_load_that_waits_stalls_no_connection_on_a_one_worker_sidecar() {
     use std::io::Write;
-    let mesh = Mesh::new();
-    let api = mesh.identity("orders", "api");
-    let web = mesh.identity("frontend", "web");
-    let app = App::start();
-    let server_policy = mesh.write_file("server-policy.toml", ALLOW_FRONTEND_TO_ORDERS);
-    let client_policy = mesh.write_file("client-policy.toml", ALLOW_FRONTEND_TO_ORDERS);
-    let server = mesh.sidecar(SidecarSpec::new("server", &api, &server_policy).inbound(app.addr).workers(1));
-    let inbound = server.inbound.expect("inbound port");
-    let client = mesh.sidecar(SidecarSpec::new("client", &web, &client_policy).outbound(inbound, &api.id));
-    let p = Pair { mesh, api, web, app, server, client };
+    let (p, server_policy, _) = split_pair(Some(ALLOW_FRONTEND_TO_ORDERS), Some(1));
     assert!(passes(&p, "before"), "{}", p.server.transcript());
 
     // The FIFO goes in under the policy's name (it keeps a second name, for the writer).
