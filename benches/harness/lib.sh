@@ -1,6 +1,6 @@
 # Shared by the harness scripts: where the release binaries are, and the one place a
 # sidecar.toml is written. Sourced by run.sh, ztmesh-client.sh and ztmesh-server.sh (the
-# peers.sh candidate wrappers), conn-memory.sh, profile.sh and ca-rate.sh.
+# peers.sh candidate wrappers), conn-memory.sh, profile.sh, ab.sh and ca-rate.sh.
 #
 # release_dir ROOT
 #   Prints the directory of the static release binaries: builds them with
@@ -23,6 +23,9 @@
 #   CLI_PORT -> mTLS -> server on SRV_PORT -> 127.0.0.1:FORWARD_PORT), starts $ZTMESH_BIN for
 #   each with TOKIO_WORKER_THREADS=WORKERS, waits for both ports, and sets SRV_PID and
 #   CLI_PID (added to PIDS). Stderr goes to $W/server.err and $W/client.err.
+# start_backend PORT
+#   nginx answering a fixed 200 "hello\n" on 127.0.0.1:PORT, as peers.sh's backend (one
+#   worker, keep-alive without limit, no access log); sets BE_PID (the master, in PIDS).
 # ztmesh_exec ROLE RESUME TABLES
 #   The same, then execs `mesh-proxy run` in the foreground (peers.sh measures and stops the
 #   process by PID).
@@ -137,4 +140,32 @@ server = \"spiffe://example.org/ns/b/sa/server\"")
     CLI_PID=$!
     PIDS+=("$CLI_PID")
     wait_port "$cli" "$CLI_PID" || die "client sidecar did not start: $(cat "$W/client.err")"
+}
+
+start_backend() {
+    local port=$1 user_line=""
+    mkdir -p "$W/tmp"
+    [[ $EUID == 0 ]] && user_line="user root;"
+    printf '%s\n' "$user_line" \
+        "worker_processes 1;" \
+        "pid $W/backend.pid;" \
+        "error_log $W/backend-error.log warn;" \
+        "events { worker_connections 4096; }" \
+        "http {" \
+        "    access_log off;" \
+        "    keepalive_requests 100000000;" \
+        "    client_body_temp_path $W/tmp/body;" \
+        "    proxy_temp_path $W/tmp/proxy;" \
+        "    fastcgi_temp_path $W/tmp/fastcgi;" \
+        "    uwsgi_temp_path $W/tmp/uwsgi;" \
+        "    scgi_temp_path $W/tmp/scgi;" \
+        "    server {" \
+        "        listen 127.0.0.1:$port backlog=4096;" \
+        "        location = / { default_type text/plain; return 200 \"hello\\n\"; }" \
+        "    }" \
+        "}" >"$W/backend.conf"
+    nginx -e "$W/backend-error.log" -c "$W/backend.conf" -g 'daemon off;' &
+    BE_PID=$!
+    PIDS+=("$BE_PID")
+    wait_port "$port" "$BE_PID" || die "backend nginx did not start: $(cat "$W/backend-error.log")"
 }

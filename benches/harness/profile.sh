@@ -49,32 +49,8 @@ chmod 755 "$W"
 ports_free "$BE_PORT" "$SRV_PORT" "$CLI_PORT"
 
 bash "$HERE/pki.sh" "$REL/mesh-ca" "$W"
-mkdir -p "$W/tmp"
-user_line=""
-[[ $EUID == 0 ]] && user_line="user root;"
-printf '%s\n' "$user_line" \
-    "worker_processes 1;" \
-    "pid $W/backend.pid;" \
-    "error_log $W/backend-error.log warn;" \
-    "events { worker_connections 4096; }" \
-    "http {" \
-    "    access_log off;" \
-    "    keepalive_requests 100000000;" \
-    "    client_body_temp_path $W/tmp/body;" \
-    "    proxy_temp_path $W/tmp/proxy;" \
-    "    fastcgi_temp_path $W/tmp/fastcgi;" \
-    "    uwsgi_temp_path $W/tmp/uwsgi;" \
-    "    scgi_temp_path $W/tmp/scgi;" \
-    "    server {" \
-    "        listen 127.0.0.1:$BE_PORT backlog=4096;" \
-    "        location = / { default_type text/plain; return 200 \"hello\\n\"; }" \
-    "    }" \
-    "}" >"$W/backend.conf"
-
 export ZTMESH_DIR=$W
-nginx -e "$W/backend-error.log" -c "$W/backend.conf" -g 'daemon off;' &
-PIDS+=($!)
-wait_port "$BE_PORT" "${PIDS[-1]}" || die "backend did not start"
+start_backend "$BE_PORT"
 start_pair "$RESUME" 1 "$SRV_PORT" "$BE_PORT" "$CLI_PORT"
 [[ "$(curl -s --max-time 5 "http://127.0.0.1:$CLI_PORT/")" == hello ]] || die "end-to-end check failed"
 log "pair up: client $CLI_PID, server $SRV_PID"
