@@ -426,13 +426,12 @@ impl CaDir {
         let store = self.store()?;
         match target {
             RevokeTarget::Serial(serial) => {
-                let serial = serial.to_ascii_lowercase();
-                if store.certificate(&serial)?.is_none() {
+                if store.certificate(serial)?.is_none() {
                     return Err(CaError::Refused(format!(
                         "--serial {serial}: this CA issued no such certificate"
                     )));
                 }
-                Ok(store.revoke(Some(&serial), None, reason, "cli")?)
+                Ok(store.revoke(Some(serial), None, reason, "cli")?)
             }
             RevokeTarget::Identity(id) => Ok(store.revoke(None, Some(&id.to_string()), reason, "cli")?),
         }
@@ -450,8 +449,19 @@ pub struct EnrollJob {
 /// What `revoke` takes out of service.
 #[derive(Debug, Clone)]
 pub enum RevokeTarget {
+    /// A serial in the store's form ([`RevokeTarget::serial`] makes one from what was typed).
     Serial(String),
     Identity(SpiffeId),
+}
+
+impl RevokeTarget {
+    /// The certificate with the serial `typed`, written as `list` shows it or as other tools
+    /// print it (see [`crate::random::canonical_serial`]).
+    pub fn serial(typed: &str) -> Result<Self, CaError> {
+        crate::random::canonical_serial(typed)
+            .map(Self::Serial)
+            .ok_or_else(|| CaError::Refused(format!("--serial {typed}: not a hexadecimal serial number")))
+    }
 }
 
 fn ia5(s: &str) -> Result<rcgen::string::Ia5String, CaError> {

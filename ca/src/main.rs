@@ -236,7 +236,8 @@ struct TokenCreateArgs {
 struct RevokeArgs {
     #[arg(long, value_name = "DIR")]
     dir: PathBuf,
-    /// Serial of the certificate to revoke (hex, as `list` and `inspect` show it).
+    /// Serial of the certificate to revoke: hex as `list` and `inspect` show it, or as other
+    /// tools print it (any case, leading zeros dropped, `0x` prefix, `:` between bytes).
     #[arg(long, value_name = "HEX")]
     serial: Option<String>,
     /// Zone of the identity to revoke (with --workload).
@@ -521,7 +522,7 @@ fn token_create(a: TokenCreateArgs) -> Result<ExitCode, CaError> {
 fn revoke(a: RevokeArgs) -> Result<ExitCode, CaError> {
     let dir = CaDir::open(&a.dir)?;
     let target = match (a.serial, a.zone, a.workload) {
-        (Some(serial), _, _) => RevokeTarget::Serial(serial),
+        (Some(serial), _, _) => RevokeTarget::serial(&serial)?,
         (None, Some(zone), Some(workload)) => {
             RevokeTarget::Identity(SpiffeId::new(dir.settings.trust_domain.clone(), zone, workload))
         }
