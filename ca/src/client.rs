@@ -177,3 +177,10 @@ fn trust_domain_of(der: &CertificateDer<'_>) -> Option<TrustDomain> {
         _ => None,
     })
 }
+
+/// Decodes the body of an enroll or renew answer as `enroll` and `renew` do: the JSON
+/// [`IssuedBody`], then its chain and bundle PEM. Public so the decoding can be fuzzed alone.
+pub fn decode_issued(body: &[u8]) -> Result<Issued, ClientError> {
+    let r: IssuedBody = serde_json::from_slice(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    parse_issued(r)
+}
