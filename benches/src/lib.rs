@@ -30,6 +30,8 @@ pub struct Pki {
     pub authority: Authority,
     pub trust_domain: TrustDomain,
     pub roots: Arc<RootCertStore>,
+    /// The same root, bound to the trust domain, as the sidecar's configs take it.
+    pub bundle: tls::TrustBundle,
     pub client_id: SpiffeId,
     pub server_id: SpiffeId,
     pub client: Identity,
@@ -65,11 +67,14 @@ impl Pki {
         let client = issue_identity(&authority, &client_id);
         let server = issue_identity(&authority, &server_id);
         let spare_key = mesh_ca::keys::generate().expect("P-256 key generation");
+        let bundle = tls::TrustBundle::new(trust_domain.clone(), vec![authority.dir().root.clone()])
+            .expect("the CA's own root is a usable anchor");
         Self {
             _dir: dir,
             authority,
             trust_domain,
             roots: Arc::new(roots),
+            bundle,
             client_id,
             server_id,
             client,
@@ -98,19 +103,23 @@ impl Pki {
     fn configs_with(&self, resumption: tls::Resumption) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
         // No revocation list: a sidecar that does not follow the CA's (the check is one hash
         // lookup when present).
-        let server = tls::server_config(
-            &self.server,
-            self.roots.clone(),
-            &self.trust_domain,
-            tls::ClientAuth::Required,
-            None,
+        let access: Arc<dyn tls::RevocationCheck> = Arc::new(tls::NothingRevoked);
+        let settings = tls::ServerSettings {
+            client_auth: tls::ClientAuth::Required,
             resumption,
-        )
-        .expect("server config from a fresh identity");
-        let client =
-            tls::client_config(Some(&self.client), self.roots.clone(), &self.server_id, None, resumption)
-                .expect("client config from a fresh identity");
-        (server, client)
+            access: access.clone(),
+        };
+        let server = tls::server_config(&self.server, &self.bundle, &settings)
+            .expect("server config from a fresh identity");
+        let settings = tls::ClientSettings {
+            expected: self.server_id.clone(),
+            kind: tls::PeerKind::Workload,
+            resumption,
+            access,
+        };
+        let client = tls::client_config(Some(&self.client), &self.bundle, &settings)
+            .expect("client config from a fresh identity");
+        (server.config().clone(), client.config().clone())
     }
 }
 

@@ -191,8 +191,18 @@ impl Authority {
         public_key: &impl PublicKeyData,
         actor: &str,
     ) -> Result<IssuedLeaf, CaError> {
-        let (leaf, record) = self.build_leaf(id, ttl, dns, public_key)?;
+        let (leaf, record) = self.build_leaf(id, ttl, dns, public_key, LeafKind::Workload)?;
         self.store.record_issued(&record, actor)?;
+        Ok(leaf)
+    }
+
+    /// Issues and records the CA server's own certificate: the CA's identity in the reserved
+    /// zone, the maximum leaf TTL, and the CA server marker that no workload certificate has.
+    pub fn issue_ca_server(&self, public_key: &impl PublicKeyData) -> Result<IssuedLeaf, CaError> {
+        let id = crate::server::ca_server_id(&self.settings().trust_domain);
+        let ttl = Some(self.settings().max_leaf_ttl);
+        let (leaf, record) = self.build_leaf(&id, ttl, &[], public_key, LeafKind::CaServer)?;
+        self.store.record_issued(&record, "serve")?;
         Ok(leaf)
     }
 
@@ -238,7 +248,7 @@ impl Authority {
                                 return None;
                             }
                         };
-                        match self.build_leaf(&id, job.ttl, &[], &job.public_key) {
+                        match self.build_leaf(&id, job.ttl, &[], &job.public_key, LeafKind::Workload) {
                             Ok((leaf, record)) => {
                                 *leaf_slot = Some(leaf);
                                 Some(record)
@@ -285,6 +295,7 @@ impl Authority {
         csr: &[u8],
         ttl: Option<Ttl>,
         actor: &str,
+        now: i64,
     ) -> Result<IssuedLeaf, EnrollError> {
         let public_key = crate::csr::public_key(csr).map_err(EnrollError::Csr)?;
         if self.store_revoked(Some(serial), id).map_err(EnrollError::Ca)? {
@@ -293,7 +304,11 @@ impl Authority {
         // Only certificates this CA issued and recorded renew: a leaf signed with a copied
         // intermediate key, but never recorded, is refused.
         match self.store.certificate(serial).map_err(|e| EnrollError::Ca(e.into()))? {
-            Some(rec) if rec.status == CertStatus::Active && rec.spiffe_id == id.to_string() => {}
+            Some(rec) if rec.status == CertStatus::Active && rec.spiffe_id == id.to_string() => {
+                if rec.not_after < now {
+                    return Err(EnrollError::Expired);
+                }
+            }
             Some(_) => return Err(EnrollError::Revoked),
             None => {
                 return Err(EnrollError::Ca(CaError::Refused(format!(
@@ -301,7 +316,8 @@ impl Authority {
                 ))))
             }
         }
-        let (leaf, record) = self.build_leaf(id, ttl, &[], &public_key).map_err(EnrollError::Ca)?;
+        let (leaf, record) =
+            self.build_leaf(id, ttl, &[], &public_key, LeafKind::Workload).map_err(EnrollError::Ca)?;
         self.store.record_issued(&record, actor).map_err(|e| EnrollError::Ca(e.into()))?;
         Ok(leaf)
     }
@@ -321,6 +337,7 @@ impl Authority {
         ttl: Option<Ttl>,
         dns: &[String],
         public_key: &impl PublicKeyData,
+        kind: LeafKind,
     ) -> Result<(IssuedLeaf, CertRecord), CaError> {
         let settings = self.settings();
         if id.trust_domain() != &settings.trust_domain {
@@ -328,6 +345,11 @@ impl Authority {
                 "{id} is not in this CA's trust domain {}",
                 settings.trust_domain
             )));
+        }
+        // The reserved zone holds the CA's own identity, which sidecars trust to hand out
+        // certificates: no workload path (issue, enroll, renew) may mint it.
+        if kind == LeafKind::Workload && is_reserved_zone(id.zone()) {
+            return Err(CaError::Refused(reserved_zone_refusal(id.zone())));
         }
         let ttl = settings.leaf_ttl(ttl)?;
         let now = OffsetDateTime::now_utc();
@@ -355,8 +377,15 @@ impl Authority {
         }
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages =
-            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        match kind {
+            LeafKind::Workload => {
+                params.extended_key_usages =
+                    vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth]
+            }
+            // rcgen's EKU type holds arcs as u64, too small for the marker's UUID arc, so this
+            // one extension is written out: SEQUENCE { serverAuth, clientAuth, marker }.
+            LeafKind::CaServer => params.custom_extensions.push(ca_server_eku()),
+        }
         params.use_authority_key_identifier_extension = true;
         let cert = params
             .signed_by(public_key, &self.issuer)
@@ -373,10 +402,72 @@ impl Authority {
         Ok((IssuedLeaf { id: id.clone(), der: cert.der().clone(), serial, not_before, not_after }, record))
     }
 
+    /// A leaf for any identity, even another trust domain's, signed by this CA's
+    /// intermediate without any of `issue`'s rules: what a rogue or federated CA could
+    /// make, for tests of the verifiers. Not recorded.
+    #[cfg(test)]
+    pub(crate) fn sign_foreign_for_tests(
+        &self,
+        id: &SpiffeId,
+        key: &impl PublicKeyData,
+    ) -> CertificateDer<'static> {
+        let now = OffsetDateTime::now_utc();
+        let mut params = CertificateParams::default();
+        params.serial_number =
+            Some(SerialNumber::from_slice(&crate::random::serial().expect("random serial")));
+        params.not_before = now - NOT_BEFORE_BACKDATE;
+        params.not_after = now + Duration::from_secs(3_600);
+        params.distinguished_name = leaf_subject(id);
+        params.subject_alt_names = vec![SanType::URI(ia5(&id.to_string()).expect("an ASCII SPIFFE ID"))];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages =
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.signed_by(key, &self.issuer).expect("signing a test leaf").der().clone()
+    }
+
     /// The chain a workload presents: leaf, then the intermediate.
     pub fn chain_pem(&self, leaf: &CertificateDer<'_>) -> String {
         pem::cert(leaf) + &pem::cert(&self.dir.intermediate)
     }
+}
+
+/// What a leaf is for: a workload (the only kind `issue`, enrollment and renewal make), or
+/// the CA server's own serving certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeafKind {
+    Workload,
+    CaServer,
+}
+
+/// The zone of the CA's own identity; no workload may have it.
+pub const RESERVED_ZONE: &str = "mesh-system";
+
+/// Whether `zone` is reserved for the mesh itself.
+pub fn is_reserved_zone(zone: &Zone) -> bool {
+    zone.as_str() == RESERVED_ZONE
+}
+
+fn reserved_zone_refusal(zone: &Zone) -> String {
+    format!("zone {zone} is reserved for the CA's own identity; choose another zone for workloads")
+}
+
+/// The extKeyUsage extension of the CA server's certificate, with the marker
+/// ([`crate::profile::CA_SERVER_EKU`]).
+fn ca_server_eku() -> rcgen::CustomExtension {
+    const SERVER_AUTH: [u8; 10] = [0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
+    const CLIENT_AUTH: [u8; 10] = [0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
+    let marker = crate::profile::CA_SERVER_EKU;
+    let mut oids = Vec::with_capacity(64);
+    oids.extend_from_slice(&SERVER_AUTH);
+    oids.extend_from_slice(&CLIENT_AUTH);
+    oids.push(0x06);
+    oids.push(marker.len() as u8);
+    oids.extend_from_slice(marker);
+    let mut content = vec![0x30, oids.len() as u8];
+    content.extend_from_slice(&oids);
+    rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 37], content)
 }
 
 /// Why an enrollment or renewal was refused. Token rejections are deliberately vague to the
@@ -389,6 +480,8 @@ pub enum EnrollError {
     Token(TokenRejection),
     #[error("the certificate or its identity is revoked")]
     Revoked,
+    #[error("the certificate has expired; an expired certificate cannot renew (enroll again)")]
+    Expired,
     #[error("{0}")]
     Ca(CaError),
 }
@@ -402,11 +495,24 @@ impl CaDir {
         ttl: Ttl,
         uses: u32,
     ) -> Result<Token, CaError> {
-        if uses == 0 {
-            return Err(CaError::Refused("--uses must be at least 1".into()));
+        if is_reserved_zone(zone) {
+            return Err(CaError::Refused(reserved_zone_refusal(zone)));
+        }
+        if uses == 0 || uses > MAX_TOKEN_USES {
+            return Err(CaError::Refused(format!("--uses {uses} must lie within 1..={MAX_TOKEN_USES}")));
+        }
+        if ttl > MAX_TOKEN_TTL {
+            return Err(CaError::Refused(format!(
+                "--ttl {ttl} is longer than a join token may live ({MAX_TOKEN_TTL})"
+            )));
         }
         let token = Token::generate()?;
-        let expires_at = OffsetDateTime::now_utc().unix_timestamp() + ttl.as_secs() as i64;
+        // Checked although the TTL is bounded above: an expiry that wrapped would be in the past
+        // (a token refused at once) or, worse, far in the future.
+        let expires_at = i64::try_from(ttl.as_secs())
+            .ok()
+            .and_then(|s| OffsetDateTime::now_utc().unix_timestamp().checked_add(s))
+            .ok_or_else(|| CaError::Refused(format!("--ttl {ttl} is out of range")))?;
         self.store()?.create_token(
             &NewToken {
                 hash: token.hash(),

@@ -1,7 +1,12 @@
 //! The client side of the CA API, for sidecars: enroll with a join token, renew over mutual
 //! TLS, follow the revocation log. The CA must present its own SVID
-//! (`spiffe://<td>/ns/mesh-system/sa/ca`) chained to the configured bundle; keys are made
-//! by the caller and only their CSRs leave the process.
+//! (`spiffe://<td>/ns/mesh-system/sa/ca`) with the CA server marker, chained to the
+//! operator's configured bundle and not revoked; keys are made by the caller and only their
+//! CSRs leave the process.
+//!
+//! The configured bundle is the only source of trust: a chain the CA hands out is checked
+//! against it by the caller, and the bundle in a CA answer is never adopted (a CA answer
+//! cannot add trust anchors the operator did not configure).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,19 +15,17 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use mesh_config::{SpiffeId, TrustDomain};
 use rustls::pki_types::CertificateDer;
-use rustls::RootCertStore;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 use crate::server::{ca_server_id, EnrollRequest, ErrorBody, IssuedBody, RenewRequest, RevocationsBody};
-use crate::tls::{self, Identity};
+use crate::tls::{self, ClientSettings, Identity, PeerKind, RevocationCheck, TrustBundle};
 use crate::token::Token;
 
-/// Longest answer the CA sends (a chain, a bundle or a page of revocations).
+/// Longest answer the CA sends (a chain, a bundle or a page of revocations: the CA cuts
+/// pages at 512 KiB, so a page always fits).
 const MAX_RESPONSE: usize = 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -40,34 +43,52 @@ pub enum ClientError {
     Protocol(String),
 }
 
-/// A certificate the CA issued, parsed.
+/// A certificate the CA issued, parsed, not yet checked: the caller verifies the chain
+/// against the configured bundle before using it. No trust anchors come with it.
 pub struct Issued {
     pub chain: Vec<CertificateDer<'static>>,
-    pub bundle: Vec<CertificateDer<'static>>,
     pub serial: String,
 }
 
 pub struct CaClient {
     /// `host:port` of the CA.
     address: String,
-    roots: Arc<RootCertStore>,
-    expected: SpiffeId,
+    /// The operator's `ca_bundle`: what the CA's certificate and every chain it hands out
+    /// are checked against, and the only anchors a sidecar enrolled by it trusts.
+    bundle: Arc<TrustBundle>,
+    /// How the CA's client config is made: the CA's identity, the CA server marker, and
+    /// the caller's revocation list (a revoked CA certificate is refused).
+    settings: ClientSettings,
 }
 
 impl CaClient {
     /// `address` is the CA's `host:port`; `anchors` the CA bundle. The trust domain, and
     /// so the identity the CA must present, comes from the root's `spiffe://<td>` SAN.
-    pub fn new(address: String, anchors: Vec<CertificateDer<'static>>) -> Result<Self, ClientError> {
-        let td = anchors.iter().find_map(trust_domain_of).ok_or_else(|| {
+    /// `access` is consulted for the CA's certificate in every handshake.
+    pub fn new(
+        address: String,
+        anchors: Vec<CertificateDer<'static>>,
+        access: Arc<dyn RevocationCheck>,
+    ) -> Result<Self, ClientError> {
+        let td = anchors.iter().find_map(tls::trust_domain_of).ok_or_else(|| {
             ClientError::Protocol(
                 "the CA bundle has no certificate with a spiffe://<trust-domain> URI SAN".into(),
             )
         })?;
-        let mut roots = RootCertStore::empty();
-        for a in anchors {
-            roots.add(a).map_err(|e| ClientError::Protocol(format!("CA bundle: {e}")))?;
-        }
-        Ok(Self { address, roots: Arc::new(roots), expected: ca_server_id(&td) })
+        let bundle = TrustBundle::new(td.clone(), anchors)
+            .map_err(|e| ClientError::Protocol(format!("CA bundle: {e}")))?;
+        let settings = ClientSettings {
+            expected: ca_server_id(&td),
+            kind: PeerKind::CaServer,
+            resumption: tls::Resumption::Allowed,
+            access,
+        };
+        Ok(Self { address, bundle: Arc::new(bundle), settings })
+    }
+
+    /// The configured CA bundle.
+    pub fn bundle(&self) -> &Arc<TrustBundle> {
+        &self.bundle
     }
 
     pub async fn enroll(&self, token: &Token, csr_pem: String) -> Result<Issued, ClientError> {
@@ -106,14 +127,14 @@ impl CaClient {
             .await
             .map_err(|_| unreachable(&"connect timed out"))?
             .map_err(|e| unreachable(&e))?;
-        let config =
-            tls::client_config(id, self.roots.clone(), &self.expected, None, tls::Resumption::Allowed)
-                .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let stream =
-            tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(config).connect(tls::sni(), tcp))
-                .await
-                .map_err(|_| unreachable(&"TLS handshake timed out"))?
-                .map_err(|e| unreachable(&tls::failure_detail(&e)))?;
+        let config = tls::client_config(id, &self.bundle, &self.settings)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, config.connector().connect(tls::sni(), tcp))
+            .await
+            .map_err(|_| unreachable(&"TLS handshake timed out"))?
+            .map_err(|e| unreachable(&tls::failure_detail(&e)))?;
+        // A resumed session is checked again (expiry, revocation of the CA's certificate).
+        config.peer(stream.get_ref().1).map_err(|e| unreachable(&tls::tls_failure_detail(&e)))?;
         let exchange = async {
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                 .await
@@ -157,30 +178,10 @@ impl CaClient {
     }
 }
 
+/// The chain of an answer. Its `bundle` field is ignored on purpose: trust comes from the
+/// configured bundle only, and the caller checks the chain against it.
 fn parse_issued(r: IssuedBody) -> Result<Issued, ClientError> {
     let chain = crate::pem::parse_certs(r.cert_chain.as_bytes())
         .map_err(|e| ClientError::Protocol(format!("chain {e}")))?;
-    let bundle = crate::pem::parse_certs(r.bundle.as_bytes())
-        .map_err(|e| ClientError::Protocol(format!("bundle {e}")))?;
-    Ok(Issued { chain, bundle, serial: r.serial })
-}
-
-/// The trust domain a CA certificate names in its `spiffe://<td>` URI SAN.
-fn trust_domain_of(der: &CertificateDer<'_>) -> Option<TrustDomain> {
-    let cert = crate::profile::parse(der).ok()?;
-    let san = cert.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|n| match n {
-        x509_parser::extensions::GeneralName::URI(u) => match mesh_config::identity::parse_spiffe_uri(u) {
-            Ok((td, path)) if path.is_empty() => Some(td),
-            _ => None,
-        },
-        _ => None,
-    })
-}
-
-/// Decodes the body of an enroll or renew answer as `enroll` and `renew` do: the JSON
-/// [`IssuedBody`], then its chain and bundle PEM. Public so the decoding can be fuzzed alone.
-pub fn decode_issued(body: &[u8]) -> Result<Issued, ClientError> {
-    let r: IssuedBody = serde_json::from_slice(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
-    parse_issued(r)
+    Ok(Issued { chain, serial: r.serial })
 }

@@ -162,6 +162,23 @@ pub fn check_leaf_parsed(cert: &X509Certificate<'_>, expected_td: Option<&TrustD
     LeafReport { id, violations: out }
 }
 
+/// The CA server marker: an extended key usage that only the CA puts in its own serving
+/// certificate (never in a leaf issued to a workload, whose template has serverAuth and
+/// clientAuth only). Clients of the CA API require it, so a certificate that merely names
+/// `spiffe://<td>/ns/mesh-system/sa/ca` is not the CA. The OID is under the UUID arc 2.25
+/// (ITU-T X.667), from a random UUID; these are its DER content octets.
+pub const CA_SERVER_EKU: &[u8] = &[
+    0x69, 0x82, 0x9e, 0xd5, 0xf8, 0x90, 0xaa, 0xf1, 0xf2, 0x91, 0xd7, 0xae, 0xec, 0xf0, 0x8c, 0xe6, 0xdc,
+    0xad, 0xdf, 0x15,
+];
+/// The marker's dotted form, for documentation and other tools.
+pub const CA_SERVER_EKU_OID: &str = "2.25.190525821585315656738120416584501260181";
+
+/// Whether a certificate carries the CA server marker ([`CA_SERVER_EKU`]).
+pub fn is_ca_server(cert: &X509Certificate<'_>) -> bool {
+    matches!(cert.extended_key_usage(), Ok(Some(eku)) if eku.value.other.iter().any(|o| o.as_bytes() == CA_SERVER_EKU))
+}
+
 /// Checks a signing (CA) certificate of the trust domain.
 pub fn check_ca(der: &[u8], expected_td: Option<&TrustDomain>) -> Vec<Violation> {
     match parse(der) {

@@ -10,9 +10,8 @@ use mesh_config::SpiffeId;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::ParsedCertificate;
-use rustls::RootCertStore;
 
-use crate::tls::{self, Identity};
+use crate::tls::{self, Identity, TrustBundle};
 
 /// Bounds each credential file read.
 const MAX_FILE_LEN: u64 = 1024 * 1024;
@@ -22,7 +21,8 @@ pub struct Credential {
     /// This workload's identity, from its own certificate.
     pub id: SpiffeId,
     pub identity: Identity,
-    pub roots: Arc<RootCertStore>,
+    /// The trust anchors, each bound to the trust domain it vouches for.
+    pub bundle: Arc<TrustBundle>,
     /// The leaf's validity, seconds since the epoch (renewal timing, readiness, events).
     pub not_before: i64,
     pub not_after: i64,
@@ -38,6 +38,9 @@ pub enum CredentialError {
     File { path: PathBuf, what: String },
     #[error("{0}")]
     Invalid(String),
+    /// The trust bundle is unusable, or has no anchor for the certificate's trust domain.
+    #[error("{0}")]
+    Bundle(String),
 }
 
 fn file_err(path: &Path, what: impl Into<String>) -> CredentialError {
@@ -56,18 +59,18 @@ impl Credential {
         let key_der = PrivateKeyDer::from_pem_slice(&read(key)?)
             .map_err(|_| file_err(key, "holds no PEM private key"))?;
         let anchors = mesh_ca::pem::parse_certs(&read(bundle)?).map_err(|w| file_err(bundle, w))?;
-        let mut roots = RootCertStore::empty();
-        for a in anchors {
-            roots.add(a).map_err(|e| file_err(bundle, format!("unusable trust anchor: {e}")))?;
-        }
-        Self::from_parts(chain, key_der, Arc::new(roots))
-            .map_err(|e| CredentialError::Invalid(format!("{}: {e}", cert.display())))
+        Self::from_parts(chain, key_der, anchors).map_err(|e| match e {
+            CredentialError::Bundle(what) => file_err(bundle, what),
+            e => CredentialError::Invalid(format!("{}: {e}", cert.display())),
+        })
     }
 
+    /// A credential from its parts: the leaf must keep the SVID profile, chain to an anchor
+    /// of its own trust domain in `anchors` now, and belong to `key`.
     pub fn from_parts(
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
-        roots: Arc<RootCertStore>,
+        anchors: Vec<CertificateDer<'static>>,
     ) -> Result<Self, CredentialError> {
         let leaf = chain.first().ok_or_else(|| CredentialError::Invalid("empty chain".into()))?;
         let parsed = profile::parse(leaf).map_err(|v| CredentialError::Invalid(v.to_string()))?;
@@ -80,6 +83,10 @@ impl Credential {
                 v.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("; ")
             ))
         })?;
+        let bundle = TrustBundle::new(id.trust_domain().clone(), anchors)
+            .map_err(|e| CredentialError::Bundle(e.to_string()))?;
+        let roots =
+            bundle.roots_for(id.trust_domain()).map_err(|e| CredentialError::Bundle(e.to_string()))?;
         let end_entity =
             ParsedCertificate::try_from(leaf).map_err(|e| CredentialError::Invalid(e.to_string()))?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
@@ -98,7 +105,8 @@ impl Credential {
             CredentialError::Invalid("the private key does not belong to the certificate".into())
         })?;
         let obtained_at = time::OffsetDateTime::now_utc().unix_timestamp().clamp(not_before, not_after);
-        Ok(Self { id, identity: Identity { chain, key }, roots, not_before, not_after, obtained_at, serial })
+        let bundle = Arc::new(bundle);
+        Ok(Self { id, identity: Identity { chain, key }, bundle, not_before, not_after, obtained_at, serial })
     }
 
     /// A copy for rebuilding TLS configs (private keys are not `Clone` on purpose).
@@ -106,7 +114,7 @@ impl Credential {
         Self {
             id: self.id.clone(),
             identity: Identity { chain: self.identity.chain.clone(), key: self.identity.key.clone_key() },
-            roots: self.roots.clone(),
+            bundle: self.bundle.clone(),
             not_before: self.not_before,
             not_after: self.not_after,
             obtained_at: self.obtained_at,

@@ -18,11 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_ca::client::{CaClient, ClientError};
-use mesh_ca::tls::RevocationCheck;
+use mesh_ca::tls::{RevocationCheck, TrustBundle};
 use mesh_ca::token::Token;
 use mesh_config::SpiffeId;
 use rustls::pki_types::PrivateKeyDer;
-use rustls::RootCertStore;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -71,13 +70,35 @@ fn read_token(path: &std::path::Path) -> Result<Token, String> {
         .ok_or_else(|| format!("token_file {}: does not hold a join token", path.display()))
 }
 
-fn credential(issued: mesh_ca::client::Issued, key: &mesh_ca::keys::KeyPair) -> Result<Credential, String> {
-    let mut roots = RootCertStore::empty();
-    for a in issued.bundle {
-        roots.add(a).map_err(|e| format!("bundle from the CA: {e}"))?;
+/// The credential in a CA answer, checked as the operator's configuration demands: the
+/// chain must verify against the configured `ca_bundle` (`anchors`), its identity must be
+/// a workload of the CA's trust domain (never the CA's reserved zone) and, for a renewal,
+/// the identity the sidecar already has. The sidecar then trusts `anchors` only: whatever
+/// trust bundle the answer carried is never adopted.
+fn credential(
+    issued: mesh_ca::client::Issued,
+    key: &mesh_ca::keys::KeyPair,
+    anchors: &TrustBundle,
+    renewing: Option<&SpiffeId>,
+) -> Result<Credential, String> {
+    let cred = Credential::from_parts(
+        issued.chain,
+        PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        anchors.ders().cloned().collect(),
+    )
+    .map_err(|e| format!("certificate from the CA: {e}"))?;
+    if cred.id.trust_domain() != anchors.local() {
+        return Err(format!("certificate from the CA is for {}, outside trust domain {}", cred.id, anchors.local()));
     }
-    Credential::from_parts(issued.chain, PrivateKeyDer::Pkcs8(key.serialize_der().into()), Arc::new(roots))
-        .map_err(|e| format!("certificate from the CA: {e}"))
+    if mesh_ca::authority::is_reserved_zone(cred.id.zone()) {
+        return Err(format!("certificate from the CA is for {}, the CA's own reserved zone", cred.id));
+    }
+    if let Some(current) = renewing {
+        if &cred.id != current {
+            return Err(format!("renewal answered with {}, but this sidecar is {current}", cred.id));
+        }
+    }
+    Ok(cred)
 }
 
 /// One enrollment attempt with the token file.
@@ -86,14 +107,14 @@ pub async fn enroll(src: &Source) -> Result<Credential, ClientError> {
     let key = mesh_ca::keys::generate().map_err(|e| ClientError::Protocol(e.to_string()))?;
     let csr = mesh_ca::csr::request_for(&key).map_err(ClientError::Protocol)?;
     let issued = src.client.enroll(&token, csr).await?;
-    credential(issued, &key).map_err(ClientError::Protocol)
+    credential(issued, &key, src.client.bundle(), None).map_err(ClientError::Protocol)
 }
 
 async fn renew(src: &Source, current: &Credential) -> Result<Credential, ClientError> {
     let key = mesh_ca::keys::generate().map_err(|e| ClientError::Protocol(e.to_string()))?;
     let csr = mesh_ca::csr::request_for(&key).map_err(ClientError::Protocol)?;
     let issued = src.client.renew(&current.identity, csr).await?;
-    credential(issued, &key).map_err(ClientError::Protocol)
+    credential(issued, &key, src.client.bundle(), Some(&current.id)).map_err(ClientError::Protocol)
 }
 
 /// Enrolls, retrying with backoff until it works or `shutdown`. Each failure is an event.
@@ -200,7 +221,7 @@ pub async fn maintain(
         };
         let (name, cred) = fresh;
         let event = cert_event(name, Severity::Info, &cred);
-        match Tls::build(cred, &shape, Some(revoked.clone())) {
+        match Tls::build(cred, &shape, revoked.clone()) {
             Ok(tls) => {
                 tls_tx.send_replace(Arc::new(tls));
                 events.emit(event);
@@ -221,58 +242,92 @@ pub async fn follow_revocations(
     events: Events,
     shutdown: CancellationToken,
 ) {
+    let mut set = RevocationSet::clone(&set_tx.borrow());
     let mut since = 0;
+    let mut more = true;
     let mut backoff = Duration::from_secs(1);
+    // Entries added since the TLS configs were last rebuilt.
+    let mut added = false;
+    let (started, mut pages) = (std::time::Instant::now(), 0u64);
     loop {
         let current = tls_tx.borrow().clone();
+        let wait = if more || !set.loaded { Duration::ZERO } else { REVOCATION_WAIT };
         let answer = tokio::select! {
-            r = src.client.revocations(Some(&current.cred.identity), since, REVOCATION_WAIT) => r,
+            r = src.client.revocations(Some(&current.cred.identity), since, wait) => r,
             _ = shutdown.cancelled() => return,
         };
-        match answer {
-            Ok(page) => {
-                backoff = Duration::from_secs(1);
-                since = page.sequence.max(since);
-                if page.revoked.is_empty() {
-                    continue;
-                }
-                let mut set = RevocationSet {
-                    serials: set_tx.borrow().serials.clone(),
-                    ids: set_tx.borrow().ids.clone(),
-                };
-                for r in page.revoked {
-                    let mut e = Event::new("cert.revoked", Severity::Warning);
-                    if let Some(s) = r.serial {
-                        e.detail = Some(format!("serial {s}"));
-                        set.serials.insert(s);
-                    }
-                    if let Some(id) = r.spiffe_id.and_then(|i| i.parse::<SpiffeId>().ok()) {
-                        e.src_id = Some(id.to_string());
-                        set.ids.insert(id);
-                    }
-                    events.emit(e.reason("revoked", r.reason));
-                }
-                set_tx.send_replace(Arc::new(set));
-                // New configs: sessions cached under the old ones cannot be resumed. Built from
-                // the credential current now (a renewal may have landed during the long-poll),
-                // under the watch's lock.
-                tls_tx.send_modify(|t| {
-                    if let Ok(tls) = Tls::build(t.cred.duplicate(), &shape, Some(revoked.clone())) {
-                        *t = Arc::new(tls);
-                    }
-                });
-            }
+        let page = match answer {
+            Ok(page) => page,
             Err(e) => {
-                events.emit(
-                    Event::new("revocations.poll_failed", Severity::Warning)
-                        .reason(reason(&e), e.to_string()),
-                );
+                let fatal = !set.loaded || !matches!(e, ClientError::Unreachable(_));
+                if fatal {
+                    set.problem = Some(e.to_string());
+                    set_tx.send_replace(Arc::new(set.clone()));
+                    events.emit(
+                        Event::new("revocations.unavailable", Severity::Error)
+                            .reason(reason(&e), e.to_string())
+                            .detail(format!(
+                                "not ready until the revocation list loads; retrying in {}s",
+                                backoff.as_secs()
+                            )),
+                    );
+                } else {
+                    events.emit(
+                        Event::new("revocations.poll_failed", Severity::Warning)
+                            .reason(reason(&e), e.to_string()),
+                    );
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.cancelled() => return,
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
             }
+        };
+        backoff = Duration::from_secs(1);
+        pages += 1;
+        since = page.sequence.max(since);
+        more = page.more;
+        let quiet = !set.loaded; // the first load is one summary event, not one per entry
+        let mut changed = set.problem.take().is_some();
+        for r in page.revoked {
+            let mut e = Event::new("cert.revoked", Severity::Warning);
+            if let Some(s) = r.serial {
+                e.detail = Some(format!("serial {s}"));
+                set.serials.insert(s);
+            }
+            if let Some(id) = r.spiffe_id.and_then(|i| i.parse::<SpiffeId>().ok()) {
+                e.src_id = Some(id.to_string());
+                set.ids.insert(id);
+            }
+            if !quiet {
+                events.emit(e.reason("revoked", r.reason));
+            }
+            (added, changed) = (true, true);
+        }
+        if !more && !set.loaded {
+            set.loaded = true;
+            changed = true;
+            events.emit(Event::new("revocations.loaded", Severity::Info).detail(format!(
+                "{} revocation(s) up to #{since} in {pages} page(s), {} ms",
+                set.len(),
+                started.elapsed().as_millis()
+            )));
+        }
+        if changed {
+            set_tx.send_replace(Arc::new(set.clone()));
+        }
+        if added && !more {
+            added = false;
+            // New configs: sessions cached under the old ones cannot be resumed. Built from
+            // the credential current now (a renewal may have landed during the long-poll),
+            // under the watch's lock.
+            tls_tx.send_modify(|t| {
+                if let Ok(tls) = Tls::build(t.cred.duplicate(), &shape, revoked.clone()) {
+                    *t = Arc::new(tls);
+                }
+            });
         }
     }
 }

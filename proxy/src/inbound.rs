@@ -6,16 +6,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mesh_config::policy::Request;
-use rustls::HandshakeKind;
 use tokio::net::TcpStream;
-use tokio::time::timeout;
-use tokio_rustls::TlsAcceptor;
 
 use crate::connect::connect;
+use crate::handshake::{self, Handshaken};
 use crate::outcome::{Direction, Outcome};
 use crate::state::Shared;
-use crate::tls;
-use crate::{enroll, forward};
+use crate::{forward, stop};
 
 /// One inbound connection, from accept to close.
 pub async fn handle(
@@ -38,22 +35,13 @@ pub async fn handle(
         return rec.handshake_failed("no_config", "inbound has no TLS config".into());
     };
     rec.handshake_started();
-    let tls_stream = match timeout(limits.handshake_timeout, TlsAcceptor::from(config).accept(stream)).await {
-        Err(_) => return rec.handshake_failed("timeout", "handshake timed out".into()),
-        Ok(Err(e)) => return rec.handshake_failed(tls::failure_reason(&e), tls::failure_detail(&e)),
-        Ok(Ok(s)) => s,
-    };
-    rec.handshake_ok(tls_stream.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed));
-    // The verifier accepted this chain and profile, so the identity is there.
-    let Some((peer_serial, peer_id)) = tls_stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(tls::peer_serial_and_identity)
-    else {
-        return rec.handshake_failed("bad_svid", "verified peer has no identity".into());
-    };
+    let Handshaken { stream: tls_stream, peer, resumed } =
+        match handshake::accept(&config, stream, limits.handshake_timeout).await {
+            Ok(h) => h,
+            Err(f) => return rec.handshake_failed(f.reason, f.detail),
+        };
+    rec.handshake_ok(resumed);
+    let (peer_serial, peer_id) = (peer.serial, peer.id);
     rec.src_id(peer_id.clone());
     let decision = shared.policy().decide(&Request { from: &peer_id, to: &current.cred.id, http: None });
     if !decision.allowed() {
@@ -65,7 +53,7 @@ pub async fn handle(
         Ok(s) => s,
         Err((reason, detail)) => return rec.upstream_failed(reason, detail),
     };
-    let stop = enroll::revoked(shared.revocations.clone(), peer_serial, peer_id);
+    let stop = stop::watch(&shared, Direction::Inbound, peer_serial, peer_id, current.cred.id.clone());
     let (end, counts) = forward::splice(tls_stream, app, limits.idle_timeout, stop).await;
     rec.closed(end, counts);
 }

@@ -17,6 +17,7 @@ pub mod credentials;
 pub mod enroll;
 pub mod events;
 pub mod forward;
+pub mod handshake;
 pub mod inbound;
 pub mod listener;
 pub mod metrics;

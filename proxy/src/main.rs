@@ -136,7 +136,8 @@ fn check(config: PathBuf) -> ExitCode {
                 Ok(a) => a,
                 Err(e) => return fail(1, format!("ca_bundle: {e}")),
             };
-            if let Err(e) = mesh_ca::client::CaClient::new(ca_address.clone(), anchors) {
+            let nothing = std::sync::Arc::new(mesh_ca::tls::NothingRevoked);
+            if let Err(e) = mesh_ca::client::CaClient::new(ca_address.clone(), anchors, nothing) {
                 return fail(1, format!("ca_bundle {}: {e}", ca_bundle.display()));
             }
             match mesh_ca::fsutil::read_bounded(token_file, 4096) {

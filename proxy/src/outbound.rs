@@ -9,16 +9,13 @@ use std::sync::Arc;
 
 use mesh_config::policy::Request;
 use mesh_config::SpiffeId;
-use rustls::HandshakeKind;
 use tokio::net::TcpStream;
-use tokio::time::timeout;
-use tokio_rustls::TlsConnector;
 
 use crate::connect::connect;
+use crate::handshake::{self, Handshaken};
 use crate::outcome::{Direction, Outcome};
 use crate::state::Shared;
-use crate::tls;
-use crate::{enroll, forward};
+use crate::{forward, stop};
 
 /// What one `[[outbound]]` needs at connection time.
 pub struct Route {
@@ -59,23 +56,13 @@ pub async fn handle(
         return rec.handshake_failed("no_config", "outbound has no TLS config".into());
     };
     rec.handshake_started();
-    let remote =
-        match timeout(limits.handshake_timeout, TlsConnector::from(config).connect(tls::sni(), tcp)).await {
-            Err(_) => return rec.handshake_failed("timeout", "handshake timed out".into()),
-            Ok(Err(e)) => return rec.handshake_failed(tls::failure_reason(&e), tls::failure_detail(&e)),
-            Ok(Ok(s)) => s,
+    let Handshaken { stream: remote, peer, resumed } =
+        match handshake::connect_tls(&config, tcp, limits.handshake_timeout).await {
+            Ok(h) => h,
+            Err(f) => return rec.handshake_failed(f.reason, f.detail),
         };
-    rec.handshake_ok(remote.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed));
-    let stop = match remote
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(tls::peer_serial_and_identity)
-    {
-        Some((serial, id)) => enroll::revoked(shared.revocations.clone(), serial, id),
-        None => return rec.handshake_failed("bad_svid", "verified server has no identity".into()),
-    };
+    rec.handshake_ok(resumed);
+    let stop = stop::watch(&shared, Direction::Outbound, peer.serial, peer.id, current.cred.id.clone());
     let (end, counts) = forward::splice(app, remote, limits.idle_timeout, stop).await;
     rec.closed(end, counts);
 }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::credentials::Credential;
 use crate::events::{Event, Events, Severity};
 use crate::state::Tls;
-use crate::tls::Resumption;
+use crate::tls::{NothingRevoked, Resumption};
 
 /// How often files are checked. Rotation tools rename files into place, so a change is seen
 /// within this interval; SIGHUP skips the wait.
@@ -143,7 +143,7 @@ async fn blocking<T: Send + 'static>(
 fn build_credential(files: &CredFiles, shape: &TlsShape) -> Result<Tls, String> {
     Credential::load(&files.cert, &files.key, &files.bundle)
         .map_err(|e| e.to_string())
-        .and_then(|c| Tls::build(c, shape, None).map_err(|e| e.to_string()))
+        .and_then(|c| Tls::build(c, shape, Arc::new(NothingRevoked)).map_err(|e| e.to_string()))
 }
 
 fn publish_credential(built: Result<Tls, String>, tls_tx: &watch::Sender<Arc<Tls>>, events: &Events) {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_ca::client::CaClient;
-use mesh_ca::tls::RevocationCheck;
+use mesh_ca::tls::{NothingRevoked, RevocationCheck};
 use mesh_config::SpiffeId;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -92,12 +92,15 @@ pub async fn run(plan: Plan) -> Result<(), RunError> {
         IdentityPlan::Files(f) => {
             let cred = Credential::load(&f.cert, &f.key, &f.bundle)
                 .map_err(|e| RunError::Credential(e.to_string()))?;
-            (cred, None, None)
+            let nothing: Arc<dyn RevocationCheck> = Arc::new(NothingRevoked);
+            (cred, None, nothing)
         }
         IdentityPlan::Enroll { ca_address, ca_bundle, token_file } => {
             let anchors = mesh_ca::pem::read_certs(ca_bundle)
                 .map_err(|e| RunError::Credential(format!("ca_bundle: {e}")))?;
-            let client = CaClient::new(ca_address.clone(), anchors)
+            // The CA's certificate is checked against the revocation list too.
+            let check: Arc<dyn RevocationCheck> = Arc::new(enroll::Revocations(set_rx.clone()));
+            let client = CaClient::new(ca_address.clone(), anchors, check.clone())
                 .map_err(|e| RunError::Credential(e.to_string()))?;
             let source = Arc::new(enroll::Source { client, token_file: token_file.clone() });
             // No certificate, no listener: fail closed until the CA has enrolled us.
@@ -105,8 +108,7 @@ pub async fn run(plan: Plan) -> Result<(), RunError> {
                 events.flush(Duration::from_secs(2)).await;
                 return Ok(());
             };
-            let check: Arc<dyn RevocationCheck> = Arc::new(enroll::Revocations(set_rx.clone()));
-            (cred, Some(source), Some(check))
+            (cred, Some(source), check)
         }
     };
     let tls = Tls::build(cred, &shape, revoked.clone()).map_err(|e| RunError::Credential(e.to_string()))?;
@@ -198,7 +200,9 @@ pub async fn run(plan: Plan) -> Result<(), RunError> {
     if let Some(handle) = prometheus {
         tasks.push(tokio::spawn(crate::metrics::upkeep(handle, shutdown.clone())));
     }
-    if let (Some(source), Some(check)) = (source, revoked) {
+    let first_load = shared.revocations.clone();
+    if let Some(source) = source {
+        let check = revoked.clone();
         let shape = Arc::new(shape.clone());
         tasks.push(tokio::spawn(enroll::maintain(
             source.clone(),

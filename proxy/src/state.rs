@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_config::policy::Policy;
-use rustls::{ClientConfig, ServerConfig};
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -14,35 +13,32 @@ use tokio_util::task::TaskTracker;
 use crate::credentials::Credential;
 use crate::events::Events;
 use crate::reload::TlsShape;
-use crate::tls::{self, ClientAuth, RevocationCheck, TlsConfigError};
+use crate::tls::{self, ClientAuth, ClientTls, PeerKind, RevocationCheck, ServerTls, TlsConfigError};
 
 /// The credential and the rustls configs built from it, swapped as one.
 pub struct Tls {
     pub cred: Credential,
     /// Present when the sidecar has an inbound listener.
-    pub server: Option<Arc<ServerConfig>>,
+    pub server: Option<ServerTls>,
     /// One per `[[outbound]]`, in config order: each pins its own expected server identity.
-    pub clients: Vec<Arc<ClientConfig>>,
+    pub clients: Vec<ClientTls>,
 }
 
 impl Tls {
-    /// Builds the configs for a credential. `revoked`, when the sidecar follows the CA's
-    /// revocation list, is consulted inside every handshake.
+    /// Builds the configs for a credential. `access` (the CA's revocation list the sidecar
+    /// follows; nothing in files mode) is consulted in every handshake and resumption.
     pub fn build(
         cred: Credential,
         shape: &TlsShape,
-        revoked: Option<Arc<dyn RevocationCheck>>,
+        access: Arc<dyn RevocationCheck>,
     ) -> Result<Self, TlsConfigError> {
-        let td = cred.id.trust_domain().clone();
         let server = if shape.inbound {
-            Some(tls::server_config(
-                &cred.identity,
-                cred.roots.clone(),
-                &td,
-                ClientAuth::Required,
-                revoked.clone(),
-                shape.resumption,
-            )?)
+            let settings = tls::ServerSettings {
+                client_auth: ClientAuth::Required,
+                resumption: shape.resumption,
+                access: access.clone(),
+            };
+            Some(tls::server_config(&cred.identity, &cred.bundle, &settings)?)
         } else {
             None
         };
@@ -50,8 +46,13 @@ impl Tls {
             .servers
             .iter()
             .map(|s| {
-                let roots = cred.roots.clone();
-                tls::client_config(Some(&cred.identity), roots, s, revoked.clone(), shape.resumption)
+                let settings = tls::ClientSettings {
+                    expected: s.clone(),
+                    kind: PeerKind::Workload,
+                    resumption: shape.resumption,
+                    access: access.clone(),
+                };
+                tls::client_config(Some(&cred.identity), &cred.bundle, &settings)
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { cred, server, clients })
@@ -108,8 +109,17 @@ impl Shared {
         })
     }
 
-    /// Ready: a certificate that has not expired, and a policy.
+    /// Ready: a certificate that has not expired and, when the sidecar follows the CA, a
+    /// revocation list it has loaded. New connections are refused while not ready.
     pub fn ready(&self) -> bool {
-        self.tls().cred.not_after > time::OffsetDateTime::now_utc().unix_timestamp()
+        self.not_ready().is_none()
+    }
+
+    /// Why the sidecar must not serve new connections (reason code, sentence), if it must not.
+    pub fn not_ready(&self) -> Option<(&'static str, String)> {
+        if self.tls().cred.not_after <= time::OffsetDateTime::now_utc().unix_timestamp() {
+            return Some(("own_certificate_expired", "this sidecar has no valid certificate".into()));
+        }
+        self.revocations.as_ref().and_then(|r| r.borrow().not_ready())
     }
 }

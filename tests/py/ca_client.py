@@ -26,6 +26,10 @@ tool itself was misused.
     burst --url U --bundle F --token T --threads N --max M
             enrollments in N threads until M answers or the server goes away; prints one line
             per answer {"status", "serial", "error"} as soon as it arrives
+    resume --url U --bundle F --cert F --key F [--json TEXT] METHOD PATH
+            GET /v1/bundle with the client certificate (a full handshake), waits until that
+            certificate has expired, then sends METHOD PATH offering the first connection's TLS
+            session; prints {"first": reply, "second": reply + "resumed"}
     describe FILE
             what the first certificate of a PEM file says: {"serial", "uris", "dns", "ca",
             "key_usage", "eku", "extensions", "not_before", "not_after", "public_key", "subject"}
@@ -410,6 +414,41 @@ def cmd_request(a) -> dict:
     return out
 
 
+def cmd_resume(a) -> dict:
+    """Two connections, the second resuming the first's session after the cert expired."""
+    import time
+
+    ctx = context(a.bundle, a.cert, a.key)
+    u = urlparse(a.url)
+    out: dict = {"first": None, "second": None}
+    conn = connect(a.url, ctx)
+    try:
+        out["first"] = one_request(conn, "GET", "/v1/bundle", None)
+        session = conn.sock.session
+    finally:
+        conn.close()
+    with open(a.cert, "rb") as f:
+        not_after = x509.load_pem_x509_certificate(f.read()).not_valid_after_utc
+    wait = (not_after - dt.datetime.now(UTC)).total_seconds() + 1.5
+    time.sleep(max(0.0, wait))
+    second: dict = {"status": None, "json": None, "text": "", "error": None, "resumed": None}
+    try:
+        raw = socket.create_connection((u.hostname, u.port), timeout=TIMEOUT)
+        tls = ctx.wrap_socket(raw, server_hostname=u.hostname, session=session)
+        second["resumed"] = tls.session_reused
+        conn = http.client.HTTPSConnection(u.hostname, u.port, context=ctx, timeout=TIMEOUT)
+        conn.sock = tls
+        try:
+            body = a.json.encode() if a.json is not None else None
+            second.update(one_request(conn, a.method, a.path, body))
+        finally:
+            conn.close()
+    except (OSError, ssl.SSLError, http.client.HTTPException) as e:
+        second["error"] = describe(e)
+    out["second"] = second
+    return out
+
+
 def enroll_body(token: str) -> tuple[bytes, str]:
     key = ec.generate_private_key(ec.SECP256R1())
     csr = make_csr(key).public_bytes(serialization.Encoding.PEM).decode()
@@ -530,6 +569,15 @@ def main(argv: list[str]) -> int:
     d = sub.add_parser("describe")
     d.add_argument("file")
 
+    rs = sub.add_parser("resume")
+    rs.add_argument("--url", required=True)
+    rs.add_argument("--bundle", required=True)
+    rs.add_argument("--cert", required=True)
+    rs.add_argument("--key", required=True)
+    rs.add_argument("--json")
+    rs.add_argument("method")
+    rs.add_argument("path")
+
     a = ap.parse_args(argv)
     if a.cmd == "describe":
         print(json.dumps(describe_cert(a.file)))
@@ -552,6 +600,8 @@ def main(argv: list[str]) -> int:
         print(json.dumps(cmd_race(a)))
     elif a.cmd == "burst":
         cmd_burst(a)
+    elif a.cmd == "resume":
+        print(json.dumps(cmd_resume(a)))
     return 0
 
 

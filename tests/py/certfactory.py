@@ -28,6 +28,7 @@ import secrets
 import socket
 import ssl
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -455,17 +456,27 @@ def _mesh_id(td: str, zone: str, workload: str) -> str:
     return f"spiffe://{td}/ns/{zone}/sa/{workload}"
 
 
+# Seconds a "short_lived" variant stays valid: long enough for one full handshake on a busy
+# machine, short enough for a test to wait for its expiry.
+SHORT_LIVED_SECONDS = 8
+
+
 def ca_leaf_variant(inter: Issued, name: str, zone: str, workload: str, td: str = TD):
-    """(leaf Issued, certificates to send after the leaf) for one named defect.
+    """(leaf Issued, certificates to send after the leaf, extra trust anchor or None) for one
+    named defect.
 
     Signed by `inter` (the CA under test) unless the defect is the issuer itself. "good" is the
-    control: the same factory with no defect, which the proxy must accept.
+    control: the same factory with no defect, which the proxy must accept. "foreign_root" is a
+    leaf of our trust domain under another trust domain's root (other.org); that root is the
+    extra anchor, for a bundle that federates with it.
     """
     t = now()
     sid = _mesh_id(td, zone, workload)
     signed = {
         "good": {},
         "expired": dict(not_before=t - dt.timedelta(hours=2), not_after=t - dt.timedelta(hours=1)),
+        "short_lived": dict(not_before=t - dt.timedelta(minutes=1),
+                            not_after=t + dt.timedelta(seconds=SHORT_LIVED_SECONDS)),
         "not_yet_valid": dict(not_before=t + dt.timedelta(hours=1), not_after=t + dt.timedelta(hours=2)),
         "foreign_trust_domain": dict(uris=[_mesh_id("other.org", zone, workload)]),
         "two_uri_sans": dict(uris=[sid, _mesh_id(td, zone, workload + "2")]),
@@ -478,24 +489,33 @@ def ca_leaf_variant(inter: Issued, name: str, zone: str, workload: str, td: str 
         "rsa_key": dict(key_kind="rsa"),
     }
     if name in signed:
-        return make_leaf(inter, td=td, zone=zone, workload=workload, **signed[name]), [inter.cert]
+        return make_leaf(inter, td=td, zone=zone, workload=workload, **signed[name]), [inter.cert], None
     if name == "bad_signature":
-        return make_leaf(inter, td=td, zone=zone, workload=workload, signer_key=new_key()), [inter.cert]
+        return make_leaf(inter, td=td, zone=zone, workload=workload, signer_key=new_key()), [inter.cert], None
     if name == "other_ca":
         other_root = make_root(td)
         other_inter = make_intermediate(other_root, td)
-        return make_leaf(other_inter, td=td, zone=zone, workload=workload), [other_inter.cert]
+        return make_leaf(other_inter, td=td, zone=zone, workload=workload), [other_inter.cert], None
+    if name == "foreign_root":
+        other_root = make_root("other.org")
+        other_inter = make_intermediate(other_root, "other.org")
+        leaf = make_leaf(other_inter, td=td, zone=zone, workload=workload)
+        return leaf, [other_inter.cert], other_root.cert
     if name == "self_signed":
-        return build(leaf_profile(td, zone=zone, workload=workload), None), []
+        return build(leaf_profile(td, zone=zone, workload=workload), None), [], None
     raise ValueError(f"unknown variant {name!r}")
 
 
 def write_ca_leaf_variant(ca_dir: str, name: str, zone: str, workload: str, outdir: str) -> str:
-    """Writes OUTDIR/cert.pem (leaf then chain) and OUTDIR/key.pem; returns the leaf serial (hex)."""
+    """Writes OUTDIR/cert.pem (leaf then chain) and OUTDIR/key.pem, and OUTDIR/extra_anchor.pem
+    when the variant has one; returns the leaf serial (hex)."""
     inter = load_ca_issuer(ca_dir)
-    leaf, chain = ca_leaf_variant(inter, name, zone, workload)
+    leaf, chain, extra = ca_leaf_variant(inter, name, zone, workload)
     os.makedirs(outdir, exist_ok=True)
     pem = serialization.Encoding.PEM
+    if extra is not None:
+        with open(os.path.join(outdir, "extra_anchor.pem"), "wb") as f:
+            f.write(extra.public_bytes(pem))
     with open(os.path.join(outdir, "cert.pem"), "wb") as f:
         f.write(leaf.pem() + b"".join(c.public_bytes(pem) for c in chain))
     with open(os.path.join(outdir, "key.pem"), "wb") as f:
@@ -532,6 +552,7 @@ def tls_probe(
     raw: bytes | None = None,
     timeout: float = 10.0,
     again: bool = False,
+    again_after_expiry: bool = False,
 ) -> dict:
     """Connects like a (possibly bad) peer sidecar would and reports what happened.
 
@@ -540,8 +561,9 @@ def tls_probe(
     in it) and `key`, verifies the server against `ca` when given, caps the version at 1.2 when
     `tls12`, sends `send` and reads back as many bytes. With `again`, it then connects a second
     time offering the first connection's session, and reports that connection under "again"
-    (its "resumed" says whether the server accepted the session). Never raises for network
-    outcomes.
+    (its "resumed" says whether the server accepted the session). With `again_after_expiry`,
+    the second connection waits until `cert` has expired (notAfter plus a second and a half).
+    Never raises for network outcomes.
     """
     deadline = time.monotonic() + timeout
     if raw is not None:
@@ -569,9 +591,58 @@ def tls_probe(
     if cert:
         ctx.load_cert_chain(cert, key)
     out, session = _tls_once(ctx, host, port, send, timeout, deadline, None)
-    if again:
+    if again or again_after_expiry:
+        if again_after_expiry:
+            with open(cert, "rb") as f:
+                not_after = x509.load_pem_x509_certificate(f.read()).not_valid_after_utc
+            wait = (not_after - now()).total_seconds() + 1.5
+            time.sleep(max(0.0, wait))
+            deadline = time.monotonic() + timeout
+            out["waited_for_expiry"] = wait
         out["again"], _ = _tls_once(ctx, host, port, send, timeout, deadline, session)
     return out
+
+
+def tls_serve(cert: str, key: str, ca: str | None, echo: bool) -> None:
+    """A TLS 1.3 server on 127.0.0.1 (an ephemeral port, printed first as {"port": N}), for the
+    cases a mesh-proxy cannot be: a peer that keeps serving a certificate after it expired, or
+    an impostor CA. Requires and verifies a client certificate against `ca` when given. Prints
+    one JSON line per connection: {"handshake", "resumed", "received"} (the first bytes read,
+    latin-1); echoes them back when `echo`. Serves until killed; sessions resume (tickets)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(cert, key)
+    if ca:
+        ctx.load_verify_locations(ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    listener = socket.create_server(("127.0.0.1", 0))
+    print(json.dumps({"port": listener.getsockname()[1]}), flush=True)
+
+    def handle(raw):
+        report = {"handshake": False, "resumed": False, "received": ""}
+        try:
+            raw.settimeout(15)
+            with ctx.wrap_socket(raw, server_side=True) as tls:
+                report["handshake"] = True
+                report["resumed"] = tls.session_reused
+                data = tls.recv(4096)
+                report["received"] = data.decode("latin-1")
+                if echo and data:
+                    tls.sendall(data)
+                    while True:
+                        more = tls.recv(65536)
+                        if not more:
+                            break
+                        tls.sendall(more)
+        except (OSError, ssl.SSLError) as e:
+            report["error"] = f"{type(e).__name__}: {e}"
+        finally:
+            raw.close()
+        print(json.dumps(report), flush=True)
+
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
 
 
 def _tls_once(ctx, host, port, send, timeout, deadline, session):
@@ -619,7 +690,8 @@ def tool(argv: list[str]) -> int:
                                                writes OUTROOT/NAME/{cert,key}.pem for each NAME
                                                and prints one JSON object {NAME: leaf serial hex}
     probe HOST PORT [--cert F --key F] [--ca F] [--tls12] [--send TEXT] [--raw-hex HEX] [--again]
-                                               prints one JSON object (see tls_probe)
+          [--again-after-expiry]             prints one JSON object (see tls_probe)
+    serve --cert F --key F [--ca F] [--echo]   a TLS server (see tls_serve), until killed
     """
     ap = argparse.ArgumentParser(prog="certfactory-tool")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -638,7 +710,16 @@ def tool(argv: list[str]) -> int:
     p.add_argument("--raw-hex")
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--again", action="store_true")
+    p.add_argument("--again-after-expiry", action="store_true")
+    srv = sub.add_parser("serve")
+    srv.add_argument("--cert", required=True)
+    srv.add_argument("--key", required=True)
+    srv.add_argument("--ca")
+    srv.add_argument("--echo", action="store_true")
     args = ap.parse_args(argv)
+    if args.cmd == "serve":
+        tls_serve(args.cert, args.key, args.ca, args.echo)
+        return 0
     if args.cmd == "variants":
         serials = {
             n: write_ca_leaf_variant(args.ca_dir, n, args.zone, args.workload, os.path.join(args.outroot, n))
@@ -648,7 +729,7 @@ def tool(argv: list[str]) -> int:
         return 0
     raw = bytes.fromhex(args.raw_hex) if args.raw_hex is not None else None
     res = tls_probe(args.host, args.port, args.cert, args.key, args.ca, args.tls12,
-                    args.send.encode(), raw, args.timeout, args.again)
+                    args.send.encode(), raw, args.timeout, args.again, args.again_after_expiry)
     print(json.dumps(res))
     return 0
 

@@ -711,6 +711,12 @@ impl Probe {
         self.args.push("--again".into());
         self
     }
+    /// Like [`Probe::again`], but the second connection waits until the presented
+    /// certificate has expired (a `short_lived` variant: seconds), then offers the session.
+    pub fn again_after_expiry(mut self) -> Self {
+        self.args.push("--again-after-expiry".into());
+        self
+    }
     /// Plain TCP: sends `bytes`, half-closes, reads to EOF. No TLS at all.
     pub fn raw(mut self, bytes: &[u8]) -> Self {
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -724,6 +730,66 @@ impl Probe {
         let port = self.addr.port().to_string();
         let o = py_tool(&["probe", "127.0.0.1", &port], |c| c.args(&self.args));
         serde_json::from_str(o.stdout.trim()).unwrap_or_else(|e| panic!("probe printed no JSON ({e}):\n{o}"))
+    }
+}
+
+/// A Python `ssl` TLS 1.3 server (certfactory's `serve`): what a mesh-proxy cannot be, such
+/// as a peer that keeps serving after its certificate expired, or an impostor CA. Reports one
+/// JSON line per connection (`handshake`, `resumed`, `received`). Killed on drop.
+pub struct TlsServer {
+    pub addr: SocketAddr,
+    child: crate::ca_server::LineChild,
+}
+
+impl TlsServer {
+    /// Serves `ident`'s chain and key; verifies client certificates against `client_ca` when
+    /// given; echoes what it receives when `echo`.
+    pub fn start(ident: &Identity, client_ca: Option<&Path>, echo: bool) -> Self {
+        let dir = py_script("");
+        let code = format!(
+            "import sys; sys.path.insert(0, {:?}); import certfactory; sys.exit(certfactory.tool(sys.argv[1:]))",
+            dir.display().to_string()
+        );
+        let (cert, key) = (ident.cert().display().to_string(), ident.key().display().to_string());
+        let mut args = vec!["-c".to_string(), code, "serve".into(), "--cert".into(), cert, "--key".into(), key];
+        if let Some(ca) = client_ca {
+            args.extend(["--ca".into(), ca.display().to_string()]);
+        }
+        if echo {
+            args.push("--echo".into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let child = crate::ca_server::LineChild::spawn("tls-server", Path::new("python3"), &args);
+        let port = child.wait_lines("the TLS server's port", |lines| {
+            lines.iter().find_map(|l| serde_json::from_str::<Value>(l).ok()?["port"].as_u64())
+        });
+        Self { addr: SocketAddr::from(([127, 0, 0, 1], port as u16)), child }
+    }
+
+    /// The per-connection reports so far.
+    pub fn connections(&self) -> Vec<Value> {
+        self.child
+            .stdout()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v.get("handshake").is_some())
+            .collect()
+    }
+
+    /// Waits until `n` connections have been reported; returns them.
+    pub fn wait_connections(&self, n: usize) -> Vec<Value> {
+        self.child.wait_lines(&format!("{n} reported connections"), |lines| {
+            let got: Vec<Value> = lines
+                .iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|v| v.get("handshake").is_some())
+                .collect();
+            (got.len() >= n).then_some(got)
+        })
+    }
+
+    pub fn transcript(&self) -> String {
+        self.child.transcript()
     }
 }
 

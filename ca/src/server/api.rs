@@ -15,7 +15,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use mesh_config::SpiffeId;
-use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 
 use super::Shared;
@@ -100,15 +99,15 @@ pub struct Caller {
     pub serial: String,
 }
 
-impl Caller {
-    pub fn from_cert(der: &CertificateDer<'_>) -> Option<Self> {
-        let cert = crate::profile::parse(der).ok()?;
-        let id = crate::profile::check_leaf_parsed(&cert, None).id?;
-        Some(Self { id, serial: crate::random::hex(cert.raw_serial()) })
+impl From<crate::tls::Peer> for Caller {
+    fn from(p: crate::tls::Peer) -> Self {
+        Self { id: p.id, serial: p.serial }
     }
 }
 
 /// One JSON audit line on stdout. Values are JSON-escaped; no secret is ever passed here.
+/// Queued for [`crate::output`]'s writer thread: a closed or stalled stdout costs the line
+/// (counted), never the request.
 pub fn event(name: &str, fields: &[(&str, &str)]) {
     let mut map = serde_json::Map::new();
     let now = time::OffsetDateTime::now_utc();
@@ -217,6 +216,7 @@ fn refusal(e: &EnrollError) -> Response<Full<Bytes>> {
             error(StatusCode::FORBIDDEN, "token_rejected", "the join token is not valid")
         }
         EnrollError::Revoked => error(StatusCode::FORBIDDEN, "revoked", e.to_string()),
+        EnrollError::Expired => error(StatusCode::FORBIDDEN, "expired", e.to_string()),
         EnrollError::Ca(crate::CaError::Refused(r)) => error(StatusCode::FORBIDDEN, "refused", r.clone()),
         EnrollError::Ca(_) => error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -311,7 +311,15 @@ async fn renew(shared: Arc<Shared>, caller: Caller, b: RenewRequest) -> Response
     let c = caller.clone();
     let started = std::time::Instant::now();
     let result = tokio::task::spawn_blocking(move || {
-        sh.authority.renew(&c.id, &c.serial, b.csr.as_bytes(), sh.cert_ttl, &format!("renew by {}", c.id))
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        sh.authority.renew(
+            &c.id,
+            &c.serial,
+            b.csr.as_bytes(),
+            sh.cert_ttl,
+            &format!("renew by {}", c.id),
+            now,
+        )
     })
     .await;
     super::metrics::issue_duration(started.elapsed());
@@ -359,14 +367,9 @@ async fn revocations(shared: Arc<Shared>, query: &str) -> Response<Full<Bytes>> 
         let _ = tokio::time::timeout(Duration::from_secs(wait), seq.wait_for(|s| *s > since)).await;
     }
     let sh = shared.clone();
-    match tokio::task::spawn_blocking(move || sh.authority.store().revocations_since(since)).await {
-        Ok(Ok(entries)) => {
-            let sequence = entries.last().map(|r| r.seq).unwrap_or(since);
-            json(
-                StatusCode::OK,
-                &RevocationsBody { sequence, revoked: entries.into_iter().map(Into::into).collect() },
-            )
-        }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    match tokio::task::spawn_blocking(move || sh.authority.store().revocation_page(since, now, limit)).await {
+        Ok(Ok(page)) => json(StatusCode::OK, &page_body(page)),
         _ => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_unavailable",

@@ -17,15 +17,13 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use mesh_config::{SpiffeId, Ttl};
-use rustls::{RootCertStore, ServerConfig};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::authority::Authority;
 use crate::error::CaError;
-use crate::tls::{self, ClientAuth, Identity, RevocationCheck};
+use crate::tls::{self, ClientAuth, Identity, RevocationCheck, ServerTls, TrustBundle};
 
 pub use api::{EnrollRequest, ErrorBody, IssuedBody, RenewRequest, RevocationsBody};
 
@@ -98,9 +96,12 @@ pub async fn serve(
         .await
         .map_err(|e| CaError::Refused(format!("--listen {}: {e}", opts.listen)))?;
     let local = listener.local_addr().map_err(|e| CaError::Refused(format!("--listen: {e}")))?;
-    let roots = Arc::new(root_store(&authority)?);
     let td = authority.settings().trust_domain.clone();
-    let seq0 = authority.store().revocations_since(0)?.last().map(|r| r.seq).unwrap_or(0);
+    let roots = Arc::new(
+        TrustBundle::new(td.clone(), vec![authority.dir().root.clone()])
+            .map_err(|e| CaError::Crypto(format!("root certificate: {e}")))?,
+    );
+    let seq0 = authority.store().revocation_head()?;
     let (seq_tx, seq_rx) = watch::channel(seq0);
     let cell = Arc::new(std::sync::OnceLock::new());
     let revoked: Arc<dyn RevocationCheck> = Arc::new(StoreRevocations(cell.clone()));
@@ -115,12 +116,14 @@ pub async fn serve(
     tokio::spawn(api::batcher(shared.clone(), queued));
     let _ = cell.set(shared.clone());
 
-    let config = Arc::new(RwLock::new(own_config(&shared, &roots, &td, &revoked)?));
+    let (first, expires) = own_config(&shared, &roots, &revoked)?;
+    let config = Arc::new(RwLock::new(first));
     tokio::spawn(renew_own_identity(
         shared.clone(),
         roots.clone(),
         revoked.clone(),
         config.clone(),
+        expires,
         shutdown.clone(),
     ));
     tokio::spawn(follow_revocations(shared.clone(), seq_tx, shutdown.clone()));
@@ -139,6 +142,8 @@ pub async fn serve(
                 metrics::authority_expiry(name, c.validity().not_after.timestamp());
             }
         }
+        // The server's own certificate, renewed by `renew_own_identity` (which updates it).
+        metrics::authority_expiry("server", expires);
         tokio::spawn(metrics::serve(l, handle, shutdown.clone()));
         started.push(("metrics", bound.to_string()));
     }
@@ -157,16 +162,30 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => return Ok(()),
         };
-        let acceptor =
-            TlsAcceptor::from(config.read().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone()));
+        let server_tls = config.read().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone());
         let shared = shared.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await else {
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, server_tls.acceptor().accept(stream)).await
+            else {
                 return;
             };
-            let caller =
-                tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(api::Caller::from_cert);
+            // A resumed session's stored chain is verified again here (expiry, revocation):
+            // the handshake itself did not.
+            let caller = match server_tls.peer(tls.get_ref().1) {
+                Ok(peer) => peer.map(api::Caller::from),
+                Err(e) => {
+                    let peer = peer.to_string();
+                    let reason = tls::tls_failure_reason(&e);
+                    let detail = tls::tls_failure_detail(&e);
+                    api::event(
+                        "tls.resumption_refused",
+                        &[("peer", &peer), ("reason", reason), ("reason_detail", &detail)],
+                    );
+                    return;
+                }
+            };
             let service = hyper::service::service_fn(move |req| {
                 let (shared, caller) = (shared.clone(), caller.clone());
                 async move { Ok::<_, std::convert::Infallible>(api::handle(shared, peer, caller, req).await) }
@@ -181,60 +200,90 @@ pub async fn serve(
     }
 }
 
-fn root_store(authority: &Authority) -> Result<RootCertStore, CaError> {
-    let mut roots = RootCertStore::empty();
-    roots.add(authority.dir().root.clone()).map_err(|e| CaError::Crypto(format!("root certificate: {e}")))?;
-    Ok(roots)
-}
-
-/// Issues the server's own certificate (recorded like any other) and builds its config.
+/// Issues the server's own certificate (recorded like any other, with the CA server
+/// marker) and builds its config. Returns the config and the certificate's notAfter.
 fn own_config(
     shared: &Shared,
-    roots: &Arc<RootCertStore>,
-    td: &mesh_config::TrustDomain,
+    roots: &TrustBundle,
     revoked: &Arc<dyn RevocationCheck>,
-) -> Result<Arc<ServerConfig>, CaError> {
+) -> Result<(ServerTls, i64), CaError> {
     let key = crate::keys::generate()?;
-    let id = ca_server_id(td);
-    let leaf =
-        shared.authority.issue(&id, Some(shared.authority.settings().max_leaf_ttl), &[], &key, "serve")?;
+    let leaf = shared.authority.issue_ca_server(&key)?;
+    let not_after = leaf.not_after.unix_timestamp();
     let identity = Identity {
         chain: vec![leaf.der, shared.authority.dir().intermediate.clone()],
         key: rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
     };
-    tls::server_config(
-        &identity,
-        roots.clone(),
-        td,
-        ClientAuth::Optional,
-        Some(revoked.clone()),
-        tls::Resumption::Allowed,
-    )
-    .map_err(|e| CaError::Crypto(e.to_string()))
+    let settings = tls::ServerSettings {
+        client_auth: ClientAuth::Optional,
+        resumption: tls::Resumption::Allowed,
+        access: revoked.clone(),
+    };
+    let config =
+        tls::server_config(&identity, roots, &settings).map_err(|e| CaError::Crypto(e.to_string()))?;
+    Ok((config, not_after))
 }
 
-/// Re-issues the server's certificate at half its lifetime; live connections keep theirs.
+/// Longest pause between attempts to renew the server's own certificate after a failure.
+const OWN_RENEW_MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// When to renew the server's own certificate: a third into its lifetime, so that two
+/// thirds of it are left for retries if the store or the disk is failing.
+fn own_renew_at(issued_at: i64, not_after: i64) -> i64 {
+    issued_at + (not_after - issued_at).max(3) / 3
+}
+
+/// Re-issues the server's certificate a third into its lifetime; live connections keep
+/// theirs. A failed attempt is retried with capped exponential backoff until one succeeds
+/// (an expired server certificate would stop enrollment, renewal and revocation for the
+/// whole mesh); every failure is an event, and the expiry is a metric.
 async fn renew_own_identity(
     shared: Arc<Shared>,
-    roots: Arc<RootCertStore>,
+    roots: Arc<TrustBundle>,
     revoked: Arc<dyn RevocationCheck>,
-    config: Arc<RwLock<Arc<ServerConfig>>>,
+    config: Arc<RwLock<ServerTls>>,
+    mut not_after: i64,
     shutdown: CancellationToken,
 ) {
-    let half = Duration::from_secs(shared.authority.settings().max_leaf_ttl.as_secs() / 2);
+    let mut issued_at = time::OffsetDateTime::now_utc().unix_timestamp();
     loop {
+        let wait =
+            (own_renew_at(issued_at, not_after) - time::OffsetDateTime::now_utc().unix_timestamp()).max(0);
         tokio::select! {
-            _ = tokio::time::sleep(half) => {}
+            _ = tokio::time::sleep(Duration::from_secs(wait as u64)) => {}
             _ = shutdown.cancelled() => return,
         }
-        let td = shared.authority.settings().trust_domain.clone();
-        match own_config(&shared, &roots, &td, &revoked) {
-            Ok(c) => {
-                if let Ok(mut w) = config.write() {
-                    *w = c;
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let sh = shared.clone();
+            let (r, v) = (roots.clone(), revoked.clone());
+            let attempt = tokio::task::spawn_blocking(move || own_config(&sh, &r, &v)).await;
+            match attempt {
+                Ok(Ok((c, expires))) => {
+                    if let Ok(mut w) = config.write() {
+                        *w = c;
+                    }
+                    issued_at = time::OffsetDateTime::now_utc().unix_timestamp();
+                    not_after = expires;
+                    metrics::authority_expiry("server", expires);
+                    api::event("ca.own_certificate_renewed", &[("not_after", &expires.to_string())]);
+                    break;
                 }
+                Ok(Err(e)) => api::event(
+                    "ca.renew_own_failed",
+                    &[
+                        ("reason", &e.to_string()),
+                        ("retry_in_seconds", &backoff.as_secs().to_string()),
+                        ("not_after", &not_after.to_string()),
+                    ],
+                ),
+                Err(_) => api::event("ca.renew_own_failed", &[("reason", "the renewal task failed")]),
             }
-            Err(e) => api::event("ca.renew_own_failed", &[("reason", &e.to_string())]),
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(OWN_RENEW_MAX_BACKOFF);
         }
     }
 }

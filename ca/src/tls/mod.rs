@@ -1,31 +1,42 @@
-//! The one place that builds rustls configurations for the data plane, and the verifiers
-//! that put the SPIFFE identity check *inside* the handshake.
+//! The one place that builds rustls configurations, for the sidecar and the CA server alike,
+//! from settings structs; the verifiers live in [`verify`], the anchors in [`anchors`].
 //!
-//! Inbound: TLS 1.3 only, a client certificate is required, the chain must reach the trust
-//! bundle (webpki), and the leaf must keep the X.509-SVID profile in our trust domain. A peer
-//! that fails any of it fails the handshake with an alert; nothing reaches the policy.
-//! Outbound: the server's chain must reach the bundle and its SPIFFE ID must equal the one
-//! configured for that outbound; no DNS name is checked (identities are SPIFFE IDs).
+//! Inbound: TLS 1.3 only, a client certificate is required, the chain must reach an anchor
+//! of our trust domain (webpki), and the leaf must keep the X.509-SVID profile in that trust
+//! domain. A peer that fails any of it fails the handshake with an alert; nothing reaches the
+//! policy. Outbound: the server's chain must reach an anchor of the expected identity's trust
+//! domain and its SPIFFE ID must equal the one configured; no DNS name is checked.
+//!
+//! An access check (revocations, later quarantine) is part of every config: an empty one in
+//! files mode, never an `Option` a caller can forget. A resumed session is checked again
+//! after its handshake (see [`verify`]): rustls itself does not.
 //!
 //! No 0-RTT (rustls servers accept none by default, and we never enable it), no TLS 1.2, no
 //! renegotiation (TLS 1.3 has none). Resumption state lives inside a config: a credential or
 //! bundle change builds new configs, so nothing verified under the old bundle resumes.
 
+mod anchors;
+mod verify;
+
 use std::fmt;
 use std::sync::Arc;
 
-use crate::profile::{self, Violation};
-use crate::verified::{ChainKey, Verified, VerifiedChains};
-use mesh_config::{SpiffeId, TrustDomain};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use mesh_config::SpiffeId;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::server::WebPkiClientVerifier;
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
-    ServerConfig, SignatureScheme,
+    CertificateError, ClientConfig, ClientConnection, HandshakeKind, RootCertStore, ServerConfig,
+    ServerConnection,
 };
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+pub use anchors::{trust_domain_of, TrustBundle};
+pub use verify::Peer;
+
+use crate::profile::Violation;
+use crate::verified::VerifiedChains;
+use verify::{SvidClientVerifier, SvidServerVerifier};
 
 /// A verified peer's certificate broke the SVID profile or named another identity. Carried
 /// inside `rustls::Error` so the handshake fails with a proper alert and the event can say why.
@@ -35,6 +46,9 @@ pub enum SvidError {
     Profile(Vec<Violation>),
     /// Outbound: a valid SVID, but not the identity this outbound must reach.
     WrongIdentity { expected: SpiffeId, got: SpiffeId },
+    /// The server has the CA's SPIFFE ID but not the CA server's marker: a workload
+    /// certificate for that name, not the CA.
+    NotTheCa,
 }
 
 impl fmt::Display for SvidError {
@@ -45,16 +59,30 @@ impl fmt::Display for SvidError {
                 write!(f, "bad SVID: {}", rules.join("; "))
             }
             Self::WrongIdentity { expected, got } => write!(f, "server is {got}, expected {expected}"),
+            Self::NotTheCa => {
+                f.write_str("the server presents the CA's SPIFFE ID without the CA server marker: not the CA")
+            }
         }
     }
 }
 
 impl std::error::Error for SvidError {}
 
-/// Answers "has this certificate, or its identity, been revoked?" during a handshake.
-/// The sidecar answers from the CA's revocation list it follows; the CA from its store.
+/// Answers "has this certificate, or its identity, been revoked?" during a handshake and
+/// when a session resumes. The sidecar answers from the CA's revocation list it follows;
+/// the CA from its store.
 pub trait RevocationCheck: Send + Sync + fmt::Debug {
     fn is_revoked(&self, serial_hex: &str, id: &SpiffeId) -> bool;
+}
+
+/// The access check of a workload that follows no revocation list (files mode).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NothingRevoked;
+
+impl RevocationCheck for NothingRevoked {
+    fn is_revoked(&self, _serial_hex: &str, _id: &SpiffeId) -> bool {
+        false
+    }
 }
 
 /// Whether a server demands a client certificate.
@@ -74,6 +102,36 @@ pub enum Resumption {
     Allowed,
     /// Every connection is a full handshake with a certificate exchange.
     Off,
+}
+
+/// What a client expects of the server beyond its SPIFFE ID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerKind {
+    /// A peer sidecar: an X.509-SVID with the expected identity.
+    Workload,
+    /// The CA API: the CA's identity *and* the CA server marker, which no workload
+    /// certificate carries.
+    CaServer,
+}
+
+/// How a server config treats its peers.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub client_auth: ClientAuth,
+    pub resumption: Resumption,
+    /// Consulted in every handshake and for every resumed session.
+    pub access: Arc<dyn RevocationCheck>,
+}
+
+/// How a client config treats the one server it talks to.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// The identity the server must present.
+    pub expected: SpiffeId,
+    pub kind: PeerKind,
+    pub resumption: Resumption,
+    /// Consulted in every handshake and for every resumed session.
+    pub access: Arc<dyn RevocationCheck>,
 }
 
 /// The provider every config uses: aws-lc-rs, TLS 1.3 suites only, AES-128-GCM first.
@@ -106,26 +164,109 @@ pub enum TlsConfigError {
     Credential(String),
 }
 
-/// Server config for a sidecar inbound listener or the CA API.
+/// A server config and the verifier inside it, so that a finished handshake can be asked
+/// for its peer, checked again when the session was resumed.
+#[derive(Clone)]
+pub struct ServerTls {
+    config: Arc<ServerConfig>,
+    verifier: Arc<SvidClientVerifier>,
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls").field("trust_domain", &self.verifier.trust_domain).finish()
+    }
+}
+
+impl ServerTls {
+    pub fn config(&self) -> &Arc<ServerConfig> {
+        &self.config
+    }
+
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.config.clone())
+    }
+
+    /// The peer of a finished handshake, `None` when it presented no certificate (allowed
+    /// only with [`ClientAuth::Optional`]). A full handshake verified the chain inside it; a
+    /// resumed session's stored chain is verified now, as if presented anew.
+    pub fn peer(&self, conn: &ServerConnection) -> Result<Option<Peer>, rustls::Error> {
+        self.peer_at(conn, UnixTime::now())
+    }
+
+    /// [`Self::peer`] at a given time (tests).
+    pub fn peer_at(&self, conn: &ServerConnection, now: UnixTime) -> Result<Option<Peer>, rustls::Error> {
+        let Some((end_entity, intermediates)) = conn.peer_certificates().and_then(|c| c.split_first()) else {
+            return Ok(None);
+        };
+        if conn.handshake_kind() == Some(HandshakeKind::Resumed) {
+            return self.verifier.verify(end_entity, intermediates, now).map(Some);
+        }
+        verify::peer_of(end_entity)
+            .map(Some)
+            .ok_or(rustls::Error::InvalidCertificate(CertificateError::BadEncoding))
+    }
+}
+
+/// A client config and the verifier inside it (see [`ServerTls`]).
+#[derive(Clone)]
+pub struct ClientTls {
+    config: Arc<ClientConfig>,
+    verifier: Arc<SvidServerVerifier>,
+}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTls").field("expected", &self.verifier.expected).finish()
+    }
+}
+
+impl ClientTls {
+    pub fn config(&self) -> &Arc<ClientConfig> {
+        &self.config
+    }
+
+    pub fn connector(&self) -> TlsConnector {
+        TlsConnector::from(self.config.clone())
+    }
+
+    /// The server of a finished handshake: verified inside a full handshake, verified again
+    /// now when the session was resumed (expected identity and CA marker included).
+    pub fn peer(&self, conn: &ClientConnection) -> Result<Peer, rustls::Error> {
+        self.peer_at(conn, UnixTime::now())
+    }
+
+    /// [`Self::peer`] at a given time (tests).
+    pub fn peer_at(&self, conn: &ClientConnection, now: UnixTime) -> Result<Peer, rustls::Error> {
+        let Some((end_entity, intermediates)) = conn.peer_certificates().and_then(|c| c.split_first()) else {
+            return Err(rustls::Error::NoCertificatesPresented);
+        };
+        if conn.handshake_kind() == Some(HandshakeKind::Resumed) {
+            return self.verifier.verify(end_entity, intermediates, now);
+        }
+        verify::peer_of(end_entity).ok_or(rustls::Error::InvalidCertificate(CertificateError::BadEncoding))
+    }
+}
+
+/// Server config for a sidecar inbound listener or the CA API, for peers of the bundle's
+/// local trust domain.
 pub fn server_config(
     id: &Identity,
-    roots: Arc<RootCertStore>,
-    td: &TrustDomain,
-    auth: ClientAuth,
-    revoked: Option<Arc<dyn RevocationCheck>>,
-    resumption: Resumption,
-) -> Result<Arc<ServerConfig>, TlsConfigError> {
+    bundle: &TrustBundle,
+    settings: &ServerSettings,
+) -> Result<ServerTls, TlsConfigError> {
     let provider = provider();
+    let roots = bundle.roots_for(bundle.local())?;
     let builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
-    let builder = match auth {
+    let builder = match settings.client_auth {
         ClientAuth::Required => builder,
         ClientAuth::Optional => builder.allow_unauthenticated(),
     };
     let webpki = builder.build().map_err(|e| TlsConfigError::Bundle(e.to_string()))?;
     let verifier = Arc::new(SvidClientVerifier {
         inner: webpki,
-        trust_domain: td.clone(),
-        revoked,
+        trust_domain: bundle.local().clone(),
+        access: settings.access.clone(),
         memo: VerifiedChains::default(),
     });
     // No ticketer is configured: resumption is stateful, held in this config's session cache,
@@ -133,48 +274,48 @@ pub fn server_config(
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsConfigError::Credential(e.to_string()))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.clone())
         .with_single_cert(id.chain.clone(), id.key.clone_key())
         .map_err(|e| TlsConfigError::Credential(e.to_string()))?;
-    if resumption == Resumption::Off {
+    if settings.resumption == Resumption::Off {
         cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         cfg.send_tls13_tickets = 0;
     }
-    Ok(Arc::new(cfg))
+    Ok(ServerTls { config: Arc::new(cfg), verifier })
 }
 
 /// Client config for one outbound, or for talking to the CA: it accepts only a server
-/// presenting `expected`. Without `id` no client certificate is offered (enrollment).
+/// presenting `settings.expected`, chained to an anchor of that identity's trust domain.
+/// Without `id` no client certificate is offered (enrollment).
 pub fn client_config(
     id: Option<&Identity>,
-    roots: Arc<RootCertStore>,
-    expected: &SpiffeId,
-    revoked: Option<Arc<dyn RevocationCheck>>,
-    resumption: Resumption,
-) -> Result<Arc<ClientConfig>, TlsConfigError> {
+    bundle: &TrustBundle,
+    settings: &ClientSettings,
+) -> Result<ClientTls, TlsConfigError> {
     let provider = provider();
     let verifier = Arc::new(SvidServerVerifier {
-        roots,
-        expected: expected.clone(),
+        roots: bundle.roots_for(settings.expected.trust_domain())?,
+        expected: settings.expected.clone(),
+        kind: settings.kind,
         algs: provider.signature_verification_algorithms,
-        revoked,
+        access: settings.access.clone(),
         memo: VerifiedChains::default(),
     });
     let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsConfigError::Credential(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(verifier);
+        .with_custom_certificate_verifier(verifier.clone());
     let mut cfg = match id {
         Some(id) => builder
             .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
             .map_err(|e| TlsConfigError::Credential(e.to_string()))?,
         None => builder.with_no_client_auth(),
     };
-    if resumption == Resumption::Off {
+    if settings.resumption == Resumption::Off {
         cfg.resumption = rustls::client::Resumption::disabled();
     }
-    Ok(Arc::new(cfg))
+    Ok(ClientTls { config: Arc::new(cfg), verifier })
 }
 
 /// Client config for an ordinary HTTPS server outside the mesh (an event collector): the
@@ -197,174 +338,6 @@ pub fn sni() -> ServerName<'static> {
     ServerName::try_from("mesh.invalid").expect("a static valid DNS name")
 }
 
-fn svid_error(e: SvidError) -> rustls::Error {
-    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
-}
-
-/// What both verifiers check of a peer's chain, in order: the chain itself (`verify_chain`:
-/// path to our anchors, signatures, validity, EKU), the leaf's SVID profile in trust domain
-/// `td`, then revocation. Returns the peer's identity.
-///
-/// The first two are skipped for a chain `memo` already verified under this config, while
-/// it is still inside its validity window (see [`crate::verified`]); revocation is checked
-/// every time.
-fn verify_peer(
-    memo: &VerifiedChains,
-    end_entity: &CertificateDer<'_>,
-    intermediates: &[CertificateDer<'_>],
-    now: UnixTime,
-    td: &TrustDomain,
-    revoked: Option<&Arc<dyn RevocationCheck>>,
-    verify_chain: impl FnOnce() -> Result<(), rustls::Error>,
-) -> Result<SpiffeId, rustls::Error> {
-    let key = ChainKey::of(end_entity, intermediates);
-    let (serial, id) = match memo.get(&key, now) {
-        Some(v) => (v.serial, v.id),
-        None => {
-            // Chain, signatures, validity and EKU first: "unknown CA" or "expired" is the
-            // more useful reason when both apply.
-            verify_chain()?;
-            let cert = profile::parse(end_entity).map_err(|v| svid_error(SvidError::Profile(vec![v])))?;
-            let id = profile::check_leaf_parsed(&cert, Some(td))
-                .into_identity()
-                .map_err(|v| svid_error(SvidError::Profile(v)))?;
-            if let Some(v) = Verified::new(id.clone(), &cert, intermediates) {
-                memo.insert(key, v);
-            }
-            (crate::random::hex(cert.raw_serial()), id)
-        }
-    };
-    if let Some(check) = revoked {
-        if check.is_revoked(&serial, &id) {
-            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
-        }
-    }
-    Ok(id)
-}
-
-/// The serial (lowercase hex) and identity in an already verified peer certificate. The
-/// verifier ran the whole profile check during the handshake; this only reads the URI SAN
-/// (once per connection, so not the 8.5 us profile check again).
-pub fn peer_serial_and_identity(end_entity: &CertificateDer<'_>) -> Option<(String, SpiffeId)> {
-    let cert = profile::parse(end_entity).ok()?;
-    let id = match profile::uri_sans(&cert).ok()?.as_slice() {
-        [uri] => uri.parse().ok()?,
-        _ => return None,
-    };
-    Some((crate::random::hex(cert.raw_serial()), id))
-}
-
-#[derive(Debug)]
-struct SvidClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    trust_domain: TrustDomain,
-    revoked: Option<Arc<dyn RevocationCheck>>,
-    memo: VerifiedChains,
-}
-
-impl ClientCertVerifier for SvidClientVerifier {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        self.inner.client_auth_mandatory()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let chain = || self.inner.verify_client_cert(end_entity, intermediates, now).map(|_| ());
-        let (td, revoked) = (&self.trust_domain, self.revoked.as_ref());
-        verify_peer(&self.memo, end_entity, intermediates, now, td, revoked, chain)?;
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-#[derive(Debug)]
-struct SvidServerVerifier {
-    roots: Arc<RootCertStore>,
-    expected: SpiffeId,
-    algs: WebPkiSupportedAlgorithms,
-    revoked: Option<Arc<dyn RevocationCheck>>,
-    memo: VerifiedChains,
-}
-
-impl ServerCertVerifier for SvidServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let chain = || {
-            let cert = ParsedCertificate::try_from(end_entity)?;
-            rustls::client::verify_server_cert_signed_by_trust_anchor(
-                &cert,
-                &self.roots,
-                intermediates,
-                now,
-                self.algs.all,
-            )
-        };
-        let (td, revoked) = (self.expected.trust_domain(), self.revoked.as_ref());
-        let got = verify_peer(&self.memo, end_entity, intermediates, now, td, revoked, chain)?;
-        if got != self.expected {
-            return Err(svid_error(SvidError::WrongIdentity { expected: self.expected.clone(), got }));
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
-}
-
 /// A short, stable reason for a failed handshake, for events and (later) metric labels.
 /// Bounded set: never includes peer-controlled text.
 pub fn failure_reason(err: &std::io::Error) -> &'static str {
@@ -376,6 +349,11 @@ pub fn failure_reason(err: &std::io::Error) -> &'static str {
             _ => "io",
         };
     };
+    tls_failure_reason(tls)
+}
+
+/// [`failure_reason`] for a rustls error (a resumed session refused after its handshake).
+pub fn tls_failure_reason(tls: &rustls::Error) -> &'static str {
     use rustls::Error as E;
     match tls {
         E::NoCertificatesPresented => "no_certificate",
@@ -390,6 +368,7 @@ pub fn failure_reason(err: &std::io::Error) -> &'static str {
             }
             CertificateError::Other(o) => match o.0.downcast_ref::<SvidError>() {
                 Some(SvidError::WrongIdentity { .. }) => "wrong_identity",
+                Some(SvidError::NotTheCa) => "not_the_ca",
                 Some(SvidError::Profile(v)) if v.iter().any(|v| v.rule == "trust-domain") => {
                     "wrong_trust_domain"
                 }
@@ -411,12 +390,18 @@ pub fn failure_reason(err: &std::io::Error) -> &'static str {
 /// rustls errors never carry any).
 pub fn failure_detail(err: &std::io::Error) -> String {
     match err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
-        Some(rustls::Error::InvalidCertificate(CertificateError::Other(o))) => o.0.to_string(),
-        Some(tls) => tls.to_string(),
+        Some(tls) => tls_failure_detail(tls),
         None => err.to_string(),
     }
 }
 
+/// [`failure_detail`] for a rustls error.
+pub fn tls_failure_detail(tls: &rustls::Error) -> String {
+    match tls {
+        rustls::Error::InvalidCertificate(CertificateError::Other(o)) => o.0.to_string(),
+        tls => tls.to_string(),
+    }
+}
+
 #[cfg(test)]
-#[path = "tls_tests.rs"]
 mod tests;

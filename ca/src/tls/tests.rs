@@ -1,0 +1,306 @@
+//! The verifiers' memo of verified chains never weakens a check, and a resumed session is
+//! verified again: real handshakes between configs from [`server_config`] and
+//! [`client_config`], in memory, a CA made in a temp dir.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use mesh_config::Ttl;
+use rustls::{ClientConnection, Connection, ServerConnection};
+
+use mesh_config::TrustDomain;
+use rustls::CertificateError;
+
+use super::verify::verify_peer;
+use super::*;
+use crate::authority::{Authority, InitOptions};
+use crate::settings::Settings;
+
+struct Ca {
+    _dir: tempfile::TempDir,
+    authority: Authority,
+    bundle: TrustBundle,
+    td: TrustDomain,
+}
+
+fn ca() -> Ca {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let td: TrustDomain = "example.org".parse().expect("td");
+    let settings =
+        Settings::new(td.clone(), Ttl::from_secs(60), Ttl::from_secs(86_400), Ttl::from_secs(3_600))
+            .expect("settings");
+    let opts = InitOptions {
+        settings,
+        root_ttl: Ttl::from_secs(86_400 * 3_650),
+        intermediate_ttl: Ttl::from_secs(86_400 * 365),
+    };
+    let made = Authority::init(&dir.path().join("ca"), &opts, None).expect("init");
+    let authority = Authority::open(made, None).expect("open");
+    let bundle = TrustBundle::new(td.clone(), vec![authority.dir().root.clone()]).expect("root anchor");
+    Ca { _dir: dir, authority, bundle, td }
+}
+
+fn identity(ca: &Ca, id: &SpiffeId) -> Identity {
+    let key = crate::keys::generate().expect("key");
+    let leaf = ca.authority.issue(id, None, &[], &key, "test").expect("issue");
+    Identity {
+        chain: vec![leaf.der, ca.authority.dir().intermediate.clone()],
+        key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    }
+}
+
+/// Revokes everything once `on` is set; counts its calls.
+#[derive(Debug, Default)]
+struct Switch {
+    on: AtomicBool,
+    calls: AtomicUsize,
+}
+
+impl RevocationCheck for Switch {
+    fn is_revoked(&self, _serial: &str, _id: &SpiffeId) -> bool {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.on.load(Ordering::Relaxed)
+    }
+}
+
+/// Moves what `from` wants to send into `to`, and lets `to` process it.
+fn pump(from: &mut Connection, to: &mut Connection, buf: &mut Vec<u8>) -> Result<(), rustls::Error> {
+    buf.clear();
+    while from.wants_write() {
+        from.write_tls(buf).expect("write to memory");
+    }
+    let mut rd = &buf[..];
+    while !rd.is_empty() {
+        to.read_tls(&mut rd).expect("read from memory");
+    }
+    to.process_new_packets().map(|_| ())
+}
+
+/// One in-memory handshake; the error of the side that refused, if one did.
+fn handshake(server: &ServerTls, client: &ClientTls) -> Result<(), rustls::Error> {
+    connect(server, client).map(|_| ())
+}
+
+/// One in-memory handshake, and the two finished connections. The server also sends its
+/// session tickets, so the client can resume next time.
+fn connect(
+    server: &ServerTls,
+    client: &ClientTls,
+) -> Result<(ServerConnection, ClientConnection), rustls::Error> {
+    let mut c = Connection::Client(ClientConnection::new(client.config().clone(), sni()).expect("client"));
+    let mut s = Connection::Server(ServerConnection::new(server.config().clone()).expect("server"));
+    let mut buf = Vec::new();
+    for _ in 0..8 {
+        pump(&mut c, &mut s, &mut buf)?;
+        pump(&mut s, &mut c, &mut buf)?;
+        if !c.is_handshaking() && !s.is_handshaking() {
+            // Tickets are written after the handshake; deliver them.
+            pump(&mut s, &mut c, &mut buf)?;
+            match (s, c) {
+                (Connection::Server(s), Connection::Client(c)) => return Ok((s, c)),
+                _ => unreachable!("built as a server and a client"),
+            }
+        }
+    }
+    panic!("handshake did not finish");
+}
+
+fn settings(access: Arc<dyn RevocationCheck>, resumption: Resumption) -> ServerSettings {
+    ServerSettings { client_auth: ClientAuth::Required, resumption, access }
+}
+
+fn client_settings(
+    expected: &SpiffeId,
+    access: Arc<dyn RevocationCheck>,
+    resumption: Resumption,
+) -> ClientSettings {
+    ClientSettings { expected: expected.clone(), kind: PeerKind::Workload, resumption, access }
+}
+
+fn nothing() -> Arc<dyn RevocationCheck> {
+    Arc::new(NothingRevoked)
+}
+
+#[test]
+fn a_remembered_chain_is_still_checked_for_revocation_on_every_handshake() {
+    let ca = ca();
+    let server_id: SpiffeId = "spiffe://example.org/ns/b/sa/server".parse().expect("id");
+    let client_id: SpiffeId = "spiffe://example.org/ns/a/sa/client".parse().expect("id");
+    let (sid, cid) = (identity(&ca, &server_id), identity(&ca, &client_id));
+    let switch = Arc::new(Switch::default());
+    let check: Arc<dyn RevocationCheck> = switch.clone();
+    let server = server_config(&sid, &ca.bundle, &settings(check, Resumption::Off)).expect("server config");
+    let client =
+        client_config(Some(&cid), &ca.bundle, &client_settings(&server_id, nothing(), Resumption::Off))
+            .expect("client");
+    for _ in 0..3 {
+        handshake(&server, &client).expect("a valid client is accepted, again and again");
+    }
+    assert_eq!(switch.calls.load(Ordering::Relaxed), 3, "revocation is consulted on every handshake");
+    // Same config, same (remembered) chain: revoked now, refused now.
+    switch.on.store(true, Ordering::Relaxed);
+    let err = handshake(&server, &client).expect_err("a revoked client is refused");
+    assert_eq!(err, rustls::Error::InvalidCertificate(CertificateError::Revoked));
+}
+
+#[test]
+fn verify_peer_skips_only_the_chain_and_profile_and_only_inside_the_validity_window() {
+    let ca = ca();
+    let id: SpiffeId = "spiffe://example.org/ns/a/sa/client".parse().expect("id");
+    let ident = identity(&ca, &id);
+    let (leaf, intermediates) = (&ident.chain[0], &ident.chain[1..]);
+    let memo = VerifiedChains::default();
+    let chain_checks = AtomicUsize::new(0);
+    let ok = || {
+        chain_checks.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    };
+    let now = UnixTime::now();
+    for _ in 0..3 {
+        assert_eq!(
+            verify_peer(&memo, leaf, intermediates, now, &ca.td, &NothingRevoked, ok).map(|p| p.id),
+            Ok(id.clone())
+        );
+    }
+    assert_eq!(chain_checks.load(Ordering::Relaxed), 1, "verified once, then remembered");
+
+    // Past the leaf's expiry (its TTL is at most a day) the memo has no answer: the chain
+    // check runs again, and its verdict stands.
+    let later = UnixTime::since_unix_epoch(Duration::from_secs(now.as_secs() + 2 * 86_400));
+    let expired = || Err(rustls::Error::InvalidCertificate(CertificateError::Expired));
+    let got = verify_peer(&memo, leaf, intermediates, later, &ca.td, &NothingRevoked, expired);
+    assert_eq!(got.map(|p| p.id), Err(rustls::Error::InvalidCertificate(CertificateError::Expired)));
+
+    // A chain that fails is never remembered.
+    let other = identity(&ca, &id);
+    let refuse = || Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer));
+    for _ in 0..2 {
+        let got =
+            verify_peer(&memo, &other.chain[0], &other.chain[1..], now, &ca.td, &NothingRevoked, refuse);
+        assert_eq!(
+            got.map(|p| p.id),
+            Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer))
+        );
+    }
+
+    // Another trust domain's verifier (a different config, so a different memo) refuses the
+    // profile even though the chain check passes.
+    let foreign: TrustDomain = "other.org".parse().expect("td");
+    let got =
+        verify_peer(&VerifiedChains::default(), leaf, intermediates, now, &foreign, &NothingRevoked, || {
+            Ok(())
+        });
+    assert!(got.is_err(), "{got:?}");
+}
+
+/// rustls resumes a TLS 1.3 session without verifying the stored chain again; `peer` does,
+/// at the time given: past the peer's expiry, or once it is revoked, the resumed session is
+/// refused on both sides, while a full handshake of the same pair at the same moment would
+/// fail in the verifier. Before this check, a resumed session outlived its certificate.
+#[test]
+fn a_resumed_session_is_verified_again_on_both_sides() {
+    let ca = ca();
+    let server_id: SpiffeId = "spiffe://example.org/ns/b/sa/server".parse().expect("id");
+    let client_id: SpiffeId = "spiffe://example.org/ns/a/sa/client".parse().expect("id");
+    let (sid, cid) = (identity(&ca, &server_id), identity(&ca, &client_id));
+    let switch = Arc::new(Switch::default());
+    let check: Arc<dyn RevocationCheck> = switch.clone();
+    let server =
+        server_config(&sid, &ca.bundle, &settings(check.clone(), Resumption::Allowed)).expect("server");
+    let client =
+        client_config(Some(&cid), &ca.bundle, &client_settings(&server_id, check, Resumption::Allowed))
+            .expect("client");
+
+    let (s, c) = connect(&server, &client).expect("first, full handshake");
+    assert_eq!(s.handshake_kind(), Some(HandshakeKind::Full));
+    assert_eq!(server.peer(&s).expect("peer").map(|p| p.id), Some(client_id.clone()));
+    assert_eq!(client.peer(&c).expect("peer").id, server_id);
+
+    let (s, c) = connect(&server, &client).expect("second handshake");
+    assert_eq!(s.handshake_kind(), Some(HandshakeKind::Resumed), "the session resumed");
+    assert_eq!(c.handshake_kind(), Some(HandshakeKind::Resumed));
+    // Now: both certificates valid, nothing revoked.
+    assert_eq!(server.peer(&s).expect("peer").map(|p| p.id), Some(client_id.clone()));
+    assert_eq!(client.peer(&c).expect("peer").id, server_id);
+    // Two days on, both leaves (TTL at most a day) have expired.
+    let later = UnixTime::since_unix_epoch(Duration::from_secs(UnixTime::now().as_secs() + 2 * 86_400));
+    let expired = rustls::Error::InvalidCertificate(CertificateError::Expired);
+    assert!(
+        matches!(server.peer_at(&s, later), Err(ref e) if tls_failure_reason(e) == "expired"),
+        "server side"
+    );
+    assert!(
+        matches!(client.peer_at(&c, later), Err(ref e) if tls_failure_reason(e) == "expired"),
+        "client side"
+    );
+    assert_eq!(tls_failure_reason(&expired), "expired");
+
+    // Revoked: the resumed session is refused at once, on both sides.
+    let (s, c) = connect(&server, &client).expect("third handshake");
+    assert_eq!(s.handshake_kind(), Some(HandshakeKind::Resumed));
+    switch.on.store(true, Ordering::Relaxed);
+    let revoked = rustls::Error::InvalidCertificate(CertificateError::Revoked);
+    assert_eq!(server.peer(&s).map(|p| p.map(|p| p.id)), Err(revoked.clone()));
+    assert_eq!(client.peer(&c).map(|p| p.id), Err(revoked));
+}
+
+/// A bundle holding a second trust domain's root does not let that root vouch for ours,
+/// nor ours for theirs; an unnamed anchor counts for the local trust domain only.
+#[test]
+fn anchors_vouch_only_for_their_own_trust_domain() {
+    let (ours, theirs) = (ca(), ca_for("other.org"));
+    let both = vec![ours.authority.dir().root.clone(), theirs.authority.dir().root.clone()];
+    let bundle = TrustBundle::new(ours.td.clone(), both).expect("bundle");
+    // A client of example.org signed under other.org's root: refused by our server.
+    let server_id: SpiffeId = "spiffe://example.org/ns/b/sa/server".parse().expect("id");
+    let sid = identity(&ours, &server_id);
+    let server = server_config(&sid, &bundle, &settings(nothing(), Resumption::Off)).expect("server");
+    let forged_id: SpiffeId = "spiffe://example.org/ns/a/sa/client".parse().expect("id");
+    let forged = identity_signed_by(&theirs, &forged_id);
+    let client =
+        client_config(Some(&forged), &ours.bundle, &client_settings(&server_id, nothing(), Resumption::Off))
+            .expect("client");
+    let err = handshake(&server, &client).expect_err("another trust domain's root mints no identity of ours");
+    assert_eq!(err, rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer));
+    // The control: a client issued by our own CA passes.
+    let good = identity(&ours, &forged_id);
+    let client =
+        client_config(Some(&good), &ours.bundle, &client_settings(&server_id, nothing(), Resumption::Off))
+            .expect("client");
+    handshake(&server, &client).expect("our own CA's client is accepted");
+    // Only the foreign domain's anchor serves a foreign identity, and a domain without one
+    // has no roots at all.
+    let theirs_roots = bundle.roots_for(&theirs.td).expect("other.org's roots");
+    assert_eq!(theirs_roots.len(), 1);
+    assert!(bundle.roots_for(&"third.net".parse().expect("td")).is_err());
+    assert!(TrustBundle::new("third.net".parse().expect("td"), vec![theirs.authority.dir().root.clone()])
+        .is_err());
+}
+
+fn ca_for(td: &str) -> Ca {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let td: TrustDomain = td.parse().expect("td");
+    let settings =
+        Settings::new(td.clone(), Ttl::from_secs(60), Ttl::from_secs(86_400), Ttl::from_secs(3_600))
+            .expect("settings");
+    let opts = InitOptions {
+        settings,
+        root_ttl: Ttl::from_secs(86_400 * 3_650),
+        intermediate_ttl: Ttl::from_secs(86_400 * 365),
+    };
+    let made = Authority::init(&dir.path().join("ca"), &opts, None).expect("init");
+    let authority = Authority::open(made, None).expect("open");
+    let bundle = TrustBundle::new(td.clone(), vec![authority.dir().root.clone()]).expect("root anchor");
+    Ca { _dir: dir, authority, bundle, td }
+}
+
+/// A leaf for `id` (of any trust domain) signed by `ca`'s intermediate, as a rogue or
+/// federated CA could make one: built with rcgen from `ca`'s issuer, not through `issue`.
+fn identity_signed_by(ca: &Ca, id: &SpiffeId) -> Identity {
+    let key = crate::keys::generate().expect("key");
+    let der = ca.authority.sign_foreign_for_tests(id, &key);
+    Identity {
+        chain: vec![der, ca.authority.dir().intermediate.clone()],
+        key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    }
+}
