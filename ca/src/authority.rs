@@ -684,6 +684,51 @@ mod tests {
         Authority::open(ca, None).expect("open")
     }
 
+    /// Renewal checks the current certificate's notAfter itself: however the caller's TLS
+    /// session was made, an expired certificate buys no new one.
+    #[test]
+    fn renewal_refuses_an_expired_certificate() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let ca = new_ca(&tmp.path().join("ca"));
+        let id: SpiffeId = "spiffe://example.org/ns/payments/sa/charge".parse().expect("id");
+        let key = keys::generate().expect("key");
+        let leaf = ca.issue(&id, Some(Ttl::from_secs(120)), &[], &key, "test").expect("issue");
+        let csr = crate::csr::request_for(&keys::generate().expect("key")).expect("csr");
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let renewed = ca.renew(&id, &leaf.serial, csr.as_bytes(), None, "test", now).expect("renews while valid");
+        assert_eq!(renewed.id, id);
+        let after_expiry = leaf.not_after.unix_timestamp() + 1;
+        let e = ca.renew(&id, &leaf.serial, csr.as_bytes(), None, "test", after_expiry).map(|l| l.serial);
+        assert!(matches!(e, Err(EnrollError::Expired)), "{e:?}");
+    }
+
+    /// The CA's own identity: refused to workloads by every path, and the CA server's own
+    /// certificate carries the marker no workload certificate has.
+    #[test]
+    fn the_reserved_zone_is_the_cas_alone_and_only_its_certificate_is_marked() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let ca = new_ca(&tmp.path().join("ca"));
+        let key = keys::generate().expect("key");
+        let ca_id = crate::server::ca_server_id(&ca.settings().trust_domain);
+        let e = ca.issue(&ca_id, None, &[], &key, "test").map(|l| l.serial);
+        assert!(matches!(e, Err(CaError::Refused(ref r)) if r.contains("reserved")), "{e:?}");
+        let other: SpiffeId = "spiffe://example.org/ns/mesh-system/sa/anything".parse().expect("id");
+        assert!(ca.issue(&other, None, &[], &key, "test").is_err());
+        let zone: Zone = RESERVED_ZONE.parse().expect("zone");
+        let workload: Workload = "ca".parse().expect("workload");
+        assert!(ca.dir().create_token(&zone, &workload, Ttl::from_secs(60), 1).is_err());
+
+        let own = ca.issue_ca_server(&key).expect("the CA's own certificate");
+        assert_eq!(own.id, ca_id);
+        let parsed = profile::parse(&own.der).expect("parse");
+        assert!(profile::is_ca_server(&parsed), "the CA server certificate has the marker");
+        let report = profile::check_leaf(&own.der, Some(ca_id.trust_domain()));
+        assert!(report.violations.is_empty(), "still a valid X.509-SVID: {:?}", report.violations);
+        let workload_id: SpiffeId = "spiffe://example.org/ns/payments/sa/charge".parse().expect("id");
+        let leaf = ca.issue(&workload_id, None, &[], &key, "test").expect("issue");
+        assert!(!profile::is_ca_server(&profile::parse(&leaf.der).expect("parse")), "a workload is not marked");
+    }
+
     #[test]
     fn issues_profiled_unique_leaves_and_records_them() {
         let tmp = tempfile::tempdir().expect("tempdir");
