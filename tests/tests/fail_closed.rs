@@ -110,7 +110,18 @@ fn renewal_with_an_expired_certificate_is_refused_over_full_and_resumed_handshak
     let (c, k) = (cert.display().to_string(), key.display().to_string());
     let bundle = server.bundle.display().to_string();
     let r = ca_client(&[
-        "resume", "--url", &server.url, "--bundle", &bundle, "--cert", &c, "--key", &k, "--json", &body, "POST",
+        "resume",
+        "--url",
+        &server.url,
+        "--bundle",
+        &bundle,
+        "--cert",
+        &c,
+        "--key",
+        &k,
+        "--json",
+        &body,
+        "POST",
         "/v1/renew",
     ]);
     assert_eq!(r["first"]["status"], 200, "the first request, while valid, is served: {r}");
@@ -175,9 +186,13 @@ fn the_cas_identity_cannot_be_minted_or_impersonated() {
     )
     .expect("config");
     let cfg = config.display().to_string();
-    let sidecar = LineChild::spawn("enrolling", &mesh_tests::binary("mesh-proxy"), &["run", "--config", &cfg]);
+    let sidecar =
+        LineChild::spawn("enrolling", &mesh_tests::binary("mesh-proxy"), &["run", "--config", &cfg]);
     let failed = sidecar.wait_lines("cert.enroll_failed", |lines| {
-        lines.iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|e| e["event"] == "cert.enroll_failed")
+        lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|e| e["event"] == "cert.enroll_failed")
     });
     assert!(
         failed.to_string().contains("not the CA"),
@@ -274,4 +289,31 @@ fn the_ca_retries_renewing_its_own_certificate_until_it_works() {
     // And the server presents the new certificate.
     let r = server.api().request("GET", "/v1/bundle", &[]);
     assert_eq!(r.status, Some(200), "{r:?}");
+}
+
+/// The CA's own certificate is checked against the revocation list the sidecar follows:
+/// once the operator revokes it (a stolen CA serving key), the sidecar's next call to the CA
+/// is refused in the handshake. Before, sidecars never checked the CA's revocation.
+#[test]
+fn a_revoked_ca_server_certificate_is_refused_by_sidecars() {
+    let mesh = EnrollMesh::start(&[], ALLOW_FRONTEND_TO_ORDERS);
+    let sc = mesh.sidecar("web", "frontend", "web", 1, &SidecarShape::default());
+    let ca_serial = store_certs(&mesh.ca)
+        .into_iter()
+        .find(|c| c["spiffe_id"].as_str().is_some_and(|s| s.ends_with("/ns/mesh-system/sa/ca")))
+        .and_then(|c| c["serial"].as_str().map(str::to_owned))
+        .expect("the CA server's certificate is on record");
+    let mark = sc.mark();
+    revoke(&mesh.ca, &["--serial", &ca_serial, "--reason", "key-compromise"]).assert_ok();
+    sc.wait_from(mark, "the CA's revocation learnt", |e| {
+        e["event"] == "cert.revoked"
+            && e["detail"].as_str().is_some_and(|d| norm(d).contains(&norm(&ca_serial)))
+    });
+    let failed =
+        sc.wait_from(mark, "a refused call to the revoked CA", |e| e["event"] == "revocations.poll_failed");
+    assert!(
+        failed.to_string().to_ascii_lowercase().contains("revoked"),
+        "the poll should fail on the CA's revoked certificate: {failed}\n{}",
+        sc.transcript()
+    );
 }
