@@ -6,7 +6,7 @@
 //! recorded durably in the store before it is returned.
 
 use std::fs;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,11 +22,11 @@ use crate::error::CaError;
 use crate::fsutil::{self, OutFile};
 use crate::keys::{self, Passphrase};
 use crate::pem;
-use crate::settings::Settings;
+use crate::settings::{Settings, CA_TTL_CEILING};
 use crate::store::{
     CertKind, CertRecord, CertStatus, NewToken, Redemption, SqliteStore, Store, StoreError, TokenRejection,
 };
-use crate::token::Token;
+use crate::token::{Token, MAX_TOKEN_TTL, MAX_TOKEN_USES};
 
 /// Leaves are valid from a little before "now" so that peers whose clocks run slightly
 /// behind the CA's accept them at once.
@@ -127,6 +127,7 @@ impl Authority {
                 dir.display()
             )));
         }
+        check_ca_ttls(opts)?;
         let created = if dir.exists() {
             let non_empty = fs::read_dir(dir).map_err(|e| CaError::io(dir, e))?.next().is_some();
             if non_empty {
@@ -140,6 +141,9 @@ impl Authority {
             fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| CaError::io(dir, e))?;
             true
         };
+        // 0700 whatever the umask, and also for a directory that existed before (mkdir and
+        // its parents' defaults would leave it 0755): it holds the keys and the store.
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| CaError::io(dir, e))?;
         let result = init_files(dir, opts, pass);
         if result.is_err() {
             for name in
@@ -603,12 +607,34 @@ fn leaf_subject(id: &SpiffeId) -> DistinguishedName {
     dn
 }
 
+/// Refuses CA lifetimes beyond [`CA_TTL_CEILING`] (before anything is created), and an
+/// intermediate that would outlive its root.
+fn check_ca_ttls(opts: &InitOptions) -> Result<(), CaError> {
+    for (flag, ttl) in [("--root-ttl", opts.root_ttl), ("--intermediate-ttl", opts.intermediate_ttl)] {
+        if ttl > CA_TTL_CEILING {
+            return Err(CaError::Refused(format!(
+                "{flag} {ttl} is longer than the longest CA lifetime, {CA_TTL_CEILING} (50 years)"
+            )));
+        }
+    }
+    if opts.intermediate_ttl > opts.root_ttl {
+        return Err(CaError::Refused("--intermediate-ttl must not exceed --root-ttl".into()));
+    }
+    Ok(())
+}
+
 fn ca_params(td: &TrustDomain, cn: &str, ttl: Ttl, path_len: u8) -> Result<CertificateParams, CaError> {
     let now = OffsetDateTime::now_utc();
     let mut params = CertificateParams::default();
     params.serial_number = Some(SerialNumber::from_slice(&crate::random::serial()?));
     params.not_before = now - NOT_BEFORE_BACKDATE;
-    params.not_after = now + ttl.as_duration();
+    // Checked: `check_ca_ttls` bounds the TTL, and this keeps a caller that skipped it from
+    // panicking in `time`'s arithmetic.
+    params.not_after = time::Duration::try_from(ttl.as_duration())
+        .ok()
+        .and_then(|d| now.checked_add(d))
+        .filter(|t| t.year() <= 9999)
+        .ok_or_else(|| CaError::Refused(format!("a CA lifetime of {ttl} ends past the year 9999")))?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, td.as_str());
     dn.push(DnType::CommonName, cn);
@@ -634,9 +660,7 @@ fn ca_record(der: &CertificateDer<'_>, kind: CertKind, td: &TrustDomain) -> Resu
 
 fn init_files(dir: &Path, opts: &InitOptions, pass: Option<&Passphrase>) -> Result<(), CaError> {
     let td = &opts.settings.trust_domain;
-    if opts.intermediate_ttl > opts.root_ttl {
-        return Err(CaError::Refused("--intermediate-ttl must not exceed --root-ttl".into()));
-    }
+    check_ca_ttls(opts)?;
     let root_key = keys::generate()?;
     let root_params = ca_params(td, &format!("{td} zt-mesh root CA"), opts.root_ttl, 1)?;
     let root = root_params.self_signed(&root_key).map_err(|e| CaError::Crypto(format!("root: {e}")))?;
@@ -782,5 +806,43 @@ mod tests {
             InitOptions { settings, root_ttl: Ttl::from_secs(86400), intermediate_ttl: Ttl::from_secs(3600) };
         assert!(matches!(Authority::init(&dir, &opts, None), Err(CaError::CaDir(_))));
         assert_eq!(fs::read(dir.join(ROOT_CERT)).expect("root"), before);
+    }
+
+    #[test]
+    fn init_refuses_huge_ca_ttls_without_panicking() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let td: TrustDomain = "example.org".parse().expect("td");
+        let settings = Settings::new(td, Ttl::from_secs(60), Ttl::from_secs(86400), Ttl::from_secs(3600))
+            .expect("settings");
+        for (root, inter) in
+            [(u64::MAX / 4, 3600), (u64::MAX / 4, u64::MAX / 4), (CA_TTL_CEILING.as_secs() + 1, 3600)]
+        {
+            let opts = InitOptions {
+                settings: settings.clone(),
+                root_ttl: Ttl::from_secs(root),
+                intermediate_ttl: Ttl::from_secs(inter),
+            };
+            let dir = tmp.path().join("ca");
+            assert!(matches!(Authority::init(&dir, &opts, None), Err(CaError::Refused(_))));
+            assert!(!dir.exists(), "a refused init left {}", dir.display());
+        }
+        // The arithmetic itself is checked too, for a caller that skips the bound.
+        let td: TrustDomain = "example.org".parse().expect("td");
+        assert!(ca_params(&td, "x", Ttl::from_secs(u64::MAX / 4), 0).is_err());
+    }
+
+    #[test]
+    fn token_ttl_and_uses_are_bounded() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let ca = new_ca(&tmp.path().join("ca"));
+        let (z, w): (Zone, Workload) = ("a".parse().expect("zone"), "b".parse().expect("workload"));
+        let day = Ttl::from_secs(86400);
+        for (ttl, uses) in
+            [(Ttl::from_secs(u64::MAX / 2), 1), (Ttl::from_secs(31 * 86400), 1), (day, 0), (day, 1001)]
+        {
+            assert!(matches!(ca.dir().create_token(&z, &w, ttl, uses), Err(CaError::Refused(_))));
+        }
+        ca.dir().create_token(&z, &w, MAX_TOKEN_TTL, MAX_TOKEN_USES).expect("the bounds themselves");
+        assert_eq!(ca.dir().store().expect("store").tokens().expect("tokens").len(), 1);
     }
 }

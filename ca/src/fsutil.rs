@@ -19,6 +19,30 @@ pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, CaError> {
     Ok(buf)
 }
 
+/// The warning for a secret file (a key, a passphrase or token file) that group or others can
+/// read: one line naming what it is (`what`, e.g. "key file"), the file, its mode and the fix;
+/// None when it is private (or cannot be examined, in which case reading it reports the error).
+/// Pure, so any binary can print it its own way.
+pub fn exposed_mode_warning(path: &Path, what: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o044 != 0).then(|| {
+        format!(
+            "warning: {what} {} is readable by group or others (mode {mode:04o}); run chmod 600 {}",
+            path.display(),
+            path.display()
+        )
+    })
+}
+
+/// Prints [`exposed_mode_warning`] on stderr as `mesh-ca: warning: ...`, if there is one. A
+/// failing stderr is ignored: a warning must never stop the CA.
+pub fn warn_if_exposed(path: &Path, what: &str) {
+    if let Some(w) = exposed_mode_warning(path, what) {
+        let _ = writeln!(std::io::stderr(), "mesh-ca: {w}");
+    }
+}
+
 /// One file of an atomic output set.
 pub struct OutFile<'a> {
     pub name: &'a str,
@@ -144,6 +168,26 @@ mod tests {
         assert!(!dir.join("b").exists());
         let names: Vec<_> = fs::read_dir(dir).expect("ls").map(|e| e.expect("entry").file_name()).collect();
         assert_eq!(names.len(), 2, "only a and c remain: {names:?}");
+    }
+
+    #[test]
+    fn warns_about_group_or_other_readable_secrets_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let p = tmp.path().join("key.pem");
+        fs::write(&p, b"k").expect("write");
+        for (mode, warns) in [(0o600, false), (0o400, false), (0o640, true), (0o604, true), (0o644, true)] {
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).expect("chmod");
+            let w = exposed_mode_warning(&p, "key file");
+            assert_eq!(w.is_some(), warns, "mode {mode:o}: {w:?}");
+            if let Some(w) = w {
+                assert!(
+                    w.contains(&format!("{mode:04o}")) && w.contains("chmod 600") && w.contains("key.pem")
+                );
+                assert_eq!(w.lines().count(), 1);
+            }
+        }
+        assert!(exposed_mode_warning(&tmp.path().join("missing"), "key file").is_none());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `mesh-ca inspect`: what a certificate says (identity, validity, issuer) and whether it
 //! keeps the X.509-SVID profile, for certificates made by us or anyone else.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use rustls_pki_types::CertificateDer;
@@ -127,8 +128,36 @@ fn within_issuer(
     })
 }
 
+/// A certificate-controlled string made safe for a terminal line: control characters (newline
+/// and carriage return included, so no value can forge a line such as `profile: ok`), and the
+/// invisible and bidirectional formatting characters that can make text read differently from
+/// what it is, are shown as `\u{..}` escapes; a backslash is doubled so escapes stay
+/// unambiguous. Everything else is printed as it is.
+pub fn escape(s: &str) -> Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c == '\\'
+            || c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    };
+    if !s.chars().any(unsafe_char) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c == '\\' {
+            out.push_str("\\\\");
+        } else if unsafe_char(c) {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 impl Report {
-    /// The human form: aligned `key: value` lines, then the profile verdict.
+    /// The human form: aligned `key: value` lines, then the profile verdict. Every value is
+    /// passed through [`escape`]: the text is one line per field whatever the certificate says.
     pub fn to_text(&self) -> String {
         let mut s = String::new();
         let none = "-".to_string();
@@ -154,10 +183,10 @@ impl Report {
             ("CA", &self.is_ca.to_string()),
         ];
         for (k, v) in rows {
-            let _ = writeln!(s, "{k:>13}: {v}");
+            let _ = writeln!(s, "{k:>13}: {}", escape(v));
         }
         for (i, c) in self.chain.iter().enumerate() {
-            let _ = writeln!(s, "{:>13}: {c}", format!("chain[{}]", i + 1));
+            let _ = writeln!(s, "{:>13}: {}", format!("chain[{}]", i + 1), escape(c));
         }
         if self.profile.ok {
             let _ = writeln!(s, "{:>13}: ok (X.509-SVID {} profile)", "profile", self.profile.checked_as);
@@ -165,9 +194,23 @@ impl Report {
             let _ =
                 writeln!(s, "{:>13}: VIOLATED (X.509-SVID {} profile)", "profile", self.profile.checked_as);
             for v in &self.profile.violations {
-                let _ = writeln!(s, "{:>13}  - {}: {}", "", v.rule, v.message);
+                let _ = writeln!(s, "{:>13}  - {}: {}", "", v.rule, escape(&v.message));
             }
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_leaves_plain_text_and_neutralises_line_forgery() {
+        assert!(matches!(escape("spiffe://example.org/ns/a/sa/b"), Cow::Borrowed(_)));
+        let e = escape("CN=x\nprofile: ok\r\t\u{1b}[31m\u{7f}\u{85}\u{202e}\u{200b}a\\b");
+        assert!(!e.chars().any(|c| c.is_control() || c == '\u{202e}' || c == '\u{200b}'), "{e}");
+        assert_eq!(e, "CN=x\\u{a}profile: ok\\u{d}\\u{9}\\u{1b}[31m\\u{7f}\\u{85}\\u{202e}\\u{200b}a\\\\b");
+        assert_eq!(escape("é ü 漢"), "é ü 漢");
     }
 }

@@ -19,14 +19,19 @@ const PBKDF2_ROUNDS: u32 = 600_000;
 const MAX_PASSPHRASE_LEN: usize = 4096;
 /// Bounds a key file read.
 const MAX_KEY_FILE_LEN: u64 = 64 * 1024;
+/// The shortest passphrase `init` accepts for a new CA (a passphrase guessed offline from a
+/// copied key file is the whole CA). Opening an existing CA takes whatever it was made with.
+pub const MIN_NEW_PASSPHRASE_CHARS: usize = 12;
 
 /// A passphrase that protects CA keys at rest. Debug and Display never show it.
 #[derive(Clone)]
 pub struct Passphrase(Vec<u8>);
 
 impl Passphrase {
-    /// Reads a passphrase file; one trailing newline is not part of the passphrase.
+    /// Reads a passphrase file; one trailing newline is not part of the passphrase. Warns on
+    /// stderr when group or others can read the file.
     pub fn from_file(path: &Path) -> Result<Self, CaError> {
+        crate::fsutil::warn_if_exposed(path, "passphrase file");
         let raw = crate::fsutil::read_bounded(path, MAX_PASSPHRASE_LEN as u64)?;
         Self::from_bytes(raw, &path.display().to_string())
     }
@@ -48,6 +53,19 @@ impl Passphrase {
             )));
         }
         Ok(Self(raw))
+    }
+
+    /// Refuses a passphrase too short to protect a new CA's keys ([`MIN_NEW_PASSPHRASE_CHARS`]
+    /// characters); `source` names where it came from. Never shows the passphrase.
+    pub fn check_new(&self, source: &str) -> Result<(), CaError> {
+        let chars = String::from_utf8_lossy(&self.0).chars().count();
+        if chars < MIN_NEW_PASSPHRASE_CHARS {
+            return Err(CaError::Passphrase(format!(
+                "the passphrase from {source} has {chars} characters; a new CA needs at least \
+                 {MIN_NEW_PASSPHRASE_CHARS} (a few random words make a good one)"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -90,6 +108,7 @@ pub fn to_pem(key: &KeyPair, pass: Option<&Passphrase>) -> Result<String, CaErro
 /// reported as such (PBES2 with CBC padding cannot tell "wrong passphrase" from "corrupt file"
 /// with certainty, so the message names both).
 pub fn read(path: &Path, pass: Option<&Passphrase>) -> Result<KeyPair, CaError> {
+    crate::fsutil::warn_if_exposed(path, "key file");
     let raw = crate::fsutil::read_bounded(path, MAX_KEY_FILE_LEN)?;
     let text = String::from_utf8(raw).map_err(|_| CaError::bad_file(path, "is not a PEM file"))?;
     let (label, der) = pkcs8::der::pem::decode_vec(text.as_bytes())
@@ -139,6 +158,17 @@ mod tests {
         let wrong = Passphrase::from_bytes(b"wrong".to_vec(), "test").expect("pass");
         assert!(matches!(read(&path, Some(&wrong)), Err(CaError::Passphrase(_))));
         assert!(matches!(read(&path, None), Err(CaError::Passphrase(_))));
+    }
+
+    #[test]
+    fn a_new_ca_needs_twelve_characters() {
+        let short = Passphrase::from_bytes("elevenchars".into(), "test").expect("pass");
+        assert!(matches!(short.check_new("test"), Err(CaError::Passphrase(m)) if !m.contains("elevenchars")));
+        let twelve = Passphrase::from_bytes("twelve chars".into(), "test").expect("pass");
+        twelve.check_new("test").expect("twelve is enough");
+        // Characters, not bytes: eleven two-byte characters are still too short.
+        let multi = Passphrase::from_bytes("ééééééééééé".into(), "test").expect("pass");
+        assert!(multi.check_new("test").is_err());
     }
 
     #[test]

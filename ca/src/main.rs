@@ -46,8 +46,9 @@ enum Command {
 
 Writes into DIR (created with mode 0700): root.pem, intermediate.pem, root.key.pem and
 intermediate.key.pem (encrypted PKCS#8, mode 0600), ca.toml (settings) and store.db.
-Keys are encrypted with the passphrase from MESH_CA_PASSPHRASE or --passphrase-file;
-without one, init refuses unless --insecure-no-passphrase is given.")]
+Keys are encrypted with the passphrase (at least 12 characters) from MESH_CA_PASSPHRASE or
+--passphrase-file; without one, init refuses unless --insecure-no-passphrase is given.
+--root-ttl and --intermediate-ttl are at most 438000h (50 years).")]
     Init(InitArgs),
     /// Issue a workload certificate (X.509-SVID) and its private key into a directory.
     #[command(after_help = "Example:
@@ -117,10 +118,10 @@ struct InitArgs {
     #[arg(long)]
     insecure_no_passphrase: bool,
     /// Lifetime of the root CA certificate.
-    #[arg(long, default_value = "87600h", value_name = "TTL")]
+    #[arg(long, default_value = "87600h", value_name = "TTL", value_parser = ca_ttl)]
     root_ttl: Ttl,
     /// Lifetime of the intermediate (issuing) CA certificate.
-    #[arg(long, default_value = "8760h", value_name = "TTL")]
+    #[arg(long, default_value = "8760h", value_name = "TTL", value_parser = ca_ttl)]
     intermediate_ttl: Ttl,
     /// Shortest leaf TTL this CA issues (not below 1m).
     #[arg(long, default_value = "1m", value_name = "TTL")]
@@ -223,11 +224,11 @@ struct TokenCreateArgs {
     zone: Zone,
     #[arg(long, value_name = "NAME", allow_hyphen_values = true)]
     workload: Workload,
-    /// How long the token can be used.
-    #[arg(long, default_value = "15m", value_name = "TTL", allow_hyphen_values = true)]
+    /// How long the token can be used (at most 720h, 30 days).
+    #[arg(long, default_value = "15m", value_name = "TTL", allow_hyphen_values = true, value_parser = token_ttl)]
     ttl: Ttl,
-    /// How many enrollments the token allows.
-    #[arg(long, default_value_t = 1)]
+    /// How many enrollments the token allows (1 to 1000).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=mesh_ca::token::MAX_TOKEN_USES as i64))]
     uses: u32,
 }
 
@@ -296,7 +297,16 @@ fn main() -> ExitCode {
 }
 
 /// The passphrase from --passphrase-file, else from the environment, else none.
+///
+/// The variable is removed from the environment as it is read (whichever source wins), so a
+/// long-running `serve` does not keep it there, nor hand it to anything it starts. Every caller
+/// runs before any thread is started (`serve` builds its runtime afterwards), which is what
+/// makes changing the environment sound. The kernel's copy of the initial environment
+/// (`/proc/PID/environ`, readable by the same user and root) cannot be cleared this way:
+/// `--passphrase-file` avoids it.
 fn passphrase(args: &PassArgs) -> Result<Option<Passphrase>, CaError> {
+    let from_env = std::env::var_os(PASSPHRASE_ENV);
+    std::env::remove_var(PASSPHRASE_ENV);
     if let Some(path) = &args.passphrase_file {
         return Passphrase::from_file(path).map(Some).map_err(|e| match e {
             CaError::Io { path, source } => {
@@ -305,14 +315,42 @@ fn passphrase(args: &PassArgs) -> Result<Option<Passphrase>, CaError> {
             other => other,
         });
     }
-    match std::env::var_os(PASSPHRASE_ENV) {
+    match from_env {
         Some(v) => Passphrase::from_bytes(v.into_encoded_bytes(), PASSPHRASE_ENV).map(Some),
         None => Ok(None),
     }
 }
 
+/// Where the passphrase came from, for messages (never the passphrase itself).
+fn passphrase_source(args: &PassArgs) -> String {
+    match &args.passphrase_file {
+        Some(p) => format!("--passphrase-file {}", p.display()),
+        None => PASSPHRASE_ENV.to_owned(),
+    }
+}
+
+/// A TTL flag no longer than `max`: refused while parsing (exit 2), before any arithmetic.
+fn ttl_at_most(s: &str, max: Ttl, what: &str) -> Result<Ttl, String> {
+    let ttl: Ttl = s.parse().map_err(|e| format!("{e}"))?;
+    if ttl > max {
+        return Err(format!("longer than {what} may be ({max})"));
+    }
+    Ok(ttl)
+}
+
+fn ca_ttl(s: &str) -> Result<Ttl, String> {
+    ttl_at_most(s, mesh_ca::settings::CA_TTL_CEILING, "a CA certificate's lifetime")
+}
+
+fn token_ttl(s: &str) -> Result<Ttl, String> {
+    ttl_at_most(s, mesh_ca::token::MAX_TOKEN_TTL, "a join token's lifetime")
+}
+
 fn init(a: InitArgs) -> Result<ExitCode, CaError> {
     let pass = passphrase(&a.pass)?;
+    if let Some(p) = &pass {
+        p.check_new(&passphrase_source(&a.pass))?;
+    }
     if pass.is_none() && !a.insecure_no_passphrase {
         return Err(CaError::Passphrase(format!(
             "no passphrase for the CA keys: set {PASSPHRASE_ENV} or --passphrase-file \
@@ -540,4 +578,37 @@ fn revoke(a: RevokeArgs) -> Result<ExitCode, CaError> {
 /// Writes to stdout, ignoring a closed pipe (`mesh-ca list | head`).
 fn print_out(s: &str) {
     let _ = std::io::stdout().write_all(s.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_passphrase_leaves_the_environment_as_it_is_read() {
+        // The only test in this binary that touches the environment.
+        std::env::set_var(PASSPHRASE_ENV, "a passphrase from the environment");
+        let pass = passphrase(&PassArgs { passphrase_file: None }).expect("read");
+        assert!(pass.is_some());
+        assert!(std::env::var_os(PASSPHRASE_ENV).is_none(), "{PASSPHRASE_ENV} is still set");
+
+        // Also when a passphrase file wins: the variable does not linger unused.
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let file = tmp.path().join("pass");
+        std::fs::write(&file, "a passphrase from a file\n").expect("write");
+        std::env::set_var(PASSPHRASE_ENV, "another one");
+        let pass = passphrase(&PassArgs { passphrase_file: Some(file) }).expect("read");
+        assert!(pass.is_some());
+        assert!(std::env::var_os(PASSPHRASE_ENV).is_none(), "{PASSPHRASE_ENV} is still set");
+    }
+
+    #[test]
+    fn token_and_ca_ttl_flags_are_bounded_while_parsing() {
+        assert!(token_ttl("720h").is_ok());
+        assert!(token_ttl("721h").is_err());
+        assert!(token_ttl("100000000000h").is_err());
+        assert!(ca_ttl("438000h").is_ok());
+        assert!(ca_ttl("100000000h").is_err());
+        assert!(ca_ttl("abc").is_err());
+    }
 }

@@ -11,6 +11,10 @@ use crate::error::CaError;
 /// an operator configures (DESIGN.md, Identity).
 pub const LEAF_TTL_FLOOR: Ttl = Ttl::from_secs(60);
 pub const LEAF_TTL_CEILING: Ttl = Ttl::from_secs(24 * 3600);
+/// The longest root or intermediate lifetime `init` accepts: 50 years (`438000h`). Far more
+/// than a CA should live (the defaults are 10 years and 1 year), and far from where the
+/// arithmetic on certificate times could overflow (X.509 times end in the year 9999).
+pub const CA_TTL_CEILING: Ttl = Ttl::from_secs(50 * 365 * 24 * 3600);
 
 /// What the CA enforces on every certificate it issues.
 #[derive(Debug, Clone)]

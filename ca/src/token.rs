@@ -13,6 +13,11 @@ use crate::error::CaError;
 const PREFIX: &str = "ztm1_";
 /// A token is short; anything longer is not one.
 pub const MAX_TOKEN_LEN: usize = 128;
+/// The longest a join token may stay usable: 30 days (`720h`). A token is a bearer secret
+/// that waits in a file for a workload to start; one that never expires is a standing key.
+pub const MAX_TOKEN_TTL: mesh_config::Ttl = mesh_config::Ttl::from_secs(30 * 24 * 3600);
+/// The most enrollments one token may allow: enough for a fleet of replicas, not unbounded.
+pub const MAX_TOKEN_USES: u32 = 1000;
 
 /// A join token's secret value. `Debug` never shows it.
 #[derive(Clone)]

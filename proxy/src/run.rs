@@ -53,6 +53,26 @@ pub enum IdentityPlan {
     Enroll { ca_address: String, ca_bundle: PathBuf, token_file: PathBuf },
 }
 
+impl IdentityPlan {
+    /// The secret files this identity reads (the private key, or the join token), each
+    /// with what to call it in a warning.
+    pub fn secret_files(&self) -> Vec<(&std::path::Path, &'static str)> {
+        match self {
+            Self::Files(f) => vec![(f.key.as_path(), "key file")],
+            Self::Enroll { token_file, .. } => vec![(token_file.as_path(), "token file")],
+        }
+    }
+
+    /// One warning per secret file that group or others can read (see
+    /// `mesh_ca::fsutil::exposed_mode_warning`).
+    pub fn exposed_secrets(&self) -> Vec<String> {
+        self.secret_files()
+            .into_iter()
+            .filter_map(|(path, what)| mesh_ca::fsutil::exposed_mode_warning(path, what))
+            .collect()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("no usable certificate, refusing to start: {0}")]
@@ -82,6 +102,10 @@ pub async fn run(plan: Plan) -> Result<(), RunError> {
     });
     let prometheus = crate::metrics::install();
     let (events, writer) = Events::start(plan.sinks.clone(), plan.event_queue);
+    // A key or token others can read is a credential others may already have: say so.
+    for warning in plan.identity.exposed_secrets() {
+        events.emit(Event::new("config.secret_exposed", Severity::Warning).reason("file_mode", warning));
+    }
     let shape = TlsShape {
         inbound: plan.inbound.is_some(),
         servers: plan.outbound.iter().map(|o| o.2.clone()).collect(),

@@ -14,6 +14,8 @@ use serde_json::Value;
 mod bundle;
 #[path = "ca_cli/errors.rs"]
 mod errors;
+#[path = "ca_cli/hardening.rs"]
+mod hardening;
 #[path = "ca_cli/init.rs"]
 mod init;
 #[path = "ca_cli/inspect.rs"]

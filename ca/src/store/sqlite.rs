@@ -2,7 +2,9 @@
 //! record is on disk before the answer that depends on it is given, and readers (`list`) never
 //! block the issuer. Migrations are numbered and tracked with `PRAGMA user_version`.
 
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -55,16 +57,38 @@ const MIGRATIONS: &[&str] = &[
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// Enrollments with a token that matches no row, not yet in the audit table. A guess must
+    /// not cost a write and a sync to disk (a flood of them would be a cheap way to load the
+    /// CA's disk), so they are counted here and written as one summary row inside the next
+    /// transaction the CA commits anyway. Each attempt is also an event line on stdout.
+    unknown_tokens: AtomicU64,
+    /// When the first of the uncounted unknown tokens arrived (Unix seconds; 0 when none).
+    unknown_since: AtomicI64,
 }
+
+/// Store files hold every issued certificate, token hash and the audit trail: owner only.
+const STORE_FILE_MODE: u32 = 0o600;
 
 impl SqliteStore {
     /// Opens (creating if asked) the store at `path` and brings its schema up to date.
+    /// The database and its `-wal` and `-shm` files are mode 0600 whatever the umask: a new
+    /// database is created 0600 before SQLite opens it (SQLite gives the files it adds later
+    /// the database's mode), and wider modes left by older versions are narrowed on every open.
     pub fn open(path: &Path, create: bool) -> Result<Self, StoreError> {
         let flags = if create {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
         } else {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
         };
+        if create && !path.exists() {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(STORE_FILE_MODE)
+                .open(path)
+                .map_err(|e| StoreError::Corrupt(format!("creating {}: {e}", path.display())))?;
+        }
+        private_modes(path);
         let conn = Connection::open_with_flags(path, flags)?;
         // Another mesh-ca process (serve, revoke) may hold the write lock for a moment.
         conn.busy_timeout(Duration::from_secs(10))?;
@@ -72,13 +96,90 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&conn)?;
-        Ok(Self { conn: Mutex::new(conn) })
+        private_modes(path);
+        Ok(Self {
+            conn: Mutex::new(conn),
+            unknown_tokens: AtomicU64::new(0),
+            unknown_since: AtomicI64::new(0),
+        })
+    }
+
+    /// Counts `n` unknown tokens for the next summary row (see `unknown_tokens`).
+    fn count_unknown(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let _ = self.unknown_since.compare_exchange(0, now(), Ordering::Relaxed, Ordering::Relaxed);
+        self.unknown_tokens.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Writes the summary of unknown tokens counted so far inside `tx`, a transaction about
+    /// to commit; returns how many it covers, to forget once the commit succeeded.
+    fn summarise_unknown(&self, tx: &Connection, actor: &str) -> Result<u64, StoreError> {
+        let n = self.unknown_tokens.load(Ordering::Relaxed);
+        if n > 0 {
+            let since = self.unknown_since.load(Ordering::Relaxed);
+            tx.execute(
+                "INSERT INTO audit (at, op, actor, detail) VALUES (?1, 'token.rejected', ?2, ?3)",
+                params![now(), actor, format!("unknown count={n} since={since}")],
+            )?;
+        }
+        Ok(n)
+    }
+
+    /// The summary of `n` unknown tokens is durable: stop counting them.
+    fn summarised(&self, n: u64) {
+        if n > 0 {
+            self.unknown_tokens.fetch_sub(n, Ordering::Relaxed);
+            if self.unknown_tokens.load(Ordering::Relaxed) == 0 {
+                self.unknown_since.store(0, Ordering::Relaxed);
+            }
+        }
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A poisoned lock means a panic mid-call; SQLite's transaction was rolled back, so
         // the connection itself is still consistent.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for SqliteStore {
+    /// A summary of unknown tokens still counted is written on the way out (best effort: a
+    /// store that cannot write any more has no audit trail to add it to).
+    fn drop(&mut self) {
+        if self.unknown_tokens.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let conn = self.conn.get_mut().unwrap_or_else(|p| p.into_inner());
+        let Ok(tx) = conn.unchecked_transaction() else { return };
+        let n = self.unknown_tokens.load(Ordering::Relaxed);
+        let since = self.unknown_since.load(Ordering::Relaxed);
+        let _ = tx
+            .execute(
+                "INSERT INTO audit (at, op, actor, detail) VALUES (?1, 'token.rejected', 'enroll', ?2)",
+                params![now(), format!("unknown count={n} since={since}")],
+            )
+            .and_then(|_| tx.commit());
+    }
+}
+
+/// Narrows the database and its `-wal`/`-shm` files to owner-only where they are wider. Best
+/// effort: a file this user cannot chmod is one it does not own, and opening it says why.
+fn private_modes(db: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut names = vec![db.to_path_buf()];
+    for suffix in ["-wal", "-shm"] {
+        let mut s = db.as_os_str().to_owned();
+        s.push(suffix);
+        names.push(s.into());
+    }
+    for p in names {
+        if let Ok(m) = std::fs::metadata(&p) {
+            if m.permissions().mode() & 0o077 != 0 {
+                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(STORE_FILE_MODE));
+            }
+        }
     }
 }
 
@@ -196,8 +297,11 @@ fn redeem_in(
         )?;
         Ok(Err(why))
     };
-    if let Some(why) = rejection {
-        return reject(why, why.as_str().to_owned());
+    match rejection {
+        // Counted by the caller for a summary row: an unknown token writes nothing.
+        Some(TokenRejection::Unknown) => return Ok(Err(TokenRejection::Unknown)),
+        Some(why) => return reject(why, why.as_str().to_owned()),
+        None => {}
     }
     let Some((zone, workload, _, _)) = row else { return Ok(Err(TokenRejection::Unknown)) };
     let Some(rec) = issue(&zone, &workload) else {
@@ -220,7 +324,9 @@ impl Store for SqliteStore {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         insert_cert(&tx, rec, actor, "cert.issued")?;
+        let summarised = self.summarise_unknown(&tx, "enroll")?;
         tx.commit()?;
+        self.summarised(summarised);
         Ok(())
     }
 
@@ -285,19 +391,43 @@ impl Store for SqliteStore {
         batch: &mut [Redemption<'_>],
     ) -> Result<Vec<RedeemOutcome>, StoreError> {
         let mut conn = self.conn();
-        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut out = Vec::with_capacity(batch.len());
-        for r in batch.iter_mut() {
-            // A savepoint per redemption: a failure undoes only its own writes.
-            let sp = tx.savepoint()?;
-            let res = redeem_in(&sp, &r.hash, now_s, &r.actor, &mut *r.issue);
-            if res.is_ok() {
-                sp.commit()?;
+        // Tokens that match no row are answered from a read, before any write transaction:
+        // a guessed or stale token costs no write and no sync to disk (see `unknown_tokens`).
+        let mut out: Vec<Option<RedeemOutcome>> = Vec::with_capacity(batch.len());
+        {
+            let mut known = conn.prepare_cached("SELECT 1 FROM tokens WHERE hash = ?1")?;
+            for r in batch.iter() {
+                out.push(if known.exists([&r.hash])? {
+                    None
+                } else {
+                    Some(Ok(Err(TokenRejection::Unknown)))
+                });
             }
-            out.push(res);
         }
-        tx.commit()?;
-        Ok(out)
+        let unknown = out.iter().filter(|o| o.is_some()).count();
+        self.count_unknown(unknown as u64);
+        if unknown < batch.len() {
+            let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for (r, slot) in batch.iter_mut().zip(out.iter_mut()) {
+                if slot.is_some() {
+                    continue;
+                }
+                // A savepoint per redemption: a failure undoes only its own writes.
+                let sp = tx.savepoint()?;
+                let res = redeem_in(&sp, &r.hash, now_s, &r.actor, &mut *r.issue);
+                if res.is_ok() {
+                    sp.commit()?;
+                }
+                if matches!(res, Ok(Err(TokenRejection::Unknown))) {
+                    self.count_unknown(1);
+                }
+                *slot = Some(res);
+            }
+            let summarised = self.summarise_unknown(&tx, "enroll")?;
+            tx.commit()?;
+            self.summarised(summarised);
+        }
+        Ok(out.into_iter().map(|o| o.unwrap_or(Ok(Err(TokenRejection::Unknown)))).collect())
     }
 
     fn revoke(
@@ -408,5 +538,88 @@ mod tests {
         conn.pragma_update(None, "user_version", 99).expect("pragma");
         drop(conn);
         assert!(matches!(SqliteStore::open(&path, false), Err(StoreError::TooNew { found: 99, .. })));
+    }
+
+    fn audit_rows(store: &SqliteStore) -> Vec<(String, String)> {
+        let conn = store.conn();
+        let mut stmt = conn.prepare("SELECT op, detail FROM audit ORDER BY seq").expect("prepare");
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).expect("query");
+        rows.collect::<Result<_, _>>().expect("rows")
+    }
+
+    fn redemption(hash: &str, serial: &str) -> Redemption<'static> {
+        let serial = serial.to_owned();
+        Redemption {
+            hash: hash.into(),
+            actor: "test".into(),
+            issue: Box::new(move |_, _| Some(rec(&serial))),
+        }
+    }
+
+    #[test]
+    fn unknown_tokens_write_nothing_and_are_summarised_with_the_next_commit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("s.db");
+        let store = SqliteStore::open(&db, true).expect("open");
+        let token = NewToken {
+            hash: "aa".repeat(32),
+            zone: "a".into(),
+            workload: "b".into(),
+            expires_at: i64::MAX,
+            uses: 1,
+        };
+        store.create_token(&token, "test").expect("token");
+        let wal = std::fs::read(dir.path().join("s.db-wal")).expect("wal");
+        let audit = audit_rows(&store);
+
+        let mut batch: Vec<_> = (0..5).map(|i| redemption(&format!("{i:064x}"), "01")).collect();
+        let out = store.redeem_tokens(now(), &mut batch).expect("redeem");
+        assert!(out.iter().all(|o| matches!(o, Ok(Err(TokenRejection::Unknown)))), "{out:?}");
+        assert_eq!(
+            std::fs::read(dir.path().join("s.db-wal")).expect("wal"),
+            wal,
+            "unknown tokens wrote to the WAL"
+        );
+        assert_eq!(std::fs::read(&db).expect("db").len(), std::fs::metadata(&db).expect("db").len() as usize);
+        assert_eq!(audit_rows(&store), audit, "unknown tokens wrote audit rows");
+
+        // A real redemption, in a batch with one more unknown token: durable as before, and the
+        // six unknown ones are summarised in the same commit.
+        let mut batch = vec![redemption(&token.hash, "02"), redemption(&"bb".repeat(32), "03")];
+        let out = store.redeem_tokens(now(), &mut batch).expect("redeem");
+        assert!(matches!(out[0], Ok(Ok(_))) && matches!(out[1], Ok(Err(TokenRejection::Unknown))), "{out:?}");
+        let after = audit_rows(&store);
+        assert!(after.iter().any(|(op, _)| op == "token.used"), "{after:?}");
+        let summaries: Vec<_> = after
+            .iter()
+            .filter(|(op, d)| op == "token.rejected" && d.starts_with("unknown count="))
+            .collect();
+        assert_eq!(summaries.len(), 1, "{after:?}");
+        assert!(summaries[0].1.starts_with("unknown count=6 "), "{after:?}");
+        // Spent, expired and used-up tokens are real tokens: their rejections stay durable.
+        let mut batch = vec![redemption(&token.hash, "04")];
+        let out = store.redeem_tokens(now(), &mut batch).expect("redeem");
+        assert!(matches!(out[0], Ok(Err(TokenRejection::UsedUp))), "{out:?}");
+        assert!(audit_rows(&store).iter().any(|(op, d)| op == "token.rejected" && d == "used_up"));
+    }
+
+    #[test]
+    fn store_files_are_owner_only_whatever_they_were() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("s.db");
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        let store = SqliteStore::open(&db, true).expect("open");
+        store.record_issued(&rec("0a"), "test").expect("record");
+        for f in ["s.db", "s.db-wal", "s.db-shm"] {
+            assert_eq!(mode(&dir.path().join(f)), 0o600, "{f}");
+        }
+        drop(store);
+        // A store an older mesh-ca left world-readable is narrowed when opened.
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let _store = SqliteStore::open(&db, false).expect("reopen");
+        for f in ["s.db", "s.db-wal", "s.db-shm"] {
+            assert_eq!(mode(&dir.path().join(f)), 0o600, "{f}");
+        }
     }
 }
