@@ -120,6 +120,9 @@ fn check(config: PathBuf) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fail(1, e),
     };
+    for warning in plan.identity.exposed_secrets() {
+        out!("{warning}");
+    }
     let own = match &plan.identity {
         IdentityPlan::Files(f) => {
             let cred = match Credential::load(&f.cert, &f.key, &f.bundle) {

@@ -317,3 +317,32 @@ fn a_revoked_ca_server_certificate_is_refused_by_sidecars() {
         sc.transcript()
     );
 }
+
+/// A key file that group or others can read draws a warning: a `config.secret_exposed`
+/// event from `run`, a line from `check` (which still passes: the file works).
+#[test]
+fn a_readable_key_file_draws_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let mesh = Mesh::new();
+    let api = mesh.identity("orders", "api");
+    std::fs::set_permissions(api.key(), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let policy = mesh.write_file("policy.toml", ALLOW_FRONTEND_TO_ORDERS);
+    let app = App::start();
+    let spec = SidecarSpec::new("server", &api, &policy).inbound(app.addr);
+    let config = mesh.write_config(&spec);
+    let checked = mesh_proxy(&["check", "--config", &config.display().to_string()]);
+    checked.assert_ok();
+    assert!(
+        checked.stdout.contains("readable by group or others") && checked.stdout.contains("chmod 600"),
+        "{checked}"
+    );
+    let server = Sidecar::start("server", &config);
+    let e = server.wait_for("config.secret_exposed", |e| e["event"] == "config.secret_exposed");
+    assert!(field(&e, "reason_detail").contains("id-orders-api/key.pem"), "{e}");
+    assert_eq!(field(&e, "severity"), "warning", "{e}");
+
+    // The control: a 0600 key draws nothing.
+    std::fs::set_permissions(api.key(), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let checked = mesh_proxy(&["check", "--config", &config.display().to_string()]);
+    assert!(!checked.stdout.contains("readable by group"), "{checked}");
+}
