@@ -531,21 +531,34 @@ impl CaDir {
     }
 
     /// Revokes a certificate by serial, or every certificate of an identity. Returns the
-    /// revocation log position. A serial the CA never issued is refused.
+    /// revocation log position. A serial the CA never issued is refused, and so is a CA
+    /// certificate: sidecars check the revocation list against leaves only, so an entry for
+    /// the root or intermediate would be reported as done and change nothing. Those are
+    /// taken out of service by rotation (README, "Rotating the intermediate or root").
     pub fn revoke(&self, target: &RevokeTarget, reason: &str) -> Result<i64, CaError> {
         let store = self.store()?;
         match target {
-            RevokeTarget::Serial(serial) => {
-                if store.certificate(serial)?.is_none() {
-                    return Err(CaError::Refused(format!(
-                        "--serial {serial}: this CA issued no such certificate"
-                    )));
-                }
-                Ok(store.revoke(Some(serial), None, reason, "cli")?)
-            }
+            RevokeTarget::Serial(serial) => match store.certificate(serial)? {
+                None => Err(CaError::Refused(format!(
+                    "--serial {serial}: this CA issued no such certificate; nothing was revoked"
+                ))),
+                Some(c) if c.kind != CertKind::Leaf => Err(CaError::Refused(ca_cert_refusal(serial, c.kind))),
+                Some(_) => Ok(store.revoke(Some(serial), None, reason, "cli")?),
+            },
             RevokeTarget::Identity(id) => Ok(store.revoke(None, Some(&id.to_string()), reason, "cli")?),
         }
     }
+}
+
+/// Why `revoke` will not take a CA certificate: what it is, that nothing happened, and what
+/// to do instead.
+fn ca_cert_refusal(serial: &str, kind: CertKind) -> String {
+    let what = if kind == CertKind::Root { "the root" } else { "the intermediate" };
+    format!(
+        "--serial {serial} is {what} CA certificate, which the revocation list cannot take out of \
+         service; nothing was revoked. Rotate it instead: see \"Rotating the intermediate or root\" \
+         in the README"
+    )
 }
 
 /// One enrollment of a batch: a token and the key from an already checked CSR.
@@ -806,6 +819,20 @@ mod tests {
             InitOptions { settings, root_ttl: Ttl::from_secs(86400), intermediate_ttl: Ttl::from_secs(3600) };
         assert!(matches!(Authority::init(&dir, &opts, None), Err(CaError::CaDir(_))));
         assert_eq!(fs::read(dir.join(ROOT_CERT)).expect("root"), before);
+    }
+
+    #[test]
+    fn revoke_refuses_ca_certificates_and_logs_nothing() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let ca = new_ca(&tmp.path().join("ca"));
+        let store = ca.dir().store().expect("store");
+        for rec in store.certificates().expect("list") {
+            assert_ne!(rec.kind, CertKind::Leaf);
+            let e = ca.dir().revoke(&RevokeTarget::Serial(rec.serial.clone()), "test").expect_err("refused");
+            assert!(matches!(&e, CaError::Refused(m) if m.contains("Rotat")), "{e}");
+        }
+        assert!(store.revocations_since(0).expect("log").is_empty());
+        assert!(store.certificates().expect("list").iter().all(|c| c.status == CertStatus::Active));
     }
 
     #[test]

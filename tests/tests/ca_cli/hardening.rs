@@ -1,5 +1,6 @@
 //! Issue 11, the CA side: holes an attacker (or a careless default) finds, each closed and
-//! proven on the real binary. The CA directory and store are private whatever the umask, exposed secrets draw a warning, lifetimes and uses are
+//! proven on the real binary. A revocation that cannot work is refused, the CA directory and
+//! store are private whatever the umask, exposed secrets draw a warning, lifetimes and uses are
 //! bounded while parsing, `inspect` cannot be made to print a forged line, a new CA needs a
 //! real passphrase, the root key can live offline, and a guessed join token costs the CA no
 //! write to disk.
@@ -21,6 +22,54 @@ fn chmod(path: &Path, mode: u32) {
 /// `mesh-ca ARGS...` started by a shell with umask 000, the widest a caller can leave.
 fn mesh_ca_umask0() -> Cmd {
     Cmd::new("sh").args(["-c", "umask 000 && exec \"$0\" \"$@\""]).arg(binary("mesh-ca"))
+}
+
+fn serial_of(ca: &TestCa, kind: &str) -> String {
+    store_certs(ca)
+        .into_iter()
+        .find(|c| c["kind"] == kind)
+        .and_then(|c| c["serial"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| panic!("no {kind} certificate in the store"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Defect 4: revoking a CA certificate
+
+#[test]
+fn revoke_of_a_ca_certificate_is_refused_and_changes_nothing() {
+    let ca = TestCa::init_unencrypted();
+    let before = ca.cmd("list").arg("--json").run();
+    before.assert_ok();
+    for kind in ["root", "intermediate"] {
+        let serial = serial_of(&ca, kind);
+        // As `list` prints it, and as another tool would (upper case, colons).
+        let colons = serial
+            .to_uppercase()
+            .as_bytes()
+            .chunks(2)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect::<Vec<_>>()
+            .join(":");
+        for typed in [serial.clone(), colons] {
+            let o = revoke(&ca, &["--serial", &typed, "--reason", "compromised"]);
+            assert_eq!(o.code(), Some(1), "revoking the {kind} must be refused by the CA's rules:\n{o}");
+            o.assert_error_naming(&["rotat"]);
+            assert!(o.one_line_error(), "{o}");
+            assert!(o.stderr.contains("nothing was revoked"), "the refusal must say nothing happened:\n{o}");
+            assert!(!o.stdout.contains("revoked"), "an operator was told a revocation happened:\n{o}");
+        }
+    }
+    let after = ca.cmd("list").arg("--json").run();
+    assert_eq!(before.stdout, after.stdout, "a refused revocation changed the store");
+    assert_eq!(json(&after)["revocations"].as_array().map(Vec::len), Some(0));
+
+    // The procedure the refusal points to exists.
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).expect("README.md");
+    assert!(readme.contains("Rotating the intermediate or root"), "README lacks the rotation procedure");
+
+    // A leaf still revokes by serial.
+    let (_, serial) = ca.issue_ok(ZONE, WORKLOAD, "out", &[]);
+    revoke(&ca, &["--serial", &serial]).assert_ok();
 }
 
 // ---------------------------------------------------------------------------------------------
