@@ -41,6 +41,10 @@ impl TestCa {
         let pass_file = with_pass.then(|| {
             let p = tmp.path().join("passphrase");
             std::fs::write(&p, format!("{PASSPHRASE}\n")).expect("writing the passphrase file");
+            // A secret file: private, as an operator's would be (mesh-ca warns otherwise).
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                .expect("making the passphrase file private");
             p
         });
         Self { tmp, dir, pass_file, trust_domain: TRUST_DOMAIN.to_owned() }
