@@ -548,6 +548,45 @@ impl CaDir {
             RevokeTarget::Identity(id) => Ok(store.revoke(None, Some(&id.to_string()), reason, "cli")?),
         }
     }
+
+    /// Revokes every target in one transaction: all of them, or (on any refusal) none.
+    /// Serials are checked as [`CaDir::revoke`] checks them, and must name leaves: a CA
+    /// certificate is taken out of service by rotation, not by the revocation list. Returns
+    /// the first and last new log positions.
+    pub fn revoke_many(&self, targets: &[RevokeTarget], reason: &str) -> Result<(i64, i64), CaError> {
+        if targets.is_empty() {
+            return Err(CaError::Refused("nothing to revoke".into()));
+        }
+        let store = self.store()?;
+        let ids: Vec<Option<String>> = targets
+            .iter()
+            .map(|t| match t {
+                RevokeTarget::Identity(id) => Some(id.to_string()),
+                RevokeTarget::Serial(_) => None,
+            })
+            .collect();
+        let mut rows = Vec::with_capacity(targets.len());
+        for (t, id) in targets.iter().zip(&ids) {
+            match t {
+                RevokeTarget::Serial(serial) => match store.certificate(serial)? {
+                    None => {
+                        return Err(CaError::Refused(format!(
+                            "serial {serial}: this CA issued no such certificate; nothing was revoked"
+                        )))
+                    }
+                    Some(c) if c.kind != crate::store::CertKind::Leaf => {
+                        return Err(CaError::Refused(format!(
+                            "serial {serial} is a CA certificate: rotate it instead (see the README); \
+                             nothing was revoked"
+                        )))
+                    }
+                    Some(_) => rows.push((Some(serial.as_str()), None)),
+                },
+                RevokeTarget::Identity(_) => rows.push((None, id.as_deref())),
+            }
+        }
+        Ok(store.revoke_batch(&rows, reason, "cli")?)
+    }
 }
 
 /// Why `revoke` will not take a CA certificate: what it is, that nothing happened, and what

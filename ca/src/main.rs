@@ -86,6 +86,11 @@ spiffe://<trust-domain>/ns/mesh-system/sa/ca. SIGTERM or Ctrl-C stops it.")]
     #[command(after_help = "Examples:
   mesh-ca revoke --dir ./ca --serial 3f2a...        # one certificate
   mesh-ca revoke --dir ./ca --zone payments --workload charge --reason compromised
+  mesh-ca revoke --dir ./ca --from-file incident-42.txt --reason compromised
+
+--from-file takes one target a line: ZONE/WORKLOAD (every certificate of that identity) or a
+serial; blank lines and # comments are skipped. All are revoked in one transaction, or none
+(a bad line is named and nothing is revoked).
 
 A revoked identity cannot renew or enroll again. Works while `mesh-ca serve` runs on the same
 directory: sidecars that follow the CA refuse the revoked peer within seconds.")]
@@ -233,7 +238,7 @@ struct TokenCreateArgs {
 }
 
 #[derive(Args)]
-#[command(group = clap::ArgGroup::new("target").required(true).args(["serial", "zone"]))]
+#[command(group = clap::ArgGroup::new("target").required(true).args(["serial", "zone", "from_file"]))]
 struct RevokeArgs {
     #[arg(long, value_name = "DIR")]
     dir: PathBuf,
@@ -246,6 +251,9 @@ struct RevokeArgs {
     zone: Option<Zone>,
     #[arg(long, value_name = "NAME", requires = "zone", allow_hyphen_values = true)]
     workload: Option<Workload>,
+    /// Revoke every target listed in FILE (`ZONE/WORKLOAD` or a serial, one a line) at once.
+    #[arg(long, value_name = "FILE")]
+    from_file: Option<PathBuf>,
     /// Why, for the audit trail and the revocation list.
     #[arg(long, default_value = "unspecified")]
     reason: String,
@@ -559,6 +567,17 @@ fn token_create(a: TokenCreateArgs) -> Result<ExitCode, CaError> {
 
 fn revoke(a: RevokeArgs) -> Result<ExitCode, CaError> {
     let dir = CaDir::open(&a.dir)?;
+    if let Some(file) = &a.from_file {
+        let targets = revoke_targets(file, &dir.settings.trust_domain)?;
+        let (first, last) = dir.revoke_many(&targets, &a.reason)?;
+        print_out(&format!(
+            "revoked {} target(s) from {} (revocations #{first} to #{last}, reason: {})\n",
+            targets.len(),
+            file.display(),
+            a.reason
+        ));
+        return Ok(ExitCode::SUCCESS);
+    }
     let target = match (a.serial, a.zone, a.workload) {
         (Some(serial), _, _) => RevokeTarget::serial(&serial)?,
         (None, Some(zone), Some(workload)) => {
@@ -573,6 +592,35 @@ fn revoke(a: RevokeArgs) -> Result<ExitCode, CaError> {
     };
     println!("revoked {what} (revocation #{seq}, reason: {})", a.reason);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The targets of `revoke --from-file`: `ZONE/WORKLOAD` or a serial a line, `#` comments.
+/// Bounded (64 MiB); the first bad line is named with its number.
+fn revoke_targets(file: &std::path::Path, td: &TrustDomain) -> Result<Vec<RevokeTarget>, CaError> {
+    let raw = mesh_ca::fsutil::read_bounded(file, 64 * 1024 * 1024)
+        .map_err(|e| CaError::Refused(format!("--from-file {}: {e}", file.display())))?;
+    let text = String::from_utf8(raw)
+        .map_err(|_| CaError::Refused(format!("--from-file {}: not UTF-8 text", file.display())))?;
+    let mut targets = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let bad = |why: String| CaError::Refused(format!("--from-file {}:{}: {why}", file.display(), n + 1));
+        let target = match line.split_once('/') {
+            Some((zone, workload)) => {
+                let zone: Zone = zone.parse().map_err(|e| bad(format!("zone {zone:?}: {e}")))?;
+                let workload: Workload =
+                    workload.parse().map_err(|e| bad(format!("workload {workload:?}: {e}")))?;
+                RevokeTarget::Identity(SpiffeId::new(td.clone(), zone, workload))
+            }
+            None => RevokeTarget::serial(line)
+                .map_err(|_| bad(format!("{line:?} is neither ZONE/WORKLOAD nor a hexadecimal serial")))?,
+        };
+        targets.push(target);
+    }
+    Ok(targets)
 }
 
 /// Writes to stdout, ignoring a closed pipe (`mesh-ca list | head`).

@@ -135,7 +135,8 @@ fn rfc3339(t: i64) -> String {
         .unwrap_or_default()
 }
 
-/// Ready: a certificate valid now, and a policy file (without one everything is denied).
+/// Ready: a certificate valid now, the CA's revocation list loaded (in enrollment mode), and
+/// a policy file (without one everything is denied).
 fn readiness(shared: &Shared, admin: &Admin) -> Result<(), String> {
     let tls = shared.tls();
     let now = now();
@@ -144,6 +145,9 @@ fn readiness(shared: &Shared, admin: &Admin) -> Result<(), String> {
     }
     if tls.cred.not_before > now {
         return Err(format!("the certificate is valid only from {}", rfc3339(tls.cred.not_before)));
+    }
+    if let Some((_, why)) = shared.revocations.as_ref().and_then(|r| r.borrow().not_ready()) {
+        return Err(why);
     }
     if !admin.policy_file.exists() {
         return Err(format!(

@@ -40,16 +40,49 @@ pub struct Source {
     pub token_file: PathBuf,
 }
 
-/// Serials and identities the CA has revoked.
-#[derive(Debug, Default)]
+/// Serials and identities the CA has revoked, and whether that list is complete enough to
+/// serve on: until every page has been loaded once, or while the CA's answers cannot be
+/// read, the sidecar is not ready (see [`RevocationSet::not_ready`]).
+#[derive(Debug, Default, Clone)]
 pub struct RevocationSet {
     serials: HashSet<String>,
     ids: HashSet<SpiffeId>,
+    /// Every page up to the CA's head has been loaded at least once.
+    loaded: bool,
+    /// Why the list cannot be loaded right now, when it cannot.
+    problem: Option<String>,
 }
 
 impl RevocationSet {
     pub fn contains(&self, serial: &str, id: &SpiffeId) -> bool {
         self.serials.contains(serial) || self.ids.contains(id)
+    }
+
+    /// Entries held (serials and identities).
+    pub fn len(&self) -> usize {
+        self.serials.len() + self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Why a sidecar following this list must not serve (reason code, sentence), if it must not.
+    pub fn not_ready(&self) -> Option<(&'static str, String)> {
+        match (&self.problem, self.loaded) {
+            (Some(p), _) => {
+                Some(("revocations_unavailable", format!("the CA's revocation list cannot be loaded: {p}")))
+            }
+            (None, false) => {
+                Some(("revocations_loading", "the CA's revocation list is not loaded yet".into()))
+            }
+            (None, true) => None,
+        }
+    }
+
+    /// Whether the first load has ended, one way or the other (loaded, or failed once).
+    pub fn settled(&self) -> bool {
+        self.loaded || self.problem.is_some()
     }
 }
 
@@ -232,7 +265,11 @@ pub async fn maintain(
     }
 }
 
-/// Follows the CA's revocation log for as long as the sidecar runs.
+/// Follows the CA's revocation log for as long as the sidecar runs. Pages are followed at
+/// once while the CA says `more`; long-polls start only once caught up. Until the first full
+/// load, and whenever the CA's answers cannot be read or are refused, the set says so (the
+/// sidecar is not ready) and an error event says why; an unreachable CA after the first load
+/// is only a warning: the sidecar keeps serving on what it knows, as it does for renewal.
 pub async fn follow_revocations(
     src: Arc<Source>,
     shape: Arc<TlsShape>,

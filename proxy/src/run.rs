@@ -255,6 +255,15 @@ pub async fn run(plan: Plan) -> Result<(), RunError> {
         shared.shutdown.clone(),
     )));
 
+    // Announce the start once the first revocation load has ended either way: loaded (and
+    // ready), or failed (not ready, and the admin port says why). Listeners already refuse
+    // connections until the list is loaded.
+    if let Some(mut rx) = first_load {
+        tokio::select! {
+            _ = rx.wait_for(|s| s.settled()) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
     let mut started = Event::new("proxy.started", Severity::Info).detail(bound.join(" "));
     started.src_id = Some(own_id.to_string());
     events.emit(started);

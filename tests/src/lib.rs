@@ -11,6 +11,7 @@ mod files;
 pub mod monitoring;
 mod process;
 pub mod proxy;
+pub mod relay;
 mod validate;
 
 pub use ca::{serial_bits, serial_from_issue_stdout, TestCa};

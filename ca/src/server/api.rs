@@ -4,8 +4,10 @@
 //! - `POST /v1/enroll`  `{"token", "csr"}` -> a certificate for the token's identity
 //! - `POST /v1/renew`   `{"csr"}` over mutual TLS -> a new certificate for the caller's identity
 //! - `GET  /v1/bundle`  -> the trust bundle
-//! - `GET  /v1/revocations?since=N&wait=S` -> entries after N; waits up to S (<= 60) seconds
-//!   for one when there is none yet
+//! - `GET  /v1/revocations?since=N&wait=S&limit=L` -> one page of at most L (<= 1,000, the
+//!   default) entries after N, compacted (serial revocations of expired certificates left out)
+//!   and `more: true` while further pages follow; waits up to S (<= 60) seconds for one when
+//!   there is none yet
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +29,11 @@ const MAX_BODY: usize = 64 * 1024;
 /// Time to read a request body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_WAIT: u64 = 60;
+/// Entries per revocation page, at most and by default.
+pub const MAX_PAGE_ENTRIES: usize = 1_000;
+/// Bytes of entries per page, at most: well under what clients accept (1 MiB), whatever the
+/// entries hold.
+const MAX_PAGE_BYTES: usize = 512 * 1024;
 
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -66,9 +73,14 @@ pub struct BundleBody {
 
 #[derive(Debug, Deserialize, Serialize)]
 pub struct RevocationsBody {
-    /// The latest log position included; ask for `since=<this>` next.
+    /// The log position this page covers (compacted entries included); ask for
+    /// `since=<this>` next.
     pub sequence: i64,
     pub revoked: Vec<RevocationJson>,
+    /// More entries follow `sequence` already: ask again at once, without waiting. Absent
+    /// (false) from servers that served the whole log in one answer.
+    #[serde(default)]
+    pub more: bool,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -86,7 +98,7 @@ impl From<Revocation> for RevocationJson {
             seq: r.seq,
             serial: r.serial,
             spiffe_id: r.spiffe_id,
-            reason: r.reason,
+            reason: crate::profile::truncate(&r.reason).to_owned(),
             revoked_at: r.revoked_at,
         }
     }
@@ -347,6 +359,7 @@ async fn renew(shared: Arc<Shared>, caller: Caller, b: RenewRequest) -> Response
 async fn revocations(shared: Arc<Shared>, query: &str) -> Response<Full<Bytes>> {
     let mut since = 0i64;
     let mut wait = 0u64;
+    let mut limit = MAX_PAGE_ENTRIES;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
             Some(("since", v)) => match v.parse() {
@@ -359,7 +372,17 @@ async fn revocations(shared: Arc<Shared>, query: &str) -> Response<Full<Bytes>> 
                     return error(StatusCode::BAD_REQUEST, "bad_query", "wait must be a number of seconds")
                 }
             },
-            _ => return error(StatusCode::BAD_REQUEST, "bad_query", "known parameters: since, wait"),
+            Some(("limit", v)) => match v.parse::<usize>() {
+                Ok(n) if n > 0 => limit = n.min(MAX_PAGE_ENTRIES),
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_query",
+                        format!("limit must be a number of entries from 1 to {MAX_PAGE_ENTRIES}"),
+                    )
+                }
+            },
+            _ => return error(StatusCode::BAD_REQUEST, "bad_query", "known parameters: since, wait, limit"),
         }
     }
     let mut seq = shared.revocation_seq.clone();
@@ -375,5 +398,49 @@ async fn revocations(shared: Arc<Shared>, query: &str) -> Response<Full<Bytes>> 
             "store_unavailable",
             "the revocation log could not be read",
         ),
+    }
+}
+
+/// The answer for a page, cut short (with `more`) where its entries pass [`MAX_PAGE_BYTES`].
+fn page_body(page: crate::store::RevocationPage) -> RevocationsBody {
+    let (mut sequence, mut more) = (page.sequence, page.more);
+    let mut revoked: Vec<RevocationJson> = Vec::with_capacity(page.entries.len());
+    let mut bytes = 0;
+    for r in page.entries {
+        let entry = RevocationJson::from(r);
+        bytes += serde_json::to_vec(&entry).map(|v| v.len() + 1).unwrap_or(0);
+        if let Some(last) = revoked.last().filter(|_| bytes > MAX_PAGE_BYTES) {
+            // Cut here: the next page starts after the last entry served.
+            (sequence, more) = (last.seq, true);
+            break;
+        }
+        revoked.push(entry);
+    }
+    RevocationsBody { sequence, revoked, more }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Revocation, RevocationPage};
+
+    #[test]
+    fn a_page_of_large_entries_is_cut_by_bytes_and_says_more() {
+        let big = |seq| Revocation {
+            seq,
+            serial: None,
+            spiffe_id: Some(format!("spiffe://example.org/ns/{}/sa/w", "z".repeat(63))),
+            reason: "\u{1}".repeat(4096),
+            revoked_at: 0,
+        };
+        let page = RevocationPage { entries: (1..=1000).map(big).collect(), sequence: 1000, more: false };
+        let body = page_body(page);
+        let len = serde_json::to_vec(&body).expect("serializes").len();
+        assert!(body.more && len <= MAX_PAGE_BYTES + 1024, "{len} bytes, more={}", body.more);
+        assert_eq!(body.sequence, body.revoked.last().map(|r| r.seq).unwrap_or(-1));
+        assert!(body.revoked[0].reason.len() <= 128, "reasons are truncated");
+        let small = RevocationPage { entries: vec![big(7)], sequence: 9, more: false };
+        let body = page_body(small);
+        assert_eq!((body.revoked.len(), body.sequence, body.more), (1, 9, false));
     }
 }

@@ -119,6 +119,17 @@ pub struct Revocation {
     pub revoked_at: i64,
 }
 
+/// One page of the compacted revocation log (see [`Store::revocation_page`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationPage {
+    pub entries: Vec<Revocation>,
+    /// The log position this page covers up to (entries at or before it that are not in
+    /// `entries` were compacted away); ask for `since=<this>` next. Never below `since`.
+    pub sequence: i64,
+    /// More entries follow `sequence` already: ask again at once rather than waiting.
+    pub more: bool,
+}
+
 /// The operations the CA needs from its store. Every write is durable when it returns.
 pub trait Store: Send + Sync {
     /// Records an issued certificate and its audit entry in one transaction.
@@ -148,8 +159,24 @@ pub trait Store: Send + Sync {
         reason: &str,
         actor: &str,
     ) -> Result<i64, StoreError>;
-    /// Log entries after `seq`, oldest first.
+    /// Log entries after `seq`, oldest first: the whole log, compacted entries included (for
+    /// `list` and the audit). Sidecars are served [`Store::revocation_page`] instead.
     fn revocations_since(&self, seq: i64) -> Result<Vec<Revocation>, StoreError>;
+    /// Revokes many targets (each `(serial, spiffe_id)` as [`Store::revoke`] takes them) in one
+    /// transaction: all are logged, or none. Returns the first and last new log positions.
+    fn revoke_batch(
+        &self,
+        targets: &[(Option<&str>, Option<&str>)],
+        reason: &str,
+        actor: &str,
+    ) -> Result<(i64, i64), StoreError>;
+    /// The latest log position (0 for an empty log), compacted entries included.
+    fn revocation_head(&self) -> Result<i64, StoreError>;
+    /// At most `limit` entries after `since`, oldest first, as sidecars are served them:
+    /// compacted, i.e. without serial revocations whose certificate expired before `now` (an
+    /// expired certificate is refused anyway; identity revocations are always served).
+    /// `sequence` in the answer covers the compacted entries too, so it only ever grows.
+    fn revocation_page(&self, since: i64, now: i64, limit: usize) -> Result<RevocationPage, StoreError>;
     /// Whether a certificate, or its whole identity, has been revoked.
     fn is_revoked(&self, serial: &str, spiffe_id: &str) -> Result<bool, StoreError>;
     /// The certificate with this serial, if the CA issued it.

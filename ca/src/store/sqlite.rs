@@ -11,8 +11,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{
-    CertKind, CertRecord, CertStatus, NewToken, RedeemOutcome, Redemption, Revocation, Store, StoreError,
-    TokenInfo, TokenRejection,
+    CertKind, CertRecord, CertStatus, NewToken, RedeemOutcome, Redemption, Revocation, RevocationPage, Store,
+    StoreError, TokenInfo, TokenRejection,
 };
 
 /// Each entry upgrades the schema by one version. Never edit a released entry: add one.
@@ -479,6 +479,88 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn revoke_batch(
+        &self,
+        targets: &[(Option<&str>, Option<&str>)],
+        reason: &str,
+        actor: &str,
+    ) -> Result<(i64, i64), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let at = now();
+        let (mut first, mut last) = (0, 0);
+        {
+            let mut log = tx.prepare(
+                "INSERT INTO revocations (serial, spiffe_id, reason, revoked_at) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let mut mark = tx.prepare("UPDATE certificates SET status = 'revoked' WHERE serial = ?1")?;
+            let mut mark_id =
+                tx.prepare("UPDATE certificates SET status = 'revoked' WHERE spiffe_id = ?1")?;
+            let mut audit =
+                tx.prepare("INSERT INTO audit (at, op, actor, detail) VALUES (?1, 'cert.revoked', ?2, ?3)")?;
+            for (serial, spiffe_id) in targets {
+                log.execute(params![serial, spiffe_id, reason, at])?;
+                let seq = tx.last_insert_rowid();
+                if first == 0 {
+                    first = seq;
+                }
+                last = seq;
+                if let Some(s) = serial {
+                    mark.execute([s])?;
+                }
+                if let Some(id) = spiffe_id {
+                    mark_id.execute([id])?;
+                }
+                let detail = format!(
+                    "seq={seq} serial={} id={} reason={reason}",
+                    serial.unwrap_or("-"),
+                    spiffe_id.unwrap_or("-")
+                );
+                audit.execute(params![at, actor, detail])?;
+            }
+        }
+        tx.commit()?;
+        Ok((first, last))
+    }
+
+    fn revocation_head(&self) -> Result<i64, StoreError> {
+        Ok(self.conn().query_row("SELECT COALESCE(MAX(seq), 0) FROM revocations", [], |r| r.get(0))?)
+    }
+
+    fn revocation_page(&self, since: i64, now: i64, limit: usize) -> Result<RevocationPage, StoreError> {
+        let conn = self.conn();
+        // The head first, and only entries up to it: an entry committed between the two
+        // queries is left for the next page instead of being skipped over.
+        let head: i64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM revocations", [], |r| r.get(0))?;
+        let limit = limit.max(1);
+        // A serial whose certificate is unknown to the store is kept: compaction never
+        // drops what it cannot prove expired.
+        let mut stmt = conn.prepare_cached(
+            "SELECT r.seq, r.serial, r.spiffe_id, r.reason, r.revoked_at
+               FROM revocations r LEFT JOIN certificates c ON c.serial = r.serial
+              WHERE r.seq > ?1 AND r.seq <= ?2
+                AND (r.serial IS NULL OR r.spiffe_id IS NOT NULL OR c.not_after IS NULL OR c.not_after > ?3)
+              ORDER BY r.seq LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(params![since, head, now, (limit + 1) as i64], |r| {
+            Ok(Revocation {
+                seq: r.get(0)?,
+                serial: r.get(1)?,
+                spiffe_id: r.get(2)?,
+                reason: r.get(3)?,
+                revoked_at: r.get(4)?,
+            })
+        })?;
+        let mut entries: Vec<Revocation> = rows.collect::<Result<_, _>>()?;
+        let more = entries.len() > limit;
+        entries.truncate(limit);
+        let sequence = match (more, entries.last()) {
+            (true, Some(last)) => last.seq,
+            _ => head.max(since),
+        };
+        Ok(RevocationPage { entries, sequence, more })
+    }
+
     fn is_revoked(&self, serial: &str, spiffe_id: &str) -> Result<bool, StoreError> {
         let conn = self.conn();
         let hit: Option<i64> = conn
@@ -528,6 +610,51 @@ mod tests {
         drop(store);
         let store = SqliteStore::open(&dir.path().join("s.db"), false).expect("reopen");
         assert_eq!(store.certificates().expect("list").len(), 2);
+    }
+
+    fn leaf(serial: &str, not_after: i64) -> CertRecord {
+        CertRecord { not_after, ..rec(serial) }
+    }
+
+    #[test]
+    fn revocation_pages_are_bounded_and_compacted_with_a_growing_sequence() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("s.db"), true).expect("open");
+        let now = 1_000;
+        store.record_issued(&leaf("0e", now - 1), "test").expect("expired leaf");
+        store.record_issued(&leaf("0f", now + 60), "test").expect("live leaf");
+        assert_eq!(store.revocation_head().expect("head"), 0);
+        let empty = store.revocation_page(0, now, 10).expect("page");
+        assert_eq!((empty.entries.len(), empty.sequence, empty.more), (0, 0, false));
+
+        // 1: an expired certificate's serial, 2: a live one, 3..=7: identities, 8: expired again.
+        store.revoke(Some("0e"), None, "r", "test").expect("revoke");
+        store.revoke(Some("0f"), None, "r", "test").expect("revoke");
+        let ids: Vec<String> = (0..5).map(|i| format!("spiffe://example.org/ns/z/sa/w{i}")).collect();
+        let targets: Vec<(Option<&str>, Option<&str>)> =
+            ids.iter().map(|i| (None, Some(i.as_str()))).collect();
+        assert_eq!(store.revoke_batch(&targets, "bulk", "test").expect("batch"), (3, 7));
+        store.revoke(Some("0e"), None, "again", "test").expect("revoke");
+        assert_eq!(store.revocation_head().expect("head"), 8);
+
+        let seqs = |p: &RevocationPage| p.entries.iter().map(|r| r.seq).collect::<Vec<_>>();
+        let p1 = store.revocation_page(0, now, 3).expect("page 1");
+        assert_eq!((seqs(&p1), p1.sequence, p1.more), (vec![2, 3, 4], 4, true));
+        let p2 = store.revocation_page(p1.sequence, now, 3).expect("page 2");
+        assert_eq!((seqs(&p2), p2.sequence, p2.more), (vec![5, 6, 7], 7, true));
+        // The last entry is compacted away, yet the sequence moves past it.
+        let p3 = store.revocation_page(p2.sequence, now, 3).expect("page 3");
+        assert_eq!((seqs(&p3), p3.sequence, p3.more), (vec![], 8, false));
+        assert_eq!(store.revocation_page(8, now, 3).expect("caught up").sequence, 8);
+        // Before the certificate expired, its revocation was served; the full log keeps all.
+        assert_eq!(
+            seqs(&store.revocation_page(0, now - 10, 100).expect("earlier")),
+            (1..=8).collect::<Vec<_>>()
+        );
+        assert_eq!(store.revocations_since(0).expect("log").len(), 8);
+        // The batch marked nothing it did not name, and the single revocation did.
+        let status = |s: &str| store.certificate(s).expect("read").map(|c| c.status);
+        assert_eq!(status("0f"), Some(CertStatus::Revoked));
     }
 
     #[test]
