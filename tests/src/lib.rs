@@ -11,6 +11,7 @@ mod files;
 pub mod monitoring;
 mod process;
 pub mod proxy;
+pub mod scanners;
 pub mod relay;
 mod validate;
 
