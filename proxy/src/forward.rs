@@ -1,6 +1,7 @@
 //! Copies bytes both ways between two established streams until both sides are done, the
-//! connection has been idle for too long, or either side fails. Counts bytes as they move, so
-//! the outcome record has them whatever way the connection ended.
+//! connection has been idle for too long, either side fails, or it is stopped from outside
+//! (revocation, a policy that now denies it). Counts bytes as they move, so the outcome
+//! record has them whatever way the connection ended.
 //!
 //! One future drives both directions over the two streams it owns (the shape of tokio's
 //! `copy_bidirectional`): no split halves behind a lock, no second task, and no clock read
@@ -16,6 +17,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use crate::stop::Stop;
+
 /// Per-direction buffer. 16 KiB is one full TLS record, so a record is read and written
 /// in one go.
 const BUF_LEN: usize = 16 * 1024;
@@ -25,7 +28,7 @@ const BUF_LEN: usize = 16 * 1024;
 const WATCH_TICKS: u32 = 4;
 
 /// How a forwarded connection ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum End {
     /// Both sides finished sending.
     Closed,
@@ -33,17 +36,17 @@ pub enum End {
     Idle,
     /// A read or write failed on one side.
     Error,
-    /// Stopped from outside: the peer's certificate or identity was revoked.
-    Revoked,
+    /// Stopped from outside, for the reason given (revocation, policy).
+    Stopped(Stop),
 }
 
 impl End {
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             End::Closed => "closed",
             End::Idle => "idle_timeout",
             End::Error => "reset",
-            End::Revoked => "revoked",
+            End::Stopped(s) => s.as_str(),
         }
     }
 }
@@ -57,11 +60,19 @@ pub struct Counts {
 
 /// Moves bytes between `a` and `b`, each direction independently (a blocked write one way
 /// never stalls the other), with a watchdog for the idle timeout. `stop` resolving ends the
-/// connection at once (revocation of the peer).
-pub async fn splice<A, B>(mut a: A, mut b: B, idle: Duration, stop: impl Future<Output = ()>) -> (End, Counts)
+/// connection at once, with its reason (a `()` signal counts as a revocation). Stop is
+/// looked at first on every wake-up: once it is ready, not one more byte is copied, however
+/// much data is waiting.
+pub async fn splice<A, B, S>(
+    mut a: A,
+    mut b: B,
+    idle: Duration,
+    stop: impl Future<Output = S>,
+) -> (End, Counts)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
+    S: Into<Stop>,
 {
     let (mut a_to_b, mut b_to_a) = (Direction::new(), Direction::new());
     let tick = (idle / WATCH_TICKS).max(Duration::from_millis(1));
@@ -69,6 +80,9 @@ where
     let mut watchdog = pin!(tokio::time::sleep(tick));
     let mut stop = pin!(stop);
     let end = poll_fn(|cx| {
+        if let Poll::Ready(s) = stop.as_mut().poll(cx) {
+            return Poll::Ready(End::Stopped(s.into()));
+        }
         let ab = a_to_b.poll(cx, &mut a, &mut b);
         let ba = b_to_a.poll(cx, &mut b, &mut a);
         match (ab, ba) {
@@ -88,9 +102,6 @@ where
                 }
             }
             watchdog.as_mut().reset(Instant::now() + tick);
-        }
-        if stop.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(End::Revoked);
         }
         Poll::Pending
     })
@@ -177,7 +188,7 @@ mod tests {
     async fn copies_both_ways_counts_and_passes_half_close_on() {
         let (mut app, a) = duplex(64);
         let (b, mut peer) = duplex(64);
-        let run = tokio::spawn(splice(a, b, LONG, std::future::pending()));
+        let run = tokio::spawn(splice(a, b, LONG, std::future::pending::<()>()));
         // More than either pipe holds, so the copy has to wait for writes to drain.
         let up: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
         let up2 = up.clone();
@@ -210,7 +221,7 @@ mod tests {
         let idle = Duration::from_millis(200);
         let (mut app, a) = duplex(64);
         let (b, mut peer) = duplex(64);
-        let run = tokio::spawn(splice(a, b, idle, std::future::pending()));
+        let run = tokio::spawn(splice(a, b, idle, std::future::pending::<()>()));
         // Traffic for several idle periods keeps it open.
         for _ in 0..10 {
             app.write_all(b"x").await.expect("write");
@@ -234,7 +245,24 @@ mod tests {
         }));
         tx.send(()).expect("splice waits on stop");
         let (end, _) = tokio::time::timeout(LONG, run).await.expect("ends").expect("splice task");
-        assert_eq!(end, End::Revoked);
+        assert_eq!(end, End::Stopped(Stop::Revoked));
+    }
+
+    #[tokio::test]
+    async fn stop_wins_over_data_that_is_ready_at_the_same_time() {
+        let (mut app, a) = duplex(1024);
+        let (b, mut peer) = duplex(1024);
+        // Data waits in both directions before the first poll, and stop is ready too.
+        app.write_all(b"must not pass").await.expect("write a");
+        peer.write_all(b"nor this").await.expect("write b");
+        let stop = std::future::ready(Stop::PolicyRevoked { rule: None, detail: "denied".into() });
+        let (end, counts) = splice(a, b, LONG, stop).await;
+        assert_eq!(end.as_str(), "policy_revoked");
+        assert_eq!((counts.a_to_b, counts.b_to_a), (0, 0), "no byte is copied once stop is ready");
+        let (mut got_b, mut got_a) = (Vec::new(), Vec::new());
+        peer.read_to_end(&mut got_b).await.expect("b sees EOF");
+        app.read_to_end(&mut got_a).await.expect("a sees EOF");
+        assert!(got_b.is_empty() && got_a.is_empty(), "{got_b:?} {got_a:?}");
     }
 
     #[tokio::test]
@@ -242,7 +270,7 @@ mod tests {
         let (mut app, a) = duplex(64);
         let (b, peer) = duplex(64);
         drop(peer); // writes towards b now fail
-        let run = tokio::spawn(splice(a, b, LONG, std::future::pending()));
+        let run = tokio::spawn(splice(a, b, LONG, std::future::pending::<()>()));
         app.write_all(b"hello").await.expect("write");
         let (end, _) = tokio::time::timeout(LONG, run).await.expect("ends").expect("splice task");
         assert_eq!(end, End::Error);

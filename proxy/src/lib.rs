@@ -27,4 +27,5 @@ pub mod plan;
 pub mod reload;
 pub mod run;
 pub mod state;
+pub mod stop;
 pub mod tls;

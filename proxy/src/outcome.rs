@@ -19,6 +19,7 @@ use crate::events::{Event, Events, Severity};
 use crate::forward::{Counts, End};
 use crate::metrics;
 use crate::state::Shared;
+use crate::stop::Stop;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -160,11 +161,25 @@ impl Outcome {
     }
 
     /// An allowed connection ended. `counts.a_to_b` is bytes from the connecting side onward.
+    /// Closed because a reloaded policy denies it (`policy_revoked`): the event says `deny`,
+    /// names the new deciding rule and, in `reason_detail`, the rule that had allowed it.
     pub fn closed(mut self, end: End, counts: Counts) {
         metrics::bytes(self.direction.as_str(), counts.a_to_b, counts.b_to_a);
-        let mut e = self.finish(end.as_str(), "connection", Severity::Info);
+        let severity = if matches!(end, End::Stopped(Stop::PolicyRevoked { .. })) {
+            Severity::Warning
+        } else {
+            Severity::Info
+        };
+        let allowed_by = self.rule.clone();
+        let mut e = self.finish(end.as_str(), "connection", severity);
         e.decision = Some("allow");
         e.reason = Some(end.as_str());
+        if let End::Stopped(Stop::PolicyRevoked { rule, detail }) = end {
+            e.decision = Some("deny");
+            e.rule = rule;
+            let was = allowed_by.map(|r| format!("; it was allowed by {r}")).unwrap_or_default();
+            e.reason_detail = Some(crate::events::truncate(format!("policy reloaded: {detail}{was}")));
+        }
         e.bytes_in = Some(counts.a_to_b);
         e.bytes_out = Some(counts.b_to_a);
         self.events.emit(e);
