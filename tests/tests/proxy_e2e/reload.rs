@@ -235,3 +235,102 @@ fn a_policy_load_that_waits_stalls_no_connection_on_a_one_worker_sidecar() {
     assert_fields(&p.server, &e, &[("severity", "info")]);
     assert!(passes(&p, "after"), "{}", p.server.transcript());
 }
+
+/// `ALLOW_FRONTEND_TO_ORDERS` plus a deny rule for `from -> to`.
+fn with_deny(from: &str, to: &str) -> String {
+    format!("{ALLOW_FRONTEND_TO_ORDERS}\n[[deny]]\nfrom = \"{from}\"\nto = \"{to}\"\n")
+}
+
+/// The `connection` event of the connection from `src_id` to `dst_id`, printed at or after
+/// `mark`.
+#[track_caller]
+fn connection_event(sc: &Sidecar, mark: usize, src_id: &str, dst_id: &str) -> Value {
+    sc.wait_from(mark, "the connection's event", |e| {
+        e["event"] == "connection" && e["src_id"] == src_id && e["dst_id"] == dst_id
+    })
+}
+
+/// A policy reload re-decides every open connection: each side closes, on its own, the ones
+/// its new policy denies (one `connection` event each, reason `policy_revoked`, naming the
+/// new deciding rule), and every connection it still allows goes on.
+///
+/// Two servers (`orders/api`, `orders/db`) follow one policy file; two clients follow one
+/// each: `frontend/web` (outbounds to api and db) and `frontend/admin` (to api).
+#[test]
+fn a_policy_reload_closes_the_open_connections_it_now_denies_on_each_side() {
+    let mesh = Mesh::new();
+    let (api, db) = (mesh.identity("orders", "api"), mesh.identity("orders", "db"));
+    let (web, admin) = (mesh.identity("frontend", "web"), mesh.identity("frontend", "admin"));
+    let app = App::start();
+    let servers_policy = mesh.write_file("servers-policy.toml", ALLOW_FRONTEND_TO_ORDERS);
+    let web_policy = mesh.write_file("web-policy.toml", ALLOW_FRONTEND_TO_ORDERS);
+    let admin_policy = mesh.write_file("admin-policy.toml", ALLOW_FRONTEND_TO_ORDERS);
+    let s_api = mesh.sidecar(SidecarSpec::new("api", &api, &servers_policy).inbound(app.addr));
+    let s_db = mesh.sidecar(SidecarSpec::new("db", &db, &servers_policy).inbound(app.addr));
+    let (api_in, db_in) = (s_api.inbound.expect("inbound"), s_db.inbound.expect("inbound"));
+    let c_web = mesh.sidecar(
+        SidecarSpec::new("web", &web, &web_policy).outbound(api_in, &api.id).outbound(db_in, &db.id),
+    );
+    let c_admin = mesh.sidecar(SidecarSpec::new("admin", &admin, &admin_policy).outbound(api_in, &api.id));
+
+    let mut web_api = Client::connect(c_web.outbound[0]);
+    let mut web_db = Client::connect(c_web.outbound[1]);
+    assert_eq!(web_api.roundtrip(b"web -> api"), b"web -> api", "{}", c_web.transcript());
+    assert_eq!(web_db.roundtrip(b"web -> db"), b"web -> db", "{}", c_web.transcript());
+
+    // 1. The client's own policy now denies web -> db (the servers' still allows it): the
+    //    client sidecar closes that connection itself; web -> api goes on.
+    let (mark_web, mark_db) = (c_web.mark(), s_db.mark());
+    mesh.write_file("web-policy.toml", &with_deny("frontend/web", "orders/db"));
+    c_web.next_named(mark_web, "policy.reloaded");
+    web_db.read_until_closed(DEADLINE).unwrap_or_else(|e| panic!("web -> db: {e}\n{}", c_web.transcript()));
+    let e = connection_event(&c_web, mark_web, &web.id, &db.id);
+    assert_fields(
+        &c_web,
+        &e,
+        &[
+            ("reason", "policy_revoked"),
+            ("decision", "deny"),
+            ("direction", "outbound"),
+            ("severity", "warning"),
+        ],
+    );
+    assert!(field(&e, "rule").contains("frontend/web"), "the event names the deny rule: {e}");
+    let on_db = connection_event(&s_db, mark_db, &web.id, &db.id);
+    assert_ne!(field(&on_db, "reason"), "policy_revoked", "the server did not decide this: {on_db}");
+    assert_eq!(web_api.roundtrip(b"still allowed"), b"still allowed", "{}", c_web.transcript());
+    assert_eq!(
+        c_web.events()[mark_web..].iter().filter(|e| e["reason"] == "policy_revoked").count(),
+        1,
+        "one event per closed connection\n{}",
+        c_web.transcript()
+    );
+
+    // 2. The servers' policy now denies frontend/web -> orders (the web client's still allows
+    //    web -> api): the api sidecar closes web's connection; admin's goes on.
+    let mut admin_api = Client::connect(c_admin.outbound[0]);
+    assert_eq!(admin_api.roundtrip(b"admin -> api"), b"admin -> api", "{}", c_admin.transcript());
+    let (mark_api, mark_web) = (s_api.mark(), c_web.mark());
+    mesh.write_file("servers-policy.toml", &with_deny("frontend/web", "orders"));
+    s_api.next_named(mark_api, "policy.reloaded");
+    web_api.read_until_closed(DEADLINE).unwrap_or_else(|e| panic!("web -> api: {e}\n{}", s_api.transcript()));
+    let e = connection_event(&s_api, mark_api, &web.id, &api.id);
+    assert_fields(
+        &s_api,
+        &e,
+        &[("reason", "policy_revoked"), ("decision", "deny"), ("direction", "inbound"), ("src_id", &web.id)],
+    );
+    assert!(field(&e, "rule").contains("frontend/web"), "the event names the deny rule: {e}");
+    assert!(field(&e, "reason_detail").contains("DENY"), "{e}");
+    let on_web = connection_event(&c_web, mark_web, &web.id, &api.id);
+    assert_ne!(field(&on_web, "reason"), "policy_revoked", "the client did not decide this: {on_web}");
+    assert_eq!(admin_api.roundtrip(b"admin still allowed"), b"admin still allowed", "{}", s_api.transcript());
+    assert_eq!(
+        s_api.events()[mark_api..].iter().filter(|e| e["reason"] == "policy_revoked").count(),
+        1,
+        "one event per closed connection\n{}",
+        s_api.transcript()
+    );
+    // New connections follow the new policy too.
+    assert_ne!(exchange(c_web.outbound[0], b"new"), b"new");
+}
