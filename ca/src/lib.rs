@@ -12,6 +12,7 @@ pub mod error;
 pub mod fsutil;
 pub mod inspect;
 pub mod keys;
+pub mod output;
 pub mod pem;
 pub mod profile;
 pub mod random;

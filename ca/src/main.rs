@@ -17,6 +17,8 @@ use mesh_config::{SpiffeId, TrustDomain, Ttl, Workload, Zone};
 use serde::Serialize;
 
 const PASSPHRASE_ENV: &str = "MESH_CA_PASSPHRASE";
+/// How long an exiting process waits for its queued output lines (see `mesh_ca::output`).
+const EXIT_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Parser)]
 #[command(
@@ -281,7 +283,7 @@ fn main() -> ExitCode {
             // One line, like every other error: clap's first line names the flag and value.
             let text = e.render().to_string();
             let first = text.lines().next().unwrap_or("invalid usage").trim_start_matches("error: ");
-            eprintln!("mesh-ca: error: {first} (see mesh-ca --help)");
+            let _ = writeln!(std::io::stderr(), "mesh-ca: error: {first} (see mesh-ca --help)");
             return ExitCode::from(2);
         }
     };
@@ -298,7 +300,9 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("mesh-ca: error: {e}");
+            // Through the writer thread, bounded: a stalled stderr cannot hold the exit.
+            mesh_ca::output::stderr().line(&format!("mesh-ca: error: {e}"));
+            mesh_ca::output::flush_all(EXIT_FLUSH);
             ExitCode::from(e.exit_code() as u8)
         }
     }
@@ -369,11 +373,11 @@ fn init(a: InitArgs) -> Result<ExitCode, CaError> {
     let opts = InitOptions { settings, root_ttl: a.root_ttl, intermediate_ttl: a.intermediate_ttl };
     let ca = Authority::init(&a.dir, &opts, pass.as_ref())?;
     let keys_note = if pass.is_some() { "encrypted" } else { "UNENCRYPTED (--insecure-no-passphrase)" };
-    println!(
-        "created trust domain {} in {} (root and intermediate CA, keys {keys_note})",
+    print_out(&format!(
+        "created trust domain {} in {} (root and intermediate CA, keys {keys_note})\n",
         ca.settings.trust_domain,
         ca.path().display()
-    );
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -396,13 +400,13 @@ fn issue(a: IssueArgs) -> Result<ExitCode, CaError> {
             OutFile { name: "cert.pem", contents: chain.as_bytes(), mode: 0o644 },
         ],
     )?;
-    println!(
-        "issued {} serial {} valid until {} -> {}",
+    print_out(&format!(
+        "issued {} serial {} valid until {} -> {}\n",
         leaf.id,
         leaf.serial,
         leaf.not_after.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
         a.out.display()
-    );
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -420,7 +424,7 @@ fn bundle_cmd(a: BundleArgs) -> Result<ExitCode, CaError> {
         BundleFormat::Pem => dir.bundle_pem(),
         BundleFormat::Spiffe => bundle::spiffe_json(std::slice::from_ref(&dir.root), 1)? + "\n",
     };
-    print_out(&text);
+    print_out(&text)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -433,9 +437,9 @@ fn inspect_cmd(a: InspectArgs) -> Result<ExitCode, CaError> {
     };
     let report = inspect::inspect(&certs).map_err(|v| CaError::bad_file(&a.file, &v.to_string()))?;
     if a.json {
-        print_out(&(serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"));
+        print_out(&(serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"))?;
     } else {
-        print_out(&report.to_text());
+        print_out(&report.to_text())?;
     }
     Ok(if report.profile.ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
@@ -484,7 +488,7 @@ fn list(a: ListArgs) -> Result<ExitCode, CaError> {
     if a.json {
         let out = serde_json::to_string_pretty(&ListJson { certificates: rows, tokens, revocations })
             .unwrap_or_default();
-        print_out(&(out + "\n"));
+        print_out(&(out + "\n"))?;
         return Ok(ExitCode::SUCCESS);
     }
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -529,7 +533,7 @@ fn list(a: ListArgs) -> Result<ExitCode, CaError> {
             out += &format!("{:<5}  {:<20}  {:<12}  {what}\n", r.seq, when(r.revoked_at), r.reason);
         }
     }
-    print_out(&out);
+    print_out(&out)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -555,13 +559,15 @@ fn serve(a: ServeArgs) -> Result<ExitCode, CaError> {
         });
         mesh_ca::server::serve(ca, ServeOptions { listen: a.listen, cert_ttl: Some(ttl), rate_limit: a.rate_limit, metrics_listen: a.metrics_listen }, shutdown).await
     })?;
+    // Events still queued for stdout go out before the exit (main flushes on an error).
+    mesh_ca::output::flush_all(EXIT_FLUSH);
     Ok(ExitCode::SUCCESS)
 }
 
 fn token_create(a: TokenCreateArgs) -> Result<ExitCode, CaError> {
     let dir = CaDir::open(&a.dir)?;
     let token = dir.create_token(&a.zone, &a.workload, a.ttl, a.uses)?;
-    print_out(&format!("{}\n", token.expose()));
+    print_out(&format!("{}\n", token.expose()))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -575,7 +581,7 @@ fn revoke(a: RevokeArgs) -> Result<ExitCode, CaError> {
             targets.len(),
             file.display(),
             a.reason
-        ));
+        ))?;
         return Ok(ExitCode::SUCCESS);
     }
     let target = match (a.serial, a.zone, a.workload) {
@@ -590,7 +596,7 @@ fn revoke(a: RevokeArgs) -> Result<ExitCode, CaError> {
         RevokeTarget::Serial(s) => format!("certificate {s}"),
         RevokeTarget::Identity(id) => format!("every certificate of {id}"),
     };
-    println!("revoked {what} (revocation #{seq}, reason: {})", a.reason);
+    print_out(&format!("revoked {what} (revocation #{seq}, reason: {})\n", a.reason))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -623,9 +629,12 @@ fn revoke_targets(file: &std::path::Path, td: &TrustDomain) -> Result<Vec<Revoke
     Ok(targets)
 }
 
-/// Writes to stdout, ignoring a closed pipe (`mesh-ca list | head`).
-fn print_out(s: &str) {
-    let _ = std::io::stdout().write_all(s.as_bytes());
+/// Writes a command's result to stdout. A closed pipe (`mesh-ca list | head`) or any other
+/// write error ends the command with exit code 5 and one line on stderr, never a panic: the
+/// caller did not get the result (for `token create`, the token).
+fn print_out(s: &str) -> Result<(), CaError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(s.as_bytes()).and_then(|()| out.flush()).map_err(|e| CaError::io(Path::new("stdout"), e))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! `mesh-proxy`: the sidecar's command line. Thin: parse flags, call the library, map errors
 //! to exit codes.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -85,9 +86,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// How long an exiting process waits for its queued output lines (see `mesh_ca::output`).
+const EXIT_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// One error line on stderr, then the exit code. Through the output thread, with a bounded
+/// wait: a closed or stalled stderr can neither panic nor hold the exit.
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("mesh-proxy: error: {msg}");
+    mesh_ca::output::stderr().line(&format!("mesh-proxy: error: {msg}"));
+    mesh_ca::output::flush_all(EXIT_FLUSH);
     ExitCode::from(code)
+}
+
+/// Prints one line of a command's result (`check`, `explain`). A closed or failing stdout
+/// ends the command with exit code 1 (for `explain`: as if denied, which fails closed) and an
+/// error line, never a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            return fail(1, format!("stdout: {e}"));
+        }
+    };
 }
 
 fn run(config: PathBuf) -> ExitCode {
@@ -109,7 +127,10 @@ fn run(config: PathBuf) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(3, format!("cannot start the runtime: {e}")),
     };
-    match rt.block_on(mesh_proxy::run::run(plan)) {
+    let ran = rt.block_on(mesh_proxy::run::run(plan));
+    // The last events (proxy.stopping, ...) may still be queued for stdout.
+    mesh_ca::output::flush_all(EXIT_FLUSH);
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(3, e),
     }
@@ -130,7 +151,7 @@ fn check(config: PathBuf) -> ExitCode {
                 Err(e) => return fail(1, e),
             };
             let left = cred.not_after - time::OffsetDateTime::now_utc().unix_timestamp();
-            println!("identity  {} (serial {}, {}s left)", cred.id, cred.serial, left);
+            out!("identity  {} (serial {}, {}s left)", cred.id, cred.serial, left);
             Some(cred.id)
         }
         IdentityPlan::Enroll { ca_address, ca_bundle, token_file } => {
@@ -153,7 +174,7 @@ fn check(config: PathBuf) -> ExitCode {
                 }
                 Err(e) => return fail(1, format!("token_file: {e}")),
             }
-            println!("identity  enrollment with the CA at {ca_address} (token file readable)");
+            out!("identity  enrollment with the CA at {ca_address} (token file readable)");
             None
         }
     };
@@ -168,19 +189,19 @@ fn check(config: PathBuf) -> ExitCode {
                 ),
             )
         }
-        Ok(p) => println!("policy    {} ok ({p:?})", plan.policy.display()),
+        Ok(p) => out!("policy    {} ok ({p:?})", plan.policy.display()),
         Err(_) if !plan.policy.exists() => {
-            println!("policy    {} is missing: this sidecar would deny everything", plan.policy.display())
+            out!("policy    {} is missing: this sidecar would deny everything", plan.policy.display())
         }
         Err(e) => return fail(1, e),
     }
     if let Some((listen, fwd)) = &plan.inbound {
-        println!("inbound   {listen} -> app {fwd}");
+        out!("inbound   {listen} -> app {fwd}");
     }
     for (listen, connect, server) in &plan.outbound {
-        println!("outbound  {listen} -> {connect} ({server})");
+        out!("outbound  {listen} -> {connect} ({server})");
     }
-    println!("ok: {} is valid", config.display());
+    out!("ok: {} is valid", config.display());
     ExitCode::SUCCESS
 }
 
@@ -217,7 +238,7 @@ fn explain(
         _ => None,
     };
     let decision = policy.decide(&Request { from: &from, to: &to, http });
-    println!("{decision}");
+    out!("{decision}");
     if decision.allowed() {
         ExitCode::SUCCESS
     } else {

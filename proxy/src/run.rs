@@ -183,7 +183,7 @@ pub async fn run(plan: Plan) -> Result<(), RunError> {
     let admin_listener = match plan.admin {
         Some(addr) => {
             if !addr.ip().is_loopback() {
-                eprintln!("mesh-proxy: WARNING: the admin listener {addr} is not on loopback; anyone who reaches it sees metrics, identity and config");
+                mesh_ca::output::stderr().line(&format!("mesh-proxy: WARNING: the admin listener {addr} is not on loopback; anyone who reaches it sees metrics, identity and config"));
             }
             let (l, local) = bind(addr, "admin").await?;
             bound.push(format!("admin={local}"));
@@ -273,7 +273,7 @@ pub async fn run(plan: Plan) -> Result<(), RunError> {
                 .detail(format!("{} is missing: denying everything", files.policy.display())),
         );
     }
-    eprintln!("mesh-proxy: {own_id} serving {}", bound.join(" "));
+    mesh_ca::output::stderr().line(&format!("mesh-proxy: {own_id} serving {}", bound.join(" ")));
 
     shutdown.cancelled().await;
     shared.tracker.close();

@@ -132,7 +132,7 @@ pub fn event(name: &str, fields: &[(&str, &str)]) {
     for (k, v) in fields {
         map.insert((*k).into(), crate::profile::truncate(v).into());
     }
-    println!("{}", serde_json::Value::Object(map));
+    crate::output::stdout().line(&serde_json::Value::Object(map).to_string());
 }
 
 fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {

@@ -23,6 +23,7 @@ use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use mesh_ca::output;
 use mesh_config::sidecar::{Host, HttpsFormat, HttpsUrl};
 use rustls::pki_types::ServerName;
 use rustls::RootCertStore;
@@ -204,7 +205,8 @@ pub(super) async fn run(mut feed: Feed, target: HttpsTarget) {
     let (config, name) = match setup {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("mesh-proxy: event sink {target} unusable, dropping its events: {e}");
+            output::stderr()
+                .line(&format!("mesh-proxy: event sink {target} unusable, dropping its events: {e}"));
             while let Some(batch) = feed.next(MAX_BATCH, Duration::ZERO).await {
                 feed.lost(batch.events.len());
             }
@@ -241,12 +243,15 @@ pub(super) async fn run(mut feed: Feed, target: HttpsTarget) {
         }
         if delivered {
             if cooldown.take().is_some() {
-                eprintln!("mesh-proxy: event sink {} delivers again", client.target);
+                output::stderr().line(&format!("mesh-proxy: event sink {} delivers again", client.target));
             }
             feed.delivered(&batch);
         } else {
             if cooldown.is_none() {
-                eprintln!("mesh-proxy: event sink {} failing, dropping events: {last}", client.target);
+                output::stderr().line(&format!(
+                    "mesh-proxy: event sink {} failing, dropping events: {last}",
+                    client.target
+                ));
             }
             cooldown = Some(cooldown.map_or(Duration::from_secs(1), |c| (c * 2).min(MAX_COOLDOWN)));
             feed.lost(batch.events.len());

@@ -399,6 +399,15 @@ impl Feed {
         self.stats.lost(n as u64);
     }
 
+    /// `n` events of earlier batches, already counted as delivered (handed to the output
+    /// thread), never reached their destination after all.
+    fn undelivered(&self, n: u64) {
+        if n > 0 {
+            self.stats.dropped.fetch_add(n, Ordering::Relaxed);
+            crate::metrics::events_dropped(&self.stats.label, n);
+        }
+    }
+
     /// Part of a batch made it: `ok` events delivered, `failed` lost, and the notice made
     /// it if `notice_ok`.
     fn partly(&mut self, b: &Batch, ok: usize, failed: usize, notice_ok: bool) {

@@ -16,6 +16,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use mesh_ca::output;
 use mesh_config::sidecar::{Endpoint, SyslogFacility, SyslogTransport};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
@@ -188,7 +189,7 @@ async fn udp(mut feed: Feed, target: &SyslogTarget, header: &Header) {
 
 fn warn_once(failing: &mut bool, target: &SyslogTarget, e: &dyn fmt::Display) {
     if !*failing {
-        eprintln!("mesh-proxy: event sink {target} failing, dropping events: {e}");
+        output::stderr().line(&format!("mesh-proxy: event sink {target} failing, dropping events: {e}"));
         *failing = true;
     }
 }
