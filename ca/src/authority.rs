@@ -386,9 +386,14 @@ impl Authority {
                 params.extended_key_usages =
                     vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth]
             }
-            // rcgen's EKU type holds arcs as u64, too small for the marker's UUID arc, so this
-            // one extension is written out: SEQUENCE { serverAuth, clientAuth, marker }.
-            LeafKind::CaServer => params.custom_extensions.push(ca_server_eku()),
+            LeafKind::CaServer => {
+                params.extended_key_usages = vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                    // id-kp-cmcCA, the CA server marker (`profile::CA_SERVER_EKU`).
+                    ExtendedKeyUsagePurpose::Other(vec![1, 3, 6, 1, 5, 5, 7, 3, 27]),
+                ]
+            }
         }
         params.use_authority_key_identifier_extension = true;
         let cert = params
@@ -455,23 +460,6 @@ pub fn is_reserved_zone(zone: &Zone) -> bool {
 
 fn reserved_zone_refusal(zone: &Zone) -> String {
     format!("zone {zone} is reserved for the CA's own identity; choose another zone for workloads")
-}
-
-/// The extKeyUsage extension of the CA server's certificate, with the marker
-/// ([`crate::profile::CA_SERVER_EKU`]).
-fn ca_server_eku() -> rcgen::CustomExtension {
-    const SERVER_AUTH: [u8; 10] = [0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
-    const CLIENT_AUTH: [u8; 10] = [0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
-    let marker = crate::profile::CA_SERVER_EKU;
-    let mut oids = Vec::with_capacity(64);
-    oids.extend_from_slice(&SERVER_AUTH);
-    oids.extend_from_slice(&CLIENT_AUTH);
-    oids.push(0x06);
-    oids.push(marker.len() as u8);
-    oids.extend_from_slice(marker);
-    let mut content = vec![0x30, oids.len() as u8];
-    content.extend_from_slice(&oids);
-    rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 37], content)
 }
 
 /// Why an enrollment or renewal was refused. Token rejections are deliberately vague to the

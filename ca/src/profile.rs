@@ -165,14 +165,12 @@ pub fn check_leaf_parsed(cert: &X509Certificate<'_>, expected_td: Option<&TrustD
 /// The CA server marker: an extended key usage that only the CA puts in its own serving
 /// certificate (never in a leaf issued to a workload, whose template has serverAuth and
 /// clientAuth only). Clients of the CA API require it, so a certificate that merely names
-/// `spiffe://<td>/ns/mesh-system/sa/ca` is not the CA. The OID is under the UUID arc 2.25
-/// (ITU-T X.667), from a random UUID; these are its DER content octets.
-pub const CA_SERVER_EKU: &[u8] = &[
-    0x69, 0x82, 0x9e, 0xd5, 0xf8, 0x90, 0xaa, 0xf1, 0xf2, 0x91, 0xd7, 0xae, 0xec, 0xf0, 0x8c, 0xe6, 0xdc,
-    0xad, 0xdf, 0x15,
-];
+/// `spiffe://<td>/ns/mesh-system/sa/ca` is not the CA. It is `id-kp-cmcCA` (RFC 6402: the
+/// holder is a CA answering an enrollment protocol), a registered OID every X.509 parser
+/// knows; these are its DER content octets.
+pub const CA_SERVER_EKU: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x1b];
 /// The marker's dotted form, for documentation and other tools.
-pub const CA_SERVER_EKU_OID: &str = "2.25.190525821585315656738120416584501260181";
+pub const CA_SERVER_EKU_OID: &str = "1.3.6.1.5.5.7.3.27";
 
 /// Whether a certificate carries the CA server marker ([`CA_SERVER_EKU`]).
 pub fn is_ca_server(cert: &X509Certificate<'_>) -> bool {
