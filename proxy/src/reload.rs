@@ -1,7 +1,9 @@
 //! Hot reload: the policy and the credential files are polled for changes (and re-read at
 //! once on SIGHUP). A new version is validated fully, then swapped atomically on its `watch`;
 //! a broken one is refused with an event and the last good one stays. Live connections keep
-//! the config they were accepted with; new handshakes use the new one.
+//! the certificate they were accepted with; new handshakes use the new one. A new policy
+//! reaches live connections too: each one's stop signal (`stop::watch`) decides it again and
+//! closes it if the new policy denies it.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
