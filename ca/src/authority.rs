@@ -291,7 +291,10 @@ impl Authority {
     }
 
     /// Renewal: the caller proved `id` and `serial` with its current certificate over mutual
-    /// TLS; it gets a new certificate for the same identity over a new key.
+    /// TLS; it gets a new certificate for the same identity over a new key. The current
+    /// certificate must be on record, active and unexpired at `now` (Unix seconds): an
+    /// expired one is refused however the connection was made (a resumed TLS session, for
+    /// one, carries no fresh proof of validity).
     pub fn renew(
         &self,
         id: &SpiffeId,
@@ -759,7 +762,8 @@ mod tests {
         let leaf = ca.issue(&id, Some(Ttl::from_secs(120)), &[], &key, "test").expect("issue");
         let csr = crate::csr::request_for(&keys::generate().expect("key")).expect("csr");
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        let renewed = ca.renew(&id, &leaf.serial, csr.as_bytes(), None, "test", now).expect("renews while valid");
+        let renewed =
+            ca.renew(&id, &leaf.serial, csr.as_bytes(), None, "test", now).expect("renews while valid");
         assert_eq!(renewed.id, id);
         let after_expiry = leaf.not_after.unix_timestamp() + 1;
         let e = ca.renew(&id, &leaf.serial, csr.as_bytes(), None, "test", after_expiry).map(|l| l.serial);
@@ -790,7 +794,10 @@ mod tests {
         assert!(report.violations.is_empty(), "still a valid X.509-SVID: {:?}", report.violations);
         let workload_id: SpiffeId = "spiffe://example.org/ns/payments/sa/charge".parse().expect("id");
         let leaf = ca.issue(&workload_id, None, &[], &key, "test").expect("issue");
-        assert!(!profile::is_ca_server(&profile::parse(&leaf.der).expect("parse")), "a workload is not marked");
+        assert!(
+            !profile::is_ca_server(&profile::parse(&leaf.der).expect("parse")),
+            "a workload is not marked"
+        );
     }
 
     #[test]
