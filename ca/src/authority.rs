@@ -527,17 +527,7 @@ impl CaDir {
     /// the root or intermediate would be reported as done and change nothing. Those are
     /// taken out of service by rotation (README, "Rotating the intermediate or root").
     pub fn revoke(&self, target: &RevokeTarget, reason: &str) -> Result<i64, CaError> {
-        let store = self.store()?;
-        match target {
-            RevokeTarget::Serial(serial) => match store.certificate(serial)? {
-                None => Err(CaError::Refused(format!(
-                    "--serial {serial}: this CA issued no such certificate; nothing was revoked"
-                ))),
-                Some(c) if c.kind != CertKind::Leaf => Err(CaError::Refused(ca_cert_refusal(serial, c.kind))),
-                Some(_) => Ok(store.revoke(Some(serial), None, reason, "cli")?),
-            },
-            RevokeTarget::Identity(id) => Ok(store.revoke(None, Some(&id.to_string()), reason, "cli")?),
-        }
+        self.revoke_many(std::slice::from_ref(target), reason).map(|(_, last)| last)
     }
 
     /// Revokes every target in one transaction: all of them, or (on any refusal) none.
@@ -562,17 +552,25 @@ impl CaDir {
                 RevokeTarget::Serial(serial) => match store.certificate(serial)? {
                     None => {
                         return Err(CaError::Refused(format!(
-                            "serial {serial}: this CA issued no such certificate; nothing was revoked"
+                            "--serial {serial}: this CA issued no such certificate; nothing was revoked"
                         )))
                     }
-                    Some(c) if c.kind != crate::store::CertKind::Leaf => {
-                        return Err(CaError::Refused(format!(
-                            "serial {serial} is a CA certificate: rotate it instead (see the README); \
-                             nothing was revoked"
-                        )))
+                    Some(c) if c.kind != CertKind::Leaf => {
+                        return Err(CaError::Refused(ca_cert_refusal(serial, c.kind)))
                     }
                     Some(_) => rows.push((Some(serial.as_str()), None)),
                 },
+                // Every certificate the CA server will ever present has this identity, and
+                // identity revocations are forever: revoking it would cut every sidecar off
+                // from the CA for good. A stolen serving key is revoked by its serial.
+                RevokeTarget::Identity(i) if is_reserved_zone(i.zone()) => {
+                    return Err(CaError::Refused(format!(
+                        "{i} is the CA server's own identity; revoking it would cut every sidecar off \
+                         from the CA for good, so nothing was revoked. To take a stolen CA serving key \
+                         out of service, revoke its serial (mesh-ca list shows it): the CA then \
+                         issues itself a new certificate at once"
+                    )))
+                }
                 RevokeTarget::Identity(_) => rows.push((None, id.as_deref())),
             }
         }

@@ -291,11 +291,14 @@ fn the_ca_retries_renewing_its_own_certificate_until_it_works() {
     assert_eq!(r.status, Some(200), "{r:?}");
 }
 
-/// The CA's own certificate is checked against the revocation list the sidecar follows:
-/// once the operator revokes it (a stolen CA serving key), the sidecar's next call to the CA
-/// is refused in the handshake. Before, sidecars never checked the CA's revocation.
+/// Revoking the CA server's serial (a stolen serving key) takes that certificate out of
+/// service without cutting the mesh off: sidecars learn the revocation (and from then on
+/// refuse that certificate in the handshake, see `tls::tests::a_ca_client_refuses_...`), the
+/// CA sees its own serial revoked and issues itself a new certificate at once, and the
+/// sidecar keeps talking to the CA. Before, the CA went on presenting the revoked
+/// certificate until its next scheduled renewal (hours).
 #[test]
-fn a_revoked_ca_server_certificate_is_refused_by_sidecars() {
+fn a_revoked_ca_server_certificate_is_replaced_at_once() {
     let mesh = EnrollMesh::start(&[], ALLOW_FRONTEND_TO_ORDERS);
     let sc = mesh.sidecar("web", "frontend", "web", 1, &SidecarShape::default());
     let ca_serial = store_certs(&mesh.ca)
@@ -309,13 +312,35 @@ fn a_revoked_ca_server_certificate_is_refused_by_sidecars() {
         e["event"] == "cert.revoked"
             && e["detail"].as_str().is_some_and(|d| norm(d).contains(&norm(&ca_serial)))
     });
-    let failed =
-        sc.wait_from(mark, "a refused call to the revoked CA", |e| e["event"] == "revocations.poll_failed");
-    assert!(
-        failed.to_string().to_ascii_lowercase().contains("revoked"),
-        "the poll should fail on the CA's revoked certificate: {failed}\n{}",
-        sc.transcript()
+    let server = mesh.server();
+    server.wait_event("ca.own_certificate_revoked", |e| e["event"] == "ca.own_certificate_revoked");
+    server.wait_event("ca.own_certificate_renewed", |e| e["event"] == "ca.own_certificate_renewed");
+    let served = mesh_tests::proxy::Probe::to(server.addr).verify(&server.bundle).run();
+    assert_ne!(
+        norm(served["peer_serial"].as_str().unwrap_or("")),
+        norm(&ca_serial),
+        "the CA still presents its revoked certificate: {served}"
     );
+    // The sidecar's next poll reaches the renewed CA: it learns of the next revocation.
+    let mark = sc.mark();
+    revoke(&mesh.ca, &["--zone", "orders", "--workload", "gone"]).assert_ok();
+    sc.wait_from(mark, "a revocation learnt from the renewed CA", |e| {
+        e["event"] == "cert.revoked" && field(e, "src_id").ends_with("/ns/orders/sa/gone")
+    });
+}
+
+/// The CA server's own identity cannot be revoked as an identity: every certificate it
+/// will ever present has it, and identity revocations are forever, so one typo would cut
+/// every sidecar off from the CA for good.
+#[test]
+fn the_cas_own_identity_cannot_be_revoked() {
+    let ca = TestCa::init_unencrypted();
+    let o = revoke(&ca, &["--zone", "mesh-system", "--workload", "ca"]);
+    assert_eq!(o.code(), Some(1), "{o}");
+    assert!(o.stderr.contains("nothing was revoked") && o.stderr.contains("serial"), "{o}");
+    let listed = ca.cmd("list").arg("--json").run();
+    let v: Value = serde_json::from_str(&listed.stdout).expect("list --json");
+    assert!(v["revocations"].as_array().is_none_or(|r| r.is_empty()), "{listed}");
 }
 
 /// A key file that group or others can read draws a warning: a `config.secret_exposed`

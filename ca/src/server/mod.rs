@@ -1,11 +1,12 @@
 //! `mesh-ca serve`: the CA's HTTPS API. TLS 1.3 with the CA's own SVID
-//! (`spiffe://<td>/ns/mesh-system/sa/ca`, issued at start and renewed at half-life); client
+//! (`spiffe://<td>/ns/mesh-system/sa/ca`, issued at start, renewed a third into its life and
+//! at once when its serial is revoked); client
 //! certificates are optional (enrollment has none yet) and verified fully when presented,
 //! revocation included. Connections are capped, requests bounded in size and time, and
 //! callers rate-limited. The API itself is in [`api`].
 
 mod api;
-mod limits;
+pub mod limits;
 pub mod metrics;
 
 pub use limits::DEFAULT_RATE;
@@ -18,7 +19,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use mesh_config::{SpiffeId, Ttl};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::authority::Authority;
@@ -111,12 +112,14 @@ pub async fn serve(
         cert_ttl: opts.cert_ttl,
         revocation_seq: seq_rx,
         limiter: limits::RateLimiter::new(opts.rate_limit),
+        long_polls: limits::PerSource::new(api::MAX_LONG_POLLS_PER_ID, api::MAX_LONG_POLLS),
         enroll_queue,
     });
     tokio::spawn(api::batcher(shared.clone(), queued));
     let _ = cell.set(shared.clone());
 
-    let (first, expires) = own_config(&shared, &roots, &revoked)?;
+    let (first, expires, serial) = own_config(&shared, &roots, &revoked)?;
+    let own = Arc::new(OwnCertificate { serial: std::sync::Mutex::new(serial), renew_now: Notify::new() });
     let config = Arc::new(RwLock::new(first));
     tokio::spawn(renew_own_identity(
         shared.clone(),
@@ -124,9 +127,10 @@ pub async fn serve(
         revoked.clone(),
         config.clone(),
         expires,
+        own.clone(),
         shutdown.clone(),
     ));
-    tokio::spawn(follow_revocations(shared.clone(), seq_tx, shutdown.clone()));
+    tokio::spawn(follow_revocations(shared.clone(), seq_tx, own, shutdown.clone()));
 
     let mut started = vec![("listen", local.to_string()), ("trust_domain", td.to_string())];
     if let Some(addr) = opts.metrics_listen {
@@ -186,30 +190,45 @@ pub async fn serve(
                     return;
                 }
             };
+            // A caller with a certificate leaves the unauthenticated budget; an anonymous one
+            // keeps its unit for as long as the connection lives, which is short.
+            let (lifetime, _anonymous) = match &caller {
+                Some(_) => (AUTHENTICATED_LIFETIME, None),
+                None => (ANONYMOUS_LIFETIME, Some(anonymous)),
+            };
             let service = hyper::service::service_fn(move |req| {
                 let (shared, caller) = (shared.clone(), caller.clone());
                 async move { Ok::<_, std::convert::Infallible>(api::handle(shared, peer, caller, req).await) }
             });
-            let _ = http1::Builder::new()
+            let conn = http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(5))
                 .max_buf_size(64 * 1024)
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
+                .serve_connection(TokioIo::new(tls), service);
+            let _ = tokio::time::timeout(lifetime, conn).await;
         });
     }
 }
 
+/// The server's current serving certificate, as the revocation follower sees it: when the
+/// operator revokes its serial (a stolen serving key), the renewal loop is woken to issue a
+/// new one at once, instead of presenting a certificate every sidecar now refuses.
+struct OwnCertificate {
+    serial: std::sync::Mutex<String>,
+    renew_now: Notify,
+}
+
 /// Issues the server's own certificate (recorded like any other, with the CA server
-/// marker) and builds its config. Returns the config and the certificate's notAfter.
+/// marker) and builds its config. Returns the config, the certificate's notAfter and serial.
 fn own_config(
     shared: &Shared,
     roots: &TrustBundle,
     revoked: &Arc<dyn RevocationCheck>,
-) -> Result<(ServerTls, i64), CaError> {
+) -> Result<(ServerTls, i64, String), CaError> {
     let key = crate::keys::generate()?;
     let leaf = shared.authority.issue_ca_server(&key)?;
     let not_after = leaf.not_after.unix_timestamp();
+    let serial = leaf.serial.clone();
     let identity = Identity {
         chain: vec![leaf.der, shared.authority.dir().intermediate.clone()],
         key: rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
@@ -221,7 +240,7 @@ fn own_config(
     };
     let config =
         tls::server_config(&identity, roots, &settings).map_err(|e| CaError::Crypto(e.to_string()))?;
-    Ok((config, not_after))
+    Ok((config, not_after, serial))
 }
 
 /// Longest pause between attempts to renew the server's own certificate after a failure.
@@ -243,6 +262,7 @@ async fn renew_own_identity(
     revoked: Arc<dyn RevocationCheck>,
     config: Arc<RwLock<ServerTls>>,
     mut not_after: i64,
+    own: Arc<OwnCertificate>,
     shutdown: CancellationToken,
 ) {
     let mut issued_at = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -251,6 +271,7 @@ async fn renew_own_identity(
             (own_renew_at(issued_at, not_after) - time::OffsetDateTime::now_utc().unix_timestamp()).max(0);
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(wait as u64)) => {}
+            _ = own.renew_now.notified() => {}
             _ = shutdown.cancelled() => return,
         }
         let mut backoff = Duration::from_secs(1);
@@ -259,10 +280,9 @@ async fn renew_own_identity(
             let (r, v) = (roots.clone(), revoked.clone());
             let attempt = tokio::task::spawn_blocking(move || own_config(&sh, &r, &v)).await;
             match attempt {
-                Ok(Ok((c, expires))) => {
-                    if let Ok(mut w) = config.write() {
-                        *w = c;
-                    }
+                Ok(Ok((c, expires, serial))) => {
+                    *config.write().unwrap_or_else(|p| p.into_inner()) = c;
+                    *own.serial.lock().unwrap_or_else(|p| p.into_inner()) = serial;
                     issued_at = time::OffsetDateTime::now_utc().unix_timestamp();
                     not_after = expires;
                     metrics::authority_expiry("server", expires);
@@ -289,7 +309,12 @@ async fn renew_own_identity(
 }
 
 /// Publishes the revocation log's latest position, including entries other processes wrote.
-async fn follow_revocations(shared: Arc<Shared>, tx: watch::Sender<i64>, shutdown: CancellationToken) {
+async fn follow_revocations(
+    shared: Arc<Shared>,
+    tx: watch::Sender<i64>,
+    own: Arc<OwnCertificate>,
+    shutdown: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(REVOCATION_POLL) => {}
@@ -309,6 +334,15 @@ async fn follow_revocations(shared: Arc<Shared>, tx: watch::Sender<i64>, shutdow
                             ("reason", &r.reason),
                         ],
                     );
+                    let mine = r
+                        .serial
+                        .as_deref()
+                        .is_some_and(|s| s == own.serial.lock().unwrap_or_else(|p| p.into_inner()).as_str());
+                    if mine {
+                        let serial = r.serial.as_deref().unwrap_or("-");
+                        api::event("ca.own_certificate_revoked", &[("serial", serial)]);
+                        own.renew_now.notify_one();
+                    }
                 }
                 tx.send_replace(last.seq);
             }

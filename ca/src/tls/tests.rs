@@ -304,3 +304,39 @@ fn identity_signed_by(ca: &Ca, id: &SpiffeId) -> Identity {
         key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
     }
 }
+
+/// A CA client (PeerKind::CaServer) accepts only a server with the CA's identity *and* the
+/// CA server marker, and refuses the CA's certificate once its access check says revoked.
+#[test]
+fn a_ca_client_refuses_an_unmarked_or_revoked_ca_certificate() {
+    let ca = ca();
+    let ca_id = crate::server::ca_server_id(&ca.td);
+    let key = crate::keys::generate().expect("key");
+    let own = ca.authority.issue_ca_server(&key).expect("the CA's certificate");
+    let marked = Identity {
+        chain: vec![own.der, ca.authority.dir().intermediate.clone()],
+        key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    };
+    // The same identity without the marker, as anyone could get it before the zone was
+    // reserved (signed by the real intermediate).
+    let unmarked = identity_signed_by(&ca, &ca_id);
+    let switch = Arc::new(Switch::default());
+    let check: Arc<dyn RevocationCheck> = switch.clone();
+    let settings = ClientSettings {
+        expected: ca_id,
+        kind: PeerKind::CaServer,
+        resumption: Resumption::Off,
+        access: check,
+    };
+    let client = client_config(None, &ca.bundle, &settings).expect("client");
+    let server_settings =
+        ServerSettings { client_auth: ClientAuth::Optional, resumption: Resumption::Off, access: nothing() };
+    let real = server_config(&marked, &ca.bundle, &server_settings).expect("server");
+    handshake(&real, &client).expect("the real CA is accepted");
+    let impostor = server_config(&unmarked, &ca.bundle, &server_settings).expect("server");
+    let err = handshake(&impostor, &client).expect_err("a certificate that only names the CA is refused");
+    assert_eq!(tls_failure_reason(&err), "not_the_ca", "{err}");
+    switch.on.store(true, Ordering::Relaxed);
+    let err = handshake(&real, &client).expect_err("a revoked CA certificate is refused");
+    assert_eq!(err, rustls::Error::InvalidCertificate(CertificateError::Revoked));
+}
