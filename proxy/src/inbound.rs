@@ -25,10 +25,10 @@ pub async fn handle(
     let limits = shared.limits;
     let mut rec = Outcome::new(&shared, Direction::Inbound, listener, peer);
     let current = shared.tls();
-    if !shared.ready() {
-        // Fail closed: an expired own certificate means no new connections at all.
-        return rec
-            .handshake_failed("own_certificate_expired", "this sidecar has no valid certificate".into());
+    if let Some((reason, why)) = shared.not_ready() {
+        // Fail closed: without a valid own certificate, or (following a CA) without its
+        // revocation list, no new connections at all.
+        return rec.handshake_failed(reason, why);
     }
     rec.dst_id(current.cred.id.clone());
     let Some(config) = current.server.clone() else {

@@ -35,10 +35,10 @@ pub async fn handle(
     let limits = shared.limits;
     let mut rec = Outcome::new(&shared, Direction::Outbound, listener, peer);
     let current = shared.tls();
-    if !shared.ready() {
-        // Fail closed: an expired own certificate means no new connections at all.
-        return rec
-            .handshake_failed("own_certificate_expired", "this sidecar has no valid certificate".into());
+    if let Some((reason, why)) = shared.not_ready() {
+        // Fail closed: without a valid own certificate, or (following a CA) without its
+        // revocation list, no new connections at all.
+        return rec.handshake_failed(reason, why);
     }
     rec.src_id(current.cred.id.clone());
     rec.dst_id(route.server.clone());

@@ -148,6 +148,9 @@ fn a_sidecar_that_cannot_load_the_revocation_list_is_not_ready_and_says_so() {
     let v = Probe::to(inbound_of(&sc)).identity(&good).send("hello").run();
     assert_ne!(v["received"], "hello", "served without a revocation list: {v}");
     assert_eq!(app.connections(), 0);
+    sc.wait_for("the refusal, with its reason", |e| {
+        e["event"] == "tls.handshake_failed" && field(e, "reason") == "revocations_unavailable"
+    });
 
     // The CA reachable again: the next retry loads the list and the sidecar is ready.
     relay.open();

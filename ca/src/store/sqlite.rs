@@ -640,10 +640,10 @@ mod tests {
         let seqs = |p: &RevocationPage| p.entries.iter().map(|r| r.seq).collect::<Vec<_>>();
         let p1 = store.revocation_page(0, now, 3).expect("page 1");
         assert_eq!((seqs(&p1), p1.sequence, p1.more), (vec![2, 3, 4], 4, true));
+        // Entry 8 is compacted away: the page holds 5..=7, and its sequence moves past 8.
         let p2 = store.revocation_page(p1.sequence, now, 3).expect("page 2");
-        assert_eq!((seqs(&p2), p2.sequence, p2.more), (vec![5, 6, 7], 7, true));
-        // The last entry is compacted away, yet the sequence moves past it.
-        let p3 = store.revocation_page(p2.sequence, now, 3).expect("page 3");
+        assert_eq!((seqs(&p2), p2.sequence, p2.more), (vec![5, 6, 7], 8, false));
+        let p3 = store.revocation_page(7, now, 3).expect("only compacted entries left");
         assert_eq!((seqs(&p3), p3.sequence, p3.more), (vec![], 8, false));
         assert_eq!(store.revocation_page(8, now, 3).expect("caught up").sequence, 8);
         // Before the certificate expired, its revocation was served; the full log keeps all.
