@@ -2,7 +2,8 @@
 //! orchestrators, `/metrics` for Prometheus, `/identity` and `/config` for operators.
 //!
 //! Read-only: every answer is computed from state others own, nothing here changes it, and
-//! only GET (and HEAD) are served. Bounded: at most [`MAX_CONNECTIONS`] connections, headers
+//! only GET (and HEAD) are served. Bounded: at most `[limits] max_admin_connections` (64)
+//! connections, a budget of its own that no other listener's flood touches, headers
 //! within [`MAX_HEADER_BYTES`] and [`HEADER_TIMEOUT`], each connection closed after
 //! [`CONNECTION_LIFETIME`]. No private key, token or key material is ever served: `/identity`
 //! describes the certificate, `/config` shows paths, never file contents.
@@ -28,7 +29,6 @@ use crate::run::{IdentityPlan, Plan};
 use crate::state::Shared;
 use crate::tls::Resumption;
 
-const MAX_CONNECTIONS: usize = 64;
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Long enough for keep-alive scrapes, short enough that no client holds a slot for ever.
@@ -45,7 +45,7 @@ pub struct Admin {
 }
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, admin: Arc<Admin>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(shared.limits.max_admin_connections));
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => match p {
@@ -225,6 +225,9 @@ pub fn config_json(plan: &Plan) -> Value {
             "idle_timeout_seconds": l.idle_timeout.as_secs_f64(),
             "drain_timeout_seconds": l.drain_timeout.as_secs_f64(),
             "max_connections": l.max_connections,
+            "max_admin_connections": l.max_admin_connections,
+            "max_pending": l.max_pending,
+            "max_pending_per_source": l.max_pending_per_source,
         },
         "tls": { "resumption": plan.resumption == Resumption::Allowed },
     })

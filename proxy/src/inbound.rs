@@ -21,6 +21,7 @@ pub async fn handle(
     forward_to: Arc<str>,
     stream: TcpStream,
     peer: SocketAddr,
+    mut pending: crate::listener::Pending,
 ) {
     let limits = shared.limits;
     let mut rec = Outcome::new(&shared, Direction::Inbound, listener, peer);
@@ -41,6 +42,8 @@ pub async fn handle(
             Err(f) => return rec.handshake_failed(f.reason, f.detail),
         };
     rec.handshake_ok(resumed);
+    // Authenticated: no longer counted against the source's pending budget.
+    pending.authenticated();
     let (peer_serial, peer_id) = (peer.serial, peer.id);
     rec.src_id(peer_id.clone());
     let decision = shared.policy().decide(&Request { from: &peer_id, to: &current.cred.id, http: None });

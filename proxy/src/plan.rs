@@ -62,6 +62,9 @@ pub fn load(path: &Path) -> Result<Plan, PlanError> {
             idle_timeout: cfg.limits.idle_timeout,
             drain_timeout: cfg.limits.drain_timeout,
             max_connections: cfg.limits.max_connections,
+            max_admin_connections: cfg.limits.max_admin_connections,
+            max_pending: cfg.limits.max_pending,
+            max_pending_per_source: cfg.limits.max_pending_per_source,
         },
         resumption: if cfg.tls.resumption { Resumption::Allowed } else { Resumption::Off },
     })

@@ -153,7 +153,6 @@ pub async fn run(plan: Plan) -> Result<(), RunError> {
         policy: policy_rx,
         events: events.clone(),
         limits: plan.limits,
-        conns: Arc::new(Semaphore::new(plan.limits.max_connections)),
         shutdown: shutdown.clone(),
         tracker: TaskTracker::new(),
         own_addrs: std::sync::OnceLock::new(),
@@ -197,23 +196,41 @@ pub async fn run(plan: Plan) -> Result<(), RunError> {
     let mut tasks = Vec::new();
     if let Some((l, local, fwd)) = inbound_listener {
         let sh = shared.clone();
-        tasks.push(tokio::spawn(listener::serve(l, shared.clone(), move |stream, peer, permit| {
-            let (sh, fwd) = (sh.clone(), fwd.clone());
-            async move {
-                inbound::handle(sh, local, fwd, stream, peer).await;
-                drop(permit);
-            }
-        })));
+        // Budgets per listener: a flood on the inbound cannot take the outbounds' or the
+        // admin's slots; and on the inbound, unauthenticated connections are capped per source.
+        let budget = Arc::new(Semaphore::new(plan.limits.max_connections));
+        let pending = listener::pending_table(plan.limits.max_pending_per_source, plan.limits.max_pending);
+        tasks.push(tokio::spawn(listener::serve(
+            l,
+            shared.clone(),
+            budget,
+            Some(pending),
+            move |stream, peer, slot| {
+                let (sh, fwd) = (sh.clone(), fwd.clone());
+                async move {
+                    let listener::Slot { permit, pending } = slot;
+                    inbound::handle(sh, local, fwd, stream, peer, pending).await;
+                    drop(permit);
+                }
+            },
+        )));
     }
     for (l, local, route) in outbound_listeners {
         let sh = shared.clone();
-        tasks.push(tokio::spawn(listener::serve(l, shared.clone(), move |stream, peer, permit| {
-            let (sh, route) = (sh.clone(), route.clone());
-            async move {
-                outbound::handle(sh, local, route, stream, peer).await;
-                drop(permit);
-            }
-        })));
+        let budget = Arc::new(Semaphore::new(plan.limits.max_connections));
+        tasks.push(tokio::spawn(listener::serve(
+            l,
+            shared.clone(),
+            budget,
+            None,
+            move |stream, peer, slot| {
+                let (sh, route) = (sh.clone(), route.clone());
+                async move {
+                    outbound::handle(sh, local, route, stream, peer).await;
+                    drop(slot);
+                }
+            },
+        )));
     }
     if let Some(l) = admin_listener {
         let policy_file = plan.policy.clone();

@@ -1,12 +1,13 @@
 //! What every connection task reads: the current TLS configs (rebuilt on each credential
 //! change and published on a `watch`, so rotation is a pointer swap), the current policy, the
-//! event handle, limits, the connection cap and the shutdown signal.
+//! event handle, limits and the shutdown signal. Connection budgets are per listener (see
+//! [`crate::listener`]), so they are not here.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_config::policy::Policy;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -59,14 +60,19 @@ impl Tls {
     }
 }
 
-/// Timeouts and caps, from `[limits]`.
+/// Timeouts and caps, from `[limits]` (see `mesh_config::sidecar::Limits` for each).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub handshake_timeout: Duration,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub drain_timeout: Duration,
+    /// Per listener: the inbound and each outbound have a budget of their own.
     pub max_connections: usize,
+    pub max_admin_connections: usize,
+    /// Inbound connections not yet authenticated, in total and per source.
+    pub max_pending: usize,
+    pub max_pending_per_source: usize,
 }
 
 pub struct Shared {
@@ -74,8 +80,6 @@ pub struct Shared {
     pub policy: watch::Receiver<Arc<Policy>>,
     pub events: Events,
     pub limits: Limits,
-    /// Caps concurrent connections across all listeners; a listener at the cap stops accepting.
-    pub conns: Arc<Semaphore>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     /// Addresses this sidecar listens on, so a hop that would connect back to itself (an

@@ -566,8 +566,11 @@ fn a_revoked_identity_can_neither_renew_nor_enroll_and_long_polls_hear_of_it() {
     assert_eq!(r.json["revoked"], json!([]), "{r:?}");
     let since = r.json["sequence"].as_i64().expect("sequence");
 
-    // A long-poll, started (and seen to be waiting) before the revocation.
-    let args = s.api.spawn_args("GET", &format!("/v1/revocations?since={since}&wait=30"));
+    // A long-poll, started (and seen to be waiting) before the revocation. Only a caller with
+    // a certificate waits (anonymous long-polls are answered at once): the web sidecar's.
+    let mut args = s.api.spawn_args("GET", &format!("/v1/revocations?since={since}&wait=30"));
+    let (cert, key) = (web.cert().display().to_string(), web.key().display().to_string());
+    args.splice(1..1, ["--cert".to_owned(), cert, "--key".to_owned(), key]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let poll = ca_client_spawn("long-poll", &refs);
     poll.wait_lines("the long-poll request sent", |l| l.iter().any(|l| l.contains("\"sent\"")).then_some(()));

@@ -7,7 +7,8 @@
 //! - `GET  /v1/revocations?since=N&wait=S&limit=L` -> one page of at most L (<= 1,000, the
 //!   default) entries after N, compacted (serial revocations of expired certificates left out)
 //!   and `more: true` while further pages follow; waits up to S (<= 60) seconds for one when
-//!   there is none yet
+//!   there is none yet, for callers with a client certificate only (an anonymous `wait` is
+//!   answered at once), within the long-poll budget (else 503 `busy`: retry with backoff)
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,7 +29,11 @@ use crate::token::Token;
 const MAX_BODY: usize = 64 * 1024;
 /// Time to read a request body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_WAIT: u64 = 60;
+/// Longest long-poll, seconds.
+pub const MAX_WAIT: u64 = 60;
+/// Long-polls waiting at once, in total and per caller identity; a sidecar needs one.
+pub const MAX_LONG_POLLS: usize = 256;
+pub const MAX_LONG_POLLS_PER_ID: usize = 4;
 /// Entries per revocation page, at most and by default.
 pub const MAX_PAGE_ENTRIES: usize = 1_000;
 /// Bytes of entries per page, at most: well under what clients accept (1 MiB), whatever the
@@ -181,7 +186,7 @@ pub async fn handle(
         (&Method::GET, "/v1/bundle") => {
             json(StatusCode::OK, &BundleBody { sequence: 1, bundle: shared.authority.dir().bundle_pem() })
         }
-        (&Method::GET, "/v1/revocations") => revocations(shared, &query).await,
+        (&Method::GET, "/v1/revocations") => revocations(shared, caller.as_ref(), &query).await,
         (_, "/v1/enroll" | "/v1/renew" | "/v1/bundle" | "/v1/revocations") => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "see the API reference in the README")
         }
@@ -356,7 +361,7 @@ async fn renew(shared: Arc<Shared>, caller: Caller, b: RenewRequest) -> Response
     }
 }
 
-async fn revocations(shared: Arc<Shared>, query: &str) -> Response<Full<Bytes>> {
+async fn revocations(shared: Arc<Shared>, caller: Option<&Caller>, query: &str) -> Response<Full<Bytes>> {
     let mut since = 0i64;
     let mut wait = 0u64;
     let mut limit = MAX_PAGE_ENTRIES;
@@ -386,7 +391,16 @@ async fn revocations(shared: Arc<Shared>, query: &str) -> Response<Full<Bytes>> 
         }
     }
     let mut seq = shared.revocation_seq.clone();
-    if *seq.borrow() <= since && wait > 0 {
+    // Only a caller with a certificate waits, and only within the long-poll budget: an
+    // anonymous caller holding connections open for a minute each could starve everyone.
+    if let (Some(caller), true) = (caller, *seq.borrow() <= since && wait > 0) {
+        let Some(_waiting) = shared.long_polls.try_hold(caller.id.clone()) else {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "too many long-polls waiting; retry with backoff",
+            );
+        };
         let _ = tokio::time::timeout(Duration::from_secs(wait), seq.wait_for(|s| *s > since)).await;
     }
     let sh = shared.clone();

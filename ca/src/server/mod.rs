@@ -33,7 +33,20 @@ pub const CA_ZONE: &str = "mesh-system";
 pub const CA_WORKLOAD: &str = "ca";
 /// Concurrent connections the API serves; more wait in the kernel backlog.
 const MAX_CONNECTIONS: usize = 1024;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections without a client certificate (still in the handshake, or anonymous callers
+/// such as enrollments) one source (an IPv4 address, an IPv6 /64) may hold at once; more are
+/// closed as soon as they are accepted.
+const MAX_UNAUTHENTICATED_PER_SOURCE: usize = 16;
+/// ... and all sources together: half the slots, so callers with a certificate (renewals,
+/// revocation polls) always have the other half.
+const MAX_UNAUTHENTICATED: usize = MAX_CONNECTIONS / 2;
+/// Time for the TLS handshake, from accept.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest an anonymous connection lives (its requests are answered at once: enrollment,
+/// bundle, a revocation page; anonymous callers get no long-poll).
+const ANONYMOUS_LIFETIME: Duration = Duration::from_secs(30);
+/// Longest a connection with a client certificate lives: a long-poll and then some.
+const AUTHENTICATED_LIFETIME: Duration = Duration::from_secs(api::MAX_WAIT + 30);
 /// How often the revocation log is checked for entries written by other processes
 /// (`mesh-ca revoke` on the same directory).
 const REVOCATION_POLL: Duration = Duration::from_millis(200);
@@ -63,6 +76,9 @@ pub(crate) struct Shared {
     /// The latest revocation log position, refreshed from the store; long-polls wait on it.
     pub revocation_seq: watch::Receiver<i64>,
     pub limiter: limits::RateLimiter,
+    /// Long-polls waiting now, per caller identity: their own small budget, so that waiting
+    /// callers never hold the slots renewals need.
+    pub long_polls: Arc<limits::PerSource<SpiffeId>>,
     /// Enrollments waiting for the group-commit batcher.
     pub enroll_queue: tokio::sync::mpsc::Sender<api::QueuedEnroll>,
 }
@@ -154,6 +170,7 @@ pub async fn serve(
     let fields: Vec<(&str, &str)> = started.iter().map(|(k, v)| (*k, v.as_str())).collect();
     api::event("ca.started", &fields);
     let conns = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let unauthenticated = limits::PerSource::new(MAX_UNAUTHENTICATED_PER_SOURCE, MAX_UNAUTHENTICATED);
     loop {
         let permit = tokio::select! {
             p = conns.clone().acquire_owned() => p.map_err(|_| CaError::Refused("shutting down".into()))?,
@@ -165,6 +182,12 @@ pub async fn serve(
                 Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
             },
             _ = shutdown.cancelled() => return Ok(()),
+        };
+        // Until its handshake shows a client certificate, a connection counts against its
+        // source's small budget; over it, the connection is closed unread, freeing the slot.
+        let Some(anonymous) = unauthenticated.try_hold(limits::SourceKey::of(peer.ip())) else {
+            drop(stream);
+            continue;
         };
         let server_tls = config.read().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone());
         let shared = shared.clone();

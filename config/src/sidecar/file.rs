@@ -99,6 +99,9 @@ struct RawLimits {
     idle_timeout: Option<Spanned<String>>,
     drain_timeout: Option<Spanned<String>>,
     max_connections: Option<Spanned<i64>>,
+    max_admin_connections: Option<Spanned<i64>>,
+    max_pending: Option<Spanned<i64>>,
+    max_pending_per_source: Option<Spanned<i64>>,
 }
 
 /// `sink = "stdout"` or `sink = ["stdout", "file:/var/log/mesh.log"]`. Hand-written rather than
@@ -382,16 +385,33 @@ impl Conv<'_> {
             };
             Err(self.src.invalid(raw.span(), format!("limits.{key}"), msg))
         };
-        let max_connections = match &raw.max_connections {
-            None => default.max_connections,
+        let count = |raw: &Option<Spanned<i64>>, key: &str, default: usize| match raw {
+            None => Ok(default),
             Some(n) => usize::try_from(*n.get_ref()).ok().filter(|&n| n > 0).ok_or_else(|| {
                 self.src.invalid(
                     n.span(),
-                    "limits.max_connections",
+                    format!("limits.{key}"),
                     format!("{} must be at least 1", n.get_ref()),
                 )
-            })?,
+            }),
         };
+        let max_connections = count(&raw.max_connections, "max_connections", default.max_connections)?;
+        let max_pending = count(&raw.max_pending, "max_pending", default.max_pending)?;
+        let max_pending_per_source =
+            count(&raw.max_pending_per_source, "max_pending_per_source", default.max_pending_per_source)?;
+        // The defaults agree; a file that sets one of the two may not make them disagree.
+        let given = match (&raw.max_pending_per_source, &raw.max_pending) {
+            (Some(n), _) => Some((n, "limits.max_pending_per_source")),
+            (None, Some(n)) => Some((n, "limits.max_pending")),
+            (None, None) => None,
+        };
+        if let Some((n, key)) = given.filter(|_| max_pending_per_source > max_pending) {
+            let msg = format!(
+                "max_pending_per_source ({max_pending_per_source}) is more than max_pending \
+                 ({max_pending}); make it at most max_pending"
+            );
+            return Err(self.src.invalid(n.span(), key, msg));
+        }
         Ok(Limits {
             handshake_timeout: duration(
                 &raw.handshake_timeout,
@@ -402,6 +422,13 @@ impl Conv<'_> {
             idle_timeout: duration(&raw.idle_timeout, "idle_timeout", default.idle_timeout)?,
             drain_timeout: duration(&raw.drain_timeout, "drain_timeout", default.drain_timeout)?,
             max_connections,
+            max_admin_connections: count(
+                &raw.max_admin_connections,
+                "max_admin_connections",
+                default.max_admin_connections,
+            )?,
+            max_pending,
+            max_pending_per_source,
         })
     }
 }

@@ -228,7 +228,8 @@ impl fmt::Display for HttpsFormat {
 /// Bounds on every connection, so a slow or hostile peer cannot hold resources forever.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Longest a TLS handshake may take before the connection is dropped.
+    /// Longest a TLS handshake may take before the connection is dropped (inbound, this is
+    /// also how long a connection may stay unauthenticated).
     pub handshake_timeout: Duration,
     /// Longest a TCP connect (to the local app or a remote sidecar) may take.
     pub connect_timeout: Duration,
@@ -236,8 +237,16 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// On shutdown, how long live connections may finish before they are cut.
     pub drain_timeout: Duration,
-    /// The most connections open at once, across all listeners.
+    /// The most connections open at once on each listener: the inbound, and every outbound
+    /// on its own, so that one listener's flood cannot starve another.
     pub max_connections: usize,
+    /// The most connections open at once on the admin listener (its own budget).
+    pub max_admin_connections: usize,
+    /// Inbound connections not yet through the TLS handshake, from all sources together ...
+    pub max_pending: usize,
+    /// ... and from one source (an IPv4 address, an IPv6 /64). Past either cap a new inbound
+    /// connection is closed as soon as it is accepted.
+    pub max_pending_per_source: usize,
 }
 
 /// `[tls]`: how sessions are set up. Versions, suites and verification are not configurable:
@@ -260,11 +269,14 @@ impl Default for TlsOptions {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(5 * 60),
             drain_timeout: Duration::from_secs(15),
             max_connections: 10_000,
+            max_admin_connections: 64,
+            max_pending: 1024,
+            max_pending_per_source: 32,
         }
     }
 }

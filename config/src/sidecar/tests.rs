@@ -314,6 +314,44 @@ fn limits_are_checked() {
     );
     assert_eq!(limit("max_connections = \"many\"").1.as_deref(), Some("limits.max_connections"));
     assert_eq!(limit("read_timeout = \"1s\"").1.as_deref(), Some("limits.read_timeout"));
+    for key in ["max_admin_connections", "max_pending", "max_pending_per_source"] {
+        let (line, k, msg) = limit(&format!("{key} = -3"));
+        assert_eq!((line, k.as_deref()), (Some(7), Some(format!("limits.{key}").as_str())), "{msg}");
+        assert!(msg.ends_with("-3 must be at least 1"), "{msg}");
+    }
+    let (_, key, msg) = limit("max_pending = 4\nmax_pending_per_source = 8");
+    assert_eq!(key.as_deref(), Some("limits.max_pending_per_source"), "{msg}");
+    assert!(msg.contains("make it at most max_pending"), "{msg}");
+    assert_eq!(
+        limit("max_pending = 4").1.as_deref(),
+        Some("limits.max_pending"),
+        "below the default per source"
+    );
+}
+
+#[test]
+fn listener_budgets_and_pending_caps_are_read_with_defaults() {
+    let c = parse(MINIMAL).expect("valid");
+    let d = Limits::default();
+    assert_eq!(
+        (
+            d.handshake_timeout,
+            d.max_connections,
+            d.max_admin_connections,
+            d.max_pending,
+            d.max_pending_per_source
+        ),
+        (Duration::from_secs(5), 10_000, 64, 1024, 32)
+    );
+    assert_eq!(c.limits, d);
+    let text = format!(
+        "{MINIMAL}[limits]\nmax_connections = 100\nmax_admin_connections = 8\nmax_pending = 50\nmax_pending_per_source = 5\n"
+    );
+    let l = parse(&text).expect("valid").limits;
+    assert_eq!(
+        (l.max_connections, l.max_admin_connections, l.max_pending, l.max_pending_per_source),
+        (100, 8, 50, 5)
+    );
 }
 
 #[test]
