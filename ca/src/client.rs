@@ -70,17 +70,38 @@ impl CaClient {
         anchors: Vec<CertificateDer<'static>>,
         access: Arc<dyn RevocationCheck>,
     ) -> Result<Self, ClientError> {
-        let td = anchors.iter().find_map(tls::trust_domain_of).ok_or_else(|| {
-            ClientError::Protocol(
-                "the CA bundle has no certificate with a spiffe://<trust-domain> URI SAN".into(),
-            )
-        })?;
+        // The CA bundle is the CA's own: its roots name one trust domain, which is the one
+        // the CA must present and the sidecar enrolls in. Taking "the first root's" would let
+        // the order of a mixed file decide whom the sidecar trusts to enroll it.
+        let mut named = Vec::new();
+        for td in anchors.iter().filter_map(tls::trust_domain_of) {
+            if !named.contains(&td) {
+                named.push(td);
+            }
+        }
+        let td = match named.as_slice() {
+            [] => {
+                return Err(ClientError::Protocol(
+                    "the CA bundle has no certificate with a spiffe://<trust-domain> URI SAN".into(),
+                ))
+            }
+            [td] => td.clone(),
+            _ => {
+                let list: Vec<String> = named.iter().map(ToString::to_string).collect();
+                return Err(ClientError::Protocol(format!(
+                    "the CA bundle names several trust domains ({}): it must hold the CA's own roots only",
+                    list.join(", ")
+                )));
+            }
+        };
         let bundle = TrustBundle::new(td.clone(), anchors)
             .map_err(|e| ClientError::Protocol(format!("CA bundle: {e}")))?;
         let settings = ClientSettings {
             expected: ca_server_id(&td),
             kind: PeerKind::CaServer,
-            resumption: tls::Resumption::Allowed,
+            // Each call builds its config (the caller's identity changes with every renewal),
+            // so there is no session to resume: every call is a full handshake.
+            resumption: tls::Resumption::Off,
             access,
         };
         Ok(Self { address, bundle: Arc::new(bundle), settings })
@@ -129,12 +150,14 @@ impl CaClient {
             .map_err(|e| unreachable(&e))?;
         let config = tls::client_config(id, &self.bundle, &self.settings)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, config.connector().connect(tls::sni(), tcp))
-            .await
-            .map_err(|_| unreachable(&"TLS handshake timed out"))?
-            .map_err(|e| unreachable(&tls::failure_detail(&e)))?;
-        // A resumed session is checked again (expiry, revocation of the CA's certificate).
-        config.peer(stream.get_ref().1).map_err(|e| unreachable(&tls::tls_failure_detail(&e)))?;
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, config.connect(tcp)).await {
+            Err(_) => return Err(unreachable(&"TLS handshake timed out")),
+            Ok(Err(tls::HandshakeError::Handshake(e))) => return Err(unreachable(&tls::failure_detail(&e))),
+            Ok(Err(tls::HandshakeError::Peer { error, .. })) => {
+                return Err(unreachable(&tls::tls_failure_detail(&error)))
+            }
+            Ok(Ok(c)) => c.stream,
+        };
         let exchange = async {
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                 .await

@@ -8,12 +8,11 @@
 
 use std::time::Duration;
 
-use rustls::HandshakeKind;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::timeout;
 use tokio_rustls::{client, server};
 
-use crate::tls::{self, ClientTls, Peer, ServerTls};
+use crate::tls::{self, ClientTls, Connected, HandshakeError, Peer, ServerTls};
 
 /// Why the TLS stage refused a connection: a bounded reason and its detail.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,14 +29,18 @@ pub struct Handshaken<S> {
     pub resumed: bool,
 }
 
-fn failed(e: &std::io::Error) -> Failure {
-    Failure { reason: tls::failure_reason(e), detail: tls::failure_detail(e) }
-}
-
-fn refused_resumption(e: &rustls::Error) -> Failure {
-    Failure {
-        reason: tls::tls_failure_reason(e),
-        detail: format!("resumed session refused: {}", tls::tls_failure_detail(e)),
+fn failure(e: HandshakeError) -> Failure {
+    match e {
+        HandshakeError::Handshake(e) => {
+            Failure { reason: tls::failure_reason(&e), detail: tls::failure_detail(&e) }
+        }
+        HandshakeError::Peer { resumed: true, error } => Failure {
+            reason: tls::tls_failure_reason(&error),
+            detail: format!("resumed session refused: {}", tls::tls_failure_detail(&error)),
+        },
+        HandshakeError::Peer { resumed: false, error } => {
+            Failure { reason: "bad_svid", detail: tls::tls_failure_detail(&error) }
+        }
     }
 }
 
@@ -54,20 +57,13 @@ pub async fn accept<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let stream = match timeout(limit, config.acceptor().accept(io)).await {
-        Err(_) => return Err(timed_out()),
-        Ok(Err(e)) => return Err(failed(&e)),
-        Ok(Ok(s)) => s,
-    };
-    let conn = stream.get_ref().1;
-    let resumed = conn.handshake_kind() == Some(HandshakeKind::Resumed);
-    match config.peer(conn) {
-        Ok(Some(peer)) => Ok(Handshaken { stream, peer, resumed }),
-        Ok(None) => {
+    match timeout(limit, config.accept(io)).await {
+        Err(_) => Err(timed_out()),
+        Ok(Err(e)) => Err(failure(e)),
+        Ok(Ok(Connected { stream, peer: Some(peer), resumed })) => Ok(Handshaken { stream, peer, resumed }),
+        Ok(Ok(Connected { peer: None, .. })) => {
             Err(Failure { reason: "no_certificate", detail: "the peer presented no certificate".into() })
         }
-        Err(e) if resumed => Err(refused_resumption(&e)),
-        Err(e) => Err(Failure { reason: "bad_svid", detail: tls::tls_failure_detail(&e) }),
     }
 }
 
@@ -80,16 +76,12 @@ pub async fn connect_tls<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let stream = match timeout(limit, config.connector().connect(tls::sni(), io)).await {
-        Err(_) => return Err(timed_out()),
-        Ok(Err(e)) => return Err(failed(&e)),
-        Ok(Ok(s)) => s,
-    };
-    let conn = stream.get_ref().1;
-    let resumed = conn.handshake_kind() == Some(HandshakeKind::Resumed);
-    match config.peer(conn) {
-        Ok(peer) => Ok(Handshaken { stream, peer, resumed }),
-        Err(e) if resumed => Err(refused_resumption(&e)),
-        Err(e) => Err(Failure { reason: "bad_svid", detail: tls::tls_failure_detail(&e) }),
+    match timeout(limit, config.connect(io)).await {
+        Err(_) => Err(timed_out()),
+        Ok(Err(e)) => Err(failure(e)),
+        Ok(Ok(Connected { stream, peer: Some(peer), resumed })) => Ok(Handshaken { stream, peer, resumed }),
+        Ok(Ok(Connected { peer: None, .. })) => {
+            Err(Failure { reason: "no_certificate", detail: "the server presented no certificate".into() })
+        }
     }
 }

@@ -458,7 +458,7 @@ def _mesh_id(td: str, zone: str, workload: str) -> str:
 
 # Seconds a "short_lived" variant stays valid: long enough for one full handshake on a busy
 # machine, short enough for a test to wait for its expiry.
-SHORT_LIVED_SECONDS = 8
+SHORT_LIVED_SECONDS = 20
 
 
 def ca_leaf_variant(inter: Issued, name: str, zone: str, workload: str, td: str = TD):

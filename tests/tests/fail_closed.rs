@@ -245,7 +245,7 @@ fn the_ca_retries_renewing_its_own_certificate_until_it_works() {
     let ca = TestCa::prepare(false);
     ca.cmd("init")
         .args(["--trust-domain", &ca.trust_domain, "--insecure-no-passphrase"])
-        .args(["--min-leaf-ttl", "1m", "--max-leaf-ttl", "1m", "--default-leaf-ttl", "1m"])
+        .args(["--min-leaf-ttl", "1m", "--max-leaf-ttl", "2m", "--default-leaf-ttl", "1m"])
         .run()
         .assert_ok();
     let server = CaServer::start(&ca, &[]);
@@ -255,24 +255,41 @@ fn the_ca_retries_renewing_its_own_certificate_until_it_works() {
         .filter_map(|c| c["not_after"].as_i64())
         .max()
         .expect("the CA server's own certificate is on record");
-    // Hold the store's write lock from before the first renewal (20 s in) for 30 s: the
-    // certificate lives 60 s, so only a retry can renew it in time.
+    // The certificate lives 120 s and is renewed 40 s in. Hold the store's write lock from now
+    // until 55 s in: the first renewal fails, and only a retry can renew it in time.
+    let issued_at = first_expiry - 120;
+    let hold_until = (issued_at + 55).to_string();
     let store = ca.dir.join("store.db").display().to_string();
     let locker = LineChild::spawn(
         "store-locker",
         Path::new("python3"),
         &[
             "-c",
-            "import sqlite3, sys, time\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\nc.execute('BEGIN EXCLUSIVE')\nprint('locked', flush=True)\ntime.sleep(float(sys.argv[2]))\nc.execute('COMMIT')\nprint('released', flush=True)\ntime.sleep(3600)",
+            "import sqlite3, sys, time\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\nc.execute('BEGIN EXCLUSIVE')\nprint('locked', int(time.time()), flush=True)\ntime.sleep(max(0, float(sys.argv[2]) - time.time()))\nc.execute('COMMIT')\nprint('released', flush=True)\ntime.sleep(3600)",
             &store,
-            "30",
+            &hold_until,
         ],
     );
-    locker.wait_lines("the store lock", |l| l.iter().any(|x| x == "locked").then_some(()));
-    let failed = server.wait_event("ca.renew_own_failed", |e| e["event"] == "ca.renew_own_failed");
+    let locked_at: i64 = locker.wait_lines("the store lock", |l| {
+        l.iter().find_map(|x| x.strip_prefix("locked ").and_then(|t| t.parse().ok()))
+    });
+    assert!(locked_at < issued_at + 35, "the test machine took {}s to lock the store", locked_at - issued_at);
+    // Longer than the harness's usual deadline: the first renewal is 40 s in.
+    let named = |name: &'static str| {
+        move |l: &[String]| {
+            l.iter().filter_map(|x| serde_json::from_str::<Value>(x).ok()).find(|e| e["event"] == name)
+        }
+    };
+    let failed = server
+        .proc
+        .wait_lines_for(Duration::from_secs(120), named("ca.renew_own_failed"))
+        .unwrap_or_else(|| panic!("no ca.renew_own_failed\n{}", server.transcript()));
     assert!(failed["retry_in_seconds"].is_string(), "the failure names its retry: {failed}");
     locker.wait_lines("the store lock released", |l| l.iter().any(|x| x == "released").then_some(()));
-    server.wait_event("ca.own_certificate_renewed", |e| e["event"] == "ca.own_certificate_renewed");
+    server
+        .proc
+        .wait_lines_for(Duration::from_secs(120), named("ca.own_certificate_renewed"))
+        .unwrap_or_else(|| panic!("no ca.own_certificate_renewed\n{}", server.transcript()));
     // When the new certificate was made: its notBefore is backdated by 60 s for clock skew.
     let renewed_at = store_certs(&ca)
         .iter()

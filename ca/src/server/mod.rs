@@ -190,34 +190,34 @@ pub async fn serve(
             continue;
         };
         let server_tls = config.read().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone());
-        let shared = shared.clone();
+        let (shared, anonymous_slots) = (shared.clone(), anonymous_slots.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let Ok(Ok(tls)) =
-                tokio::time::timeout(HANDSHAKE_TIMEOUT, server_tls.acceptor().accept(stream)).await
-            else {
-                return;
-            };
-            // A resumed session's stored chain is verified again here (expiry, revocation):
-            // the handshake itself did not.
-            let caller = match server_tls.peer(tls.get_ref().1) {
-                Ok(peer) => peer.map(api::Caller::from),
-                Err(e) => {
+            // `accept` verifies a resumed session's stored chain again (expiry, revocation):
+            // the handshake itself does not.
+            let (tls, caller) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, server_tls.accept(stream)).await {
+                Ok(Ok(c)) => (c.stream, c.peer.map(api::Caller::from)),
+                Ok(Err(tls::HandshakeError::Peer { error, .. })) => {
                     let peer = peer.to_string();
-                    let reason = tls::tls_failure_reason(&e);
-                    let detail = tls::tls_failure_detail(&e);
+                    let reason = tls::tls_failure_reason(&error);
+                    let detail = tls::tls_failure_detail(&error);
                     api::event(
                         "tls.resumption_refused",
                         &[("peer", &peer), ("reason", reason), ("reason_detail", &detail)],
                     );
                     return;
                 }
+                Ok(Err(tls::HandshakeError::Handshake(_))) | Err(_) => return,
             };
             // A caller with a certificate leaves the unauthenticated budget; an anonymous one
-            // keeps its unit for as long as the connection lives, which is short.
+            // keeps its unit for as long as the connection lives, which is short, and needs
+            // one of the anonymous slots too (none left: closed).
             let (lifetime, _anonymous) = match &caller {
                 Some(_) => (AUTHENTICATED_LIFETIME, None),
-                None => (ANONYMOUS_LIFETIME, Some(anonymous)),
+                None => match anonymous_slots.try_acquire_owned() {
+                    Ok(slot) => (ANONYMOUS_LIFETIME, Some((anonymous, slot))),
+                    Err(_) => return,
+                },
             };
             let service = hyper::service::service_fn(move |req| {
                 let (shared, caller) = (shared.clone(), caller.clone());

@@ -7,9 +7,11 @@
 //! `spiffe://<td>` URI SAN names (every mesh-ca root carries one), and a verifier for trust
 //! domain T is built from T's anchors only.
 //!
-//! An anchor that names no trust domain (a PKI made with plain openssl, as in a PEM bundle
-//! from elsewhere) is taken to belong to the bundle's *local* trust domain: the operator put
-//! it in this workload's own bundle. It never vouches for a foreign trust domain.
+//! An anchor that names no trust domain (a PKI made with plain openssl) is taken to belong to
+//! the bundle's *local* trust domain, but only in a bundle where no anchor names one: once
+//! any root is bound, an unbound root beside it could be anyone's (a federated partner's
+//! made without SPIFFE SANs), so such a mixed bundle is refused. An anchor whose URIs name
+//! more than one trust domain is refused too.
 //!
 //! What this module does not do: fetch or rotate bundles, or verify anything itself.
 
@@ -43,11 +45,30 @@ impl TrustBundle {
     /// as a trust anchor; at least one must vouch for `local`.
     pub fn new(local: TrustDomain, anchors: Vec<CertificateDer<'static>>) -> Result<Self, TlsConfigError> {
         let mut bound = Vec::with_capacity(anchors.len());
-        for der in anchors {
+        for (i, der) in anchors.into_iter().enumerate() {
             RootCertStore::empty()
                 .add(der.clone())
-                .map_err(|e| TlsConfigError::Bundle(format!("unusable trust anchor: {e}")))?;
-            bound.push(Anchor { td: trust_domain_of(&der), der });
+                .map_err(|e| TlsConfigError::Bundle(format!("unusable trust anchor #{}: {e}", i + 1)))?;
+            let named = trust_domains_named(&der);
+            if named.len() > 1 {
+                let list: Vec<String> = named.iter().map(ToString::to_string).collect();
+                return Err(TlsConfigError::Bundle(format!(
+                    "trust anchor #{} names several trust domains ({}); a root vouches for one",
+                    i + 1,
+                    list.join(", ")
+                )));
+            }
+            bound.push(Anchor { td: named.into_iter().next(), der });
+        }
+        let unnamed = bound.iter().position(|a| a.td.is_none());
+        if let (Some(i), true) = (unnamed, bound.iter().any(|a| a.td.is_some())) {
+            return Err(TlsConfigError::Bundle(format!(
+                "trust anchor #{} names no trust domain (no spiffe:// URI SAN) in a bundle whose other \
+                 roots do: it could vouch for anyone's identities, so the bundle is refused. Give \
+                 every root a spiffe://<trust-domain> URI SAN (mesh-ca roots have one), or keep \
+                 unnamed roots in a bundle of their own",
+                i + 1
+            )));
         }
         let bundle = Self { local, anchors: bound };
         if bundle.anchors_for(&bundle.local).next().is_none() {
@@ -110,15 +131,27 @@ impl TrustBundle {
     }
 }
 
-/// The trust domain a CA certificate names in its `spiffe://<td>` URI SAN (and no path).
+/// The trust domain a CA certificate names in its `spiffe://<td>` URI SAN, when it names
+/// exactly one.
 pub fn trust_domain_of(der: &CertificateDer<'_>) -> Option<TrustDomain> {
-    let cert = crate::profile::parse(der).ok()?;
-    let san = cert.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|n| match n {
-        GeneralName::URI(u) => match parse_spiffe_uri(u) {
-            Ok((td, path)) if path.is_empty() => Some(td),
-            _ => None,
-        },
-        _ => None,
-    })
+    let mut named = trust_domains_named(der);
+    (named.len() == 1).then(|| named.remove(0))
+}
+
+/// Every trust domain the `spiffe://` URI SANs of a certificate name, with or without a
+/// path (`spiffe://partner.net/ca` binds the anchor to partner.net just as well).
+fn trust_domains_named(der: &CertificateDer<'_>) -> Vec<TrustDomain> {
+    let Ok(cert) = crate::profile::parse(der) else { return Vec::new() };
+    let Ok(Some(san)) = cert.subject_alternative_name() else { return Vec::new() };
+    let mut named: Vec<TrustDomain> = Vec::new();
+    for n in &san.value.general_names {
+        if let GeneralName::URI(u) = n {
+            if let Ok((td, _)) = parse_spiffe_uri(u) {
+                if !named.contains(&td) {
+                    named.push(td);
+                }
+            }
+        }
+    }
+    named
 }

@@ -29,6 +29,7 @@ use rustls::{
     CertificateError, ClientConfig, ClientConnection, HandshakeKind, RootCertStore, ServerConfig,
     ServerConnection,
 };
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 pub use anchors::{trust_domain_of, TrustBundle};
@@ -164,8 +165,35 @@ pub enum TlsConfigError {
     Credential(String),
 }
 
+/// Why a connection made through [`ServerTls::accept`] or [`ClientTls::connect`] failed.
+#[derive(Debug)]
+pub enum HandshakeError {
+    /// The TLS handshake itself failed (the verifier refused the peer, a timeout inside the
+    /// transport, garbage): see [`failure_reason`].
+    Handshake(std::io::Error),
+    /// The handshake finished, but the peer's chain does not pass now: a resumed session's
+    /// stored chain that has expired or been revoked since (see [`tls_failure_reason`]).
+    Peer { resumed: bool, error: rustls::Error },
+}
+
+/// A finished handshake whose peer passed every check, now.
+pub struct Connected<S> {
+    pub stream: S,
+    /// `None` only on a server with [`ClientAuth::Optional`] whose client sent no certificate.
+    pub peer: Option<Peer>,
+    /// Whether the handshake resumed an earlier session (and was verified again).
+    pub resumed: bool,
+}
+
+/// Whether a finished connection resumed a session. Anything but a full handshake counts as
+/// resumed, so an unexpected kind is verified again rather than trusted.
+fn resumed(kind: Option<HandshakeKind>) -> bool {
+    !matches!(kind, Some(HandshakeKind::Full | HandshakeKind::FullWithHelloRetryRequest))
+}
+
 /// A server config and the verifier inside it, so that a finished handshake can be asked
-/// for its peer, checked again when the session was resumed.
+/// for its peer, checked again when the session was resumed. Connections are made with
+/// [`ServerTls::accept`], which always runs that check.
 #[derive(Clone)]
 pub struct ServerTls {
     config: Arc<ServerConfig>,
@@ -179,12 +207,29 @@ impl fmt::Debug for ServerTls {
 }
 
 impl ServerTls {
+    /// The rustls config, for benchmarks and in-memory tests. A connection made straight
+    /// from it skips the check of a resumed session: serve with [`ServerTls::accept`].
     pub fn config(&self) -> &Arc<ServerConfig> {
         &self.config
     }
 
-    pub fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(self.config.clone())
+    /// The server side of a handshake on `io`, then [`ServerTls::peer`]: nothing is read
+    /// from a peer that fails either.
+    pub async fn accept<IO>(
+        &self,
+        io: IO,
+    ) -> Result<Connected<tokio_rustls::server::TlsStream<IO>>, HandshakeError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let stream =
+            TlsAcceptor::from(self.config.clone()).accept(io).await.map_err(HandshakeError::Handshake)?;
+        let conn = stream.get_ref().1;
+        let resumed = resumed(conn.handshake_kind());
+        match self.peer(conn) {
+            Ok(peer) => Ok(Connected { stream, peer, resumed }),
+            Err(error) => Err(HandshakeError::Peer { resumed, error }),
+        }
     }
 
     /// The peer of a finished handshake, `None` when it presented no certificate (allowed
@@ -199,7 +244,7 @@ impl ServerTls {
         let Some((end_entity, intermediates)) = conn.peer_certificates().and_then(|c| c.split_first()) else {
             return Ok(None);
         };
-        if conn.handshake_kind() == Some(HandshakeKind::Resumed) {
+        if resumed(conn.handshake_kind()) {
             return self.verifier.verify(end_entity, intermediates, now).map(Some);
         }
         verify::peer_of(end_entity)
@@ -208,7 +253,8 @@ impl ServerTls {
     }
 }
 
-/// A client config and the verifier inside it (see [`ServerTls`]).
+/// A client config and the verifier inside it (see [`ServerTls`]). Connections are made
+/// with [`ClientTls::connect`], which always runs the check of a resumed session.
 #[derive(Clone)]
 pub struct ClientTls {
     config: Arc<ClientConfig>,
@@ -222,12 +268,31 @@ impl fmt::Debug for ClientTls {
 }
 
 impl ClientTls {
+    /// The rustls config, for benchmarks and in-memory tests. A connection made straight
+    /// from it skips the check of a resumed session: connect with [`ClientTls::connect`].
     pub fn config(&self) -> &Arc<ClientConfig> {
         &self.config
     }
 
-    pub fn connector(&self) -> TlsConnector {
-        TlsConnector::from(self.config.clone())
+    /// The client side of a handshake on `io`, then [`ClientTls::peer`]: nothing is sent to
+    /// a server that fails either.
+    pub async fn connect<IO>(
+        &self,
+        io: IO,
+    ) -> Result<Connected<tokio_rustls::client::TlsStream<IO>>, HandshakeError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let stream = TlsConnector::from(self.config.clone())
+            .connect(sni(), io)
+            .await
+            .map_err(HandshakeError::Handshake)?;
+        let conn = stream.get_ref().1;
+        let resumed = resumed(conn.handshake_kind());
+        match self.peer(conn) {
+            Ok(peer) => Ok(Connected { stream, peer: Some(peer), resumed }),
+            Err(error) => Err(HandshakeError::Peer { resumed, error }),
+        }
     }
 
     /// The server of a finished handshake: verified inside a full handshake, verified again
@@ -241,7 +306,7 @@ impl ClientTls {
         let Some((end_entity, intermediates)) = conn.peer_certificates().and_then(|c| c.split_first()) else {
             return Err(rustls::Error::NoCertificatesPresented);
         };
-        if conn.handshake_kind() == Some(HandshakeKind::Resumed) {
+        if resumed(conn.handshake_kind()) {
             return self.verifier.verify(end_entity, intermediates, now);
         }
         verify::peer_of(end_entity).ok_or(rustls::Error::InvalidCertificate(CertificateError::BadEncoding))

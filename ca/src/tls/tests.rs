@@ -340,3 +340,59 @@ fn a_ca_client_refuses_an_unmarked_or_revoked_ca_certificate() {
     let err = handshake(&real, &client).expect_err("a revoked CA certificate is refused");
     assert_eq!(err, rustls::Error::InvalidCertificate(CertificateError::Revoked));
 }
+
+/// A self-signed CA certificate with the given URI SANs (none: an openssl-style root).
+fn root_with_uris(uris: &[&str]) -> CertificateDer<'static> {
+    let mut params = rcgen::CertificateParams::default();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    params.subject_alt_names =
+        uris.iter().map(|u| rcgen::SanType::URI((*u).try_into().expect("an ASCII URI"))).collect();
+    let key = crate::keys::generate().expect("key");
+    params.self_signed(&key).expect("self-signed").der().clone()
+}
+
+/// Which anchors a bundle binds to which trust domain, and which bundles it refuses.
+#[test]
+fn bundles_bind_every_root_or_none() {
+    let ours: TrustDomain = "example.org".parse().expect("td");
+    let partner: TrustDomain = "partner.net".parse().expect("td");
+    let named = root_with_uris(&["spiffe://example.org"]);
+    // A SPIFFE URI with a path binds the root to its trust domain all the same.
+    let with_path = root_with_uris(&["spiffe://partner.net/ca"]);
+    let bundle = TrustBundle::new(ours.clone(), vec![named.clone(), with_path.clone()]).expect("bundle");
+    assert_eq!(bundle.roots_for(&partner).expect("partner's roots").len(), 1);
+    assert_eq!(bundle.roots_for(&ours).expect("our roots").len(), 1);
+    // Unnamed roots alone are the local trust domain's (a plain openssl PKI).
+    let unnamed = root_with_uris(&[]);
+    let plain = TrustBundle::new(ours.clone(), vec![unnamed.clone(), root_with_uris(&[])]).expect("bundle");
+    assert_eq!(plain.roots_for(&ours).expect("local roots").len(), 2);
+    assert!(plain.roots_for(&partner).is_err(), "an unnamed root never vouches for a foreign domain");
+    // Beside a named root, an unnamed one could be anyone's: refused.
+    let e = TrustBundle::new(ours.clone(), vec![named.clone(), unnamed]).expect_err("mixed bundle");
+    assert!(e.to_string().contains("#2 names no trust domain"), "{e}");
+    // One root naming two trust domains: refused.
+    let two = root_with_uris(&["spiffe://example.org", "spiffe://partner.net"]);
+    let e = TrustBundle::new(ours, vec![two]).expect_err("a root for two domains");
+    assert!(e.to_string().contains("several trust domains"), "{e}");
+}
+
+/// A bundle or credential change builds new configs, and a new server config knows no
+/// session of the old one: a returning client gets a full handshake, verified in it.
+#[test]
+fn a_new_config_resumes_no_session_of_the_old_one() {
+    let ca = ca();
+    let server_id: SpiffeId = "spiffe://example.org/ns/b/sa/server".parse().expect("id");
+    let client_id: SpiffeId = "spiffe://example.org/ns/a/sa/client".parse().expect("id");
+    let (sid, cid) = (identity(&ca, &server_id), identity(&ca, &client_id));
+    let old = server_config(&sid, &ca.bundle, &settings(nothing(), Resumption::Allowed)).expect("server");
+    let client =
+        client_config(Some(&cid), &ca.bundle, &client_settings(&server_id, nothing(), Resumption::Allowed))
+            .expect("client");
+    connect(&old, &client).expect("full");
+    let (s, _) = connect(&old, &client).expect("resumed");
+    assert_eq!(s.handshake_kind(), Some(HandshakeKind::Resumed), "the old config resumes");
+    let new = server_config(&sid, &ca.bundle, &settings(nothing(), Resumption::Allowed)).expect("server");
+    let (s, _) = connect(&new, &client).expect("a full handshake with the new config");
+    assert_eq!(s.handshake_kind(), Some(HandshakeKind::Full), "the new config resumed an old session");
+}
