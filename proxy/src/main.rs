@@ -152,7 +152,17 @@ fn check(config: PathBuf) -> ExitCode {
             };
             let left = cred.not_after - time::OffsetDateTime::now_utc().unix_timestamp();
             out!("identity  {} (serial {}, {}s left)", cred.id, cred.serial, left);
-            Some(cred.id)
+            // The TLS configs `run` builds: a bundle without an anchor for an outbound's
+            // trust domain fails here, as it would there.
+            let id = cred.id.clone();
+            if let Err(e) = mesh_proxy::state::Tls::build(
+                cred,
+                &mesh_proxy::reload::TlsShape::of(&plan),
+                std::sync::Arc::new(mesh_ca::tls::NothingRevoked),
+            ) {
+                return fail(1, format!("{}: {e}", f.bundle.display()));
+            }
+            Some(id)
         }
         IdentityPlan::Enroll { ca_address, ca_bundle, token_file } => {
             // Enrolling would spend the token: check that the files are usable, and no more.

@@ -49,6 +49,17 @@ pub struct TlsShape {
     pub resumption: Resumption,
 }
 
+impl TlsShape {
+    /// The shape of a sidecar's plan: its inbound, its outbounds' server identities, resumption.
+    pub fn of(plan: &crate::run::Plan) -> Self {
+        Self {
+            inbound: plan.inbound.is_some(),
+            servers: plan.outbound.iter().map(|o| o.2.clone()).collect(),
+            resumption: plan.resumption,
+        }
+    }
+}
+
 /// Identity of a file's current version: (inode, size, mtime ns); `None` if missing.
 type Fingerprint = Option<(u64, u64, i128)>;
 

@@ -106,11 +106,7 @@ pub async fn run(plan: Plan) -> Result<(), RunError> {
     for warning in plan.identity.exposed_secrets() {
         events.emit(Event::new("config.secret_exposed", Severity::Warning).reason("file_mode", warning));
     }
-    let shape = TlsShape {
-        inbound: plan.inbound.is_some(),
-        servers: plan.outbound.iter().map(|o| o.2.clone()).collect(),
-        resumption: plan.resumption,
-    };
+    let shape = TlsShape::of(&plan);
     let (set_tx, set_rx) = watch::channel(Arc::new(RevocationSet::default()));
     let (cred, source, revoked) = match &plan.identity {
         IdentityPlan::Files(f) => {

@@ -388,3 +388,21 @@ fn a_readable_key_file_draws_a_warning() {
     let checked = mesh_proxy(&["check", "--config", &config.display().to_string()]);
     assert!(!checked.stdout.contains("readable by group"), "{checked}");
 }
+
+/// `check` builds the TLS configs `run` builds: an outbound to a trust domain the bundle has
+/// no root for is refused by both, naming the bundle and the trust domain.
+#[test]
+fn check_and_run_refuse_an_outbound_whose_trust_domain_the_bundle_lacks() {
+    let mesh = Mesh::new();
+    let web = mesh.identity("frontend", "web");
+    let policy = mesh.write_file("policy.toml", ALLOW_FRONTEND_TO_ORDERS);
+    let remote: std::net::SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    let spec =
+        SidecarSpec::new("client", &web, &policy).outbound(remote, "spiffe://other.org/ns/orders/sa/api");
+    let config = mesh.write_config(&spec).display().to_string();
+    for cmd in ["check", "run"] {
+        let o = mesh_proxy(&[cmd, "--config", &config]);
+        assert!(!o.success(), "{cmd} accepted an outbound it cannot verify:\n{o}");
+        assert!(o.stderr.contains("no anchor for trust domain other.org"), "{cmd}: {o}");
+    }
+}
