@@ -6,7 +6,8 @@
         Opens N connections from --source (any 127.x.y.z works on Linux loopback) and holds
         them: `idle` sends nothing (pre-handshake), `tls` completes an anonymous TLS handshake
         (no client certificate) and sends nothing more, `longpoll` also sends `GET P` and
-        notes whether it is answered within --answer-within seconds (2). Prints {"opened", "failed", "answered", "statuses"} once every
+        notes whether it is answered within --answer-within seconds (2), closed by the server
+        (`closed`) or left waiting (`silent`). Prints {"opened", "failed", "answered", "statuses"} once every
         connection has been tried (and, for longpoll, each request written), then holds them
         until killed (at most --hold seconds, 180).
 
@@ -40,13 +41,13 @@ def context(bundle, cert=None, key=None):
 
 def cmd_hold(a):
     ctx = context(a.bundle) if a.mode != "idle" else None
-    conns, failed, statuses = [], [], []
+    conns, failed, statuses, outcomes = [], [], [], []
     lock = threading.Lock()
 
     def one(i):
         try:
             s = socket.create_connection((a.host, a.port), timeout=a.timeout, source_address=(a.source, 0))
-            status = None
+            status, outcome = None, None
             if ctx is not None:
                 s = ctx.wrap_socket(s)
                 if a.mode == "longpoll":
@@ -58,12 +59,18 @@ def cmd_hold(a):
                         head = s.recv(64)
                         if head.startswith(b"HTTP/1.1 "):
                             status = int(head.split()[1])
+                        else:
+                            outcome = "closed"
+                    except socket.timeout:
+                        outcome = "silent"
                     except (OSError, ssl.SSLError):
-                        pass
+                        outcome = "closed"
             with lock:
                 conns.append(s)
                 if status is not None:
                     statuses.append(status)
+                if outcome is not None:
+                    outcomes.append(outcome)
         except (OSError, ssl.SSLError) as e:
             with lock:
                 failed.append(f"{type(e).__name__}: {e}")
@@ -79,6 +86,7 @@ def cmd_hold(a):
         t.join()
     answered = len(statuses)
     print(json.dumps({"opened": len(conns), "failed": len(failed), "answered": answered,
+                      "silent": outcomes.count("silent"), "closed": outcomes.count("closed"),
                       "statuses": sorted(set(statuses)), "errors": failed[:3]}), flush=True)
     # Hold them until killed (the test kills this process when done), at most --hold seconds
     # so that a forgotten flood cannot outlive a test run for long.

@@ -94,19 +94,19 @@ fn one_source_cannot_starve_the_ca_of_connections() {
     let list = request(&server, &cert, &key, "GET", "/v1/revocations?since=0", None);
     assert_eq!(list["status"], 200, "revocation poll during the flood: {list}");
 
-    // Anonymous long-polls got no wait (answered at once); each address got at most its
-    // unauthenticated budget of connections, the rest were closed.
+    // No anonymous long-poll was held: each was answered at once, or its connection closed
+    // (past the source's budget, or the anonymous half of the slots).
     let (mut answered, mut opened) = (0, 0);
     for (_, r) in &polls {
         let (a, o) = (r["answered"].as_u64().unwrap_or(0), r["opened"].as_u64().unwrap_or(0));
-        assert!(a >= 1 && a == o, "anonymous long-polls held instead of answered: {r}");
+        assert!(a >= 1 && r["silent"] == 0, "anonymous long-polls held instead of answered: {r}");
         assert!(r["statuses"] == json!([200]), "{r}");
         (answered, opened) = (answered + a, opened + o);
     }
     println!(
         "CA under a flood of 60 idle connections from one address and 1,080 anonymous long-polls \
          from 12: renewal and revocation poll answered 200; {answered} of {opened} long-poll \
-         connections answered at once, the others closed at accept"
+         connections answered at once, none held, the others closed"
     );
     drop((idle, polls));
 }

@@ -35,11 +35,15 @@ pub const CA_WORKLOAD: &str = "ca";
 const MAX_CONNECTIONS: usize = 1024;
 /// Connections without a client certificate (still in the handshake, or anonymous callers
 /// such as enrollments) one source (an IPv4 address, an IPv6 /64) may hold at once; more are
-/// closed as soon as they are accepted.
-const MAX_UNAUTHENTICATED_PER_SOURCE: usize = 16;
-/// ... and all sources together: half the slots, so callers with a certificate (renewals,
-/// revocation polls) always have the other half.
-const MAX_UNAUTHENTICATED: usize = MAX_CONNECTIONS / 2;
+/// closed as soon as they are accepted. Room for a NAT'd fleet enrolling together; lifted
+/// (to the total) with `--rate-limit 0`, the load-test mode.
+const MAX_UNAUTHENTICATED_PER_SOURCE: usize = 64;
+/// Anonymous connections (through the handshake without a certificate) from all sources
+/// together: half the slots, so callers with a certificate (renewals, revocation polls)
+/// always have the other half. Connections still in their handshake are not counted here
+/// (every caller passes through that stage): only per source, and for at most
+/// [`HANDSHAKE_TIMEOUT`].
+const MAX_ANONYMOUS: usize = MAX_CONNECTIONS / 2;
 /// Time for the TLS handshake, from accept.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest an anonymous connection lives (its requests are answered at once: enrollment,
@@ -170,7 +174,9 @@ pub async fn serve(
     let fields: Vec<(&str, &str)> = started.iter().map(|(k, v)| (*k, v.as_str())).collect();
     api::event("ca.started", &fields);
     let conns = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let unauthenticated = limits::PerSource::new(MAX_UNAUTHENTICATED_PER_SOURCE, MAX_UNAUTHENTICATED);
+    let per_source = if opts.rate_limit == 0 { MAX_CONNECTIONS } else { MAX_UNAUTHENTICATED_PER_SOURCE };
+    let unauthenticated = limits::PerSource::new(per_source, MAX_CONNECTIONS);
+    let anonymous_slots = Arc::new(Semaphore::new(MAX_ANONYMOUS));
     loop {
         let permit = tokio::select! {
             p = conns.clone().acquire_owned() => p.map_err(|_| CaError::Refused("shutting down".into()))?,
