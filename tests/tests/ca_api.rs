@@ -636,7 +636,7 @@ fn a_revoked_identity_can_neither_renew_nor_enroll_and_long_polls_hear_of_it() {
 #[test]
 fn every_certificate_a_client_received_survives_kill_dash_nine() {
     let ca = TestCa::init_unencrypted();
-    let t = token(&ca, "orders", "api", "15m", 10_000);
+    let t = token(&ca, "orders", "api", "15m", 1_000);
     let mut received: Vec<String> = Vec::new();
     for round in 0..3 {
         let mut server = CaServer::start(&ca, &["--cert-ttl", "10m"]);
