@@ -124,7 +124,8 @@ impl CaClient {
         parse_issued(r)
     }
 
-    /// Revocations after `since`, waiting up to `wait` for one to appear.
+    /// One page of revocations after `since`, waiting up to `wait` for one to appear (the CA
+    /// waits only for callers with a certificate). Follow `more` with `wait` zero.
     pub async fn revocations(
         &self,
         current: Option<&Identity>,

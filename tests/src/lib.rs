@@ -11,8 +11,8 @@ mod files;
 pub mod monitoring;
 mod process;
 pub mod proxy;
-pub mod scanners;
 pub mod relay;
+pub mod scanners;
 mod validate;
 
 pub use ca::{serial_bits, serial_from_issue_stdout, TestCa};
