@@ -121,7 +121,11 @@ fn credential(
     )
     .map_err(|e| format!("certificate from the CA: {e}"))?;
     if cred.id.trust_domain() != anchors.local() {
-        return Err(format!("certificate from the CA is for {}, outside trust domain {}", cred.id, anchors.local()));
+        return Err(format!(
+            "certificate from the CA is for {}, outside trust domain {}",
+            cred.id,
+            anchors.local()
+        ));
     }
     if mesh_ca::authority::is_reserved_zone(cred.id.zone()) {
         return Err(format!("certificate from the CA is for {}, the CA's own reserved zone", cred.id));
@@ -389,8 +393,8 @@ mod tests {
 
     fn new_ca(dir: &std::path::Path) -> Authority {
         let td: TrustDomain = "example.org".parse().expect("td");
-        let settings =
-            Settings::new(td, Ttl::from_secs(60), Ttl::from_secs(86_400), Ttl::from_secs(3_600)).expect("settings");
+        let settings = Settings::new(td, Ttl::from_secs(60), Ttl::from_secs(86_400), Ttl::from_secs(3_600))
+            .expect("settings");
         let opts = InitOptions {
             settings,
             root_ttl: Ttl::from_secs(86_400 * 3_650),

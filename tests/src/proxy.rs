@@ -751,7 +751,8 @@ impl TlsServer {
             dir.display().to_string()
         );
         let (cert, key) = (ident.cert().display().to_string(), ident.key().display().to_string());
-        let mut args = vec!["-c".to_string(), code, "serve".into(), "--cert".into(), cert, "--key".into(), key];
+        let mut args =
+            vec!["-c".to_string(), code, "serve".into(), "--cert".into(), cert, "--key".into(), key];
         if let Some(ca) = client_ca {
             args.extend(["--ca".into(), ca.display().to_string()]);
         }

@@ -201,7 +201,8 @@ pub async fn serve(
             let _permit = permit;
             // `accept` verifies a resumed session's stored chain again (expiry, revocation):
             // the handshake itself does not.
-            let (tls, caller) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, server_tls.accept(stream)).await {
+            let (tls, caller) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, server_tls.accept(stream)).await
+            {
                 Ok(Ok(c)) => (c.stream, c.peer.map(api::Caller::from)),
                 Ok(Err(tls::HandshakeError::Peer { error, .. })) => {
                     let peer = peer.to_string();
