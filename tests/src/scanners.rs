@@ -204,13 +204,22 @@ pub const TESTSSL_CHECKS: [&str; 5] = ["-p", "-s", "-f", "-S", "-U"];
 /// its findings. testssl.sh 3.0 (Debian's) cannot present a client certificate (`--mtls` came
 /// in 3.2); TLS 1.3 negotiates version, suite and group before the server asks for one.
 pub fn testssl(addr: SocketAddr, ca: Option<&Path>, checks: &[&str], out: &Path) -> Vec<Value> {
-    let first = testssl_once(addr, ca, checks, out);
-    if !first.iter().any(|f| f["severity"] == "WARN" || f["severity"] == "FATAL") {
-        return first;
+    // One scan at a time in this process: several testssl runs at once on two cores make its
+    // own probes time out.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut findings = testssl_once(addr, ca, checks, out);
+    // WARN/FATAL are testssl's own trouble, not findings about the server: its first probe
+    // is an `openssl s_client` without a client certificate, and against a server that
+    // requires one, the refusing alert can race the end of that probe ("Your OpenSSL cannot
+    // connect"). Scan again (up to three times in all) and judge the last scan.
+    for retry in 1..3 {
+        if !findings.iter().any(|f| f["severity"] == "WARN" || f["severity"] == "FATAL") {
+            break;
+        }
+        findings = testssl_once(addr, ca, checks, &out.with_extension(format!("retry{retry}.json")));
     }
-    // WARN/FATAL are testssl's own trouble (on two busy cores, a probe connection that timed
-    // out), not findings about the server: scan once more, and judge that second scan.
-    testssl_once(addr, ca, checks, &out.with_extension("retry.json"))
+    findings
 }
 
 fn testssl_once(addr: SocketAddr, ca: Option<&Path>, checks: &[&str], out: &Path) -> Vec<Value> {
