@@ -85,3 +85,112 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use mesh_ca::authority::{Authority, InitOptions};
+    use mesh_ca::settings::Settings;
+    use mesh_config::{SpiffeId, TrustDomain, Ttl};
+    use rustls::pki_types::PrivateKeyDer;
+
+    use super::*;
+    use crate::tls::{
+        client_config, server_config, ClientAuth, ClientSettings, Identity, NothingRevoked, PeerKind,
+        Resumption, ServerSettings, TrustBundle,
+    };
+
+    struct Pki {
+        _dir: tempfile::TempDir,
+        authority: Authority,
+        bundle: TrustBundle,
+    }
+
+    fn pki() -> Pki {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let td: TrustDomain = "example.org".parse().expect("td");
+        let settings =
+            Settings::new(td.clone(), Ttl::from_secs(60), Ttl::from_secs(86_400), Ttl::from_secs(3_600))
+                .expect("settings");
+        let opts = InitOptions {
+            settings,
+            root_ttl: Ttl::from_secs(86_400 * 3_650),
+            intermediate_ttl: Ttl::from_secs(86_400 * 365),
+        };
+        let made = Authority::init(&dir.path().join("ca"), &opts, None).expect("init");
+        let authority = Authority::open(made, None).expect("open");
+        let bundle = TrustBundle::new(td, vec![authority.dir().root.clone()]).expect("bundle");
+        Pki { _dir: dir, authority, bundle }
+    }
+
+    fn identity(pki: &Pki, id: &SpiffeId) -> Identity {
+        let key = mesh_ca::keys::generate().expect("key");
+        let leaf = pki.authority.issue(id, None, &[], &key, "test").expect("issue");
+        Identity {
+            chain: vec![leaf.der, pki.authority.dir().intermediate.clone()],
+            key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        }
+    }
+
+    /// Both ends of the stage over an in-memory pipe; when both succeed, one byte goes from
+    /// the server to the client, which reads past the session tickets sent after the
+    /// handshake (so a next connection can resume).
+    async fn pair(
+        server: &ServerTls,
+        client: &ClientTls,
+    ) -> (Result<Peer, Failure>, Result<(Peer, bool), Failure>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let limit = Duration::from_secs(10);
+        let (mut s, mut c) = tokio::join!(accept(server, a, limit), connect_tls(client, b, limit));
+        if let (Ok(s), Ok(c)) = (&mut s, &mut c) {
+            s.stream.write_all(b"x").await.expect("server writes");
+            s.stream.flush().await.expect("server flushes");
+            let mut byte = [0u8; 1];
+            c.stream.read_exact(&mut byte).await.expect("client reads");
+        }
+        (s.map(|h| h.peer), c.map(|h| (h.peer, h.resumed)))
+    }
+
+    /// The stage in memory: each side proves its identity to the other, a returning client
+    /// resumes (and is verified again), and a client expecting another identity is refused
+    /// with a bounded reason.
+    #[tokio::test]
+    async fn the_stage_hands_out_verified_peers_and_bounded_failures() {
+        let pki = pki();
+        let server_id: SpiffeId = "spiffe://example.org/ns/orders/sa/api".parse().expect("id");
+        let client_id: SpiffeId = "spiffe://example.org/ns/frontend/sa/web".parse().expect("id");
+        let nothing: Arc<dyn crate::tls::RevocationCheck> = Arc::new(NothingRevoked);
+        let settings = ServerSettings {
+            client_auth: ClientAuth::Required,
+            resumption: Resumption::Allowed,
+            access: nothing.clone(),
+        };
+        let server = server_config(&identity(&pki, &server_id), &pki.bundle, &settings).expect("server");
+        let client_settings = |expected: &SpiffeId| ClientSettings {
+            expected: expected.clone(),
+            kind: PeerKind::Workload,
+            resumption: Resumption::Allowed,
+            access: nothing.clone(),
+        };
+        let client_identity = identity(&pki, &client_id);
+        let client =
+            client_config(Some(&client_identity), &pki.bundle, &client_settings(&server_id)).expect("client");
+
+        let (s, c) = pair(&server, &client).await;
+        assert_eq!(s.expect("server side").id, client_id);
+        let (peer, resumed) = c.expect("client side");
+        assert_eq!((peer.id, resumed), (server_id.clone(), false));
+        let (s, c) = pair(&server, &client).await;
+        assert_eq!(s.expect("server side, resumed").id, client_id);
+        assert!(c.expect("client side, resumed").1, "the second connection resumed");
+
+        let other: SpiffeId = "spiffe://example.org/ns/payments/sa/charge".parse().expect("id");
+        let wrong =
+            client_config(Some(&client_identity), &pki.bundle, &client_settings(&other)).expect("client");
+        let (_, c) = pair(&server, &wrong).await;
+        let f = c.expect_err("a client expecting another identity is refused");
+        assert_eq!(f.reason, "wrong_identity", "{f:?}");
+    }
+}
