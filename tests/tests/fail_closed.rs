@@ -12,14 +12,6 @@ use mesh_tests::proxy::*;
 use mesh_tests::{cert_times, now_unix, TestCa};
 use serde_json::Value;
 
-const ALLOW_FRONTEND_TO_ORDERS: &str = r#"trust_domain = "example.org"
-zones = ["frontend", "orders"]
-
-[[allow]]
-from = "frontend"
-to = "orders"
-"#;
-
 /// The first connection event after `mark` that is not the handshake of a good peer.
 fn next_named(sc: &Sidecar, mark: usize, name: &str) -> Value {
     sc.wait_from(mark, name, |e| e["event"] == name)

@@ -19,15 +19,6 @@ mod shutdown;
 #[path = "proxy_e2e/traffic.rs"]
 mod traffic;
 
-/// The smallest useful policy: frontend may call orders, nothing else.
-const ALLOW_FRONTEND_TO_ORDERS: &str = r#"trust_domain = "example.org"
-zones = ["frontend", "orders"]
-
-[[allow]]
-from = "frontend"
-to = "orders"
-"#;
-
 /// Asserts string fields of an event, with the sidecar's transcript on failure.
 #[track_caller]
 fn assert_fields(sc: &Sidecar, e: &Value, want: &[(&str, &str)]) {

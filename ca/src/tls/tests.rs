@@ -24,20 +24,7 @@ struct Ca {
 }
 
 fn ca() -> Ca {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let td: TrustDomain = "example.org".parse().expect("td");
-    let settings =
-        Settings::new(td.clone(), Ttl::from_secs(60), Ttl::from_secs(86_400), Ttl::from_secs(3_600))
-            .expect("settings");
-    let opts = InitOptions {
-        settings,
-        root_ttl: Ttl::from_secs(86_400 * 3_650),
-        intermediate_ttl: Ttl::from_secs(86_400 * 365),
-    };
-    let made = Authority::init(&dir.path().join("ca"), &opts, None).expect("init");
-    let authority = Authority::open(made, None).expect("open");
-    let bundle = TrustBundle::new(td.clone(), vec![authority.dir().root.clone()]).expect("root anchor");
-    Ca { _dir: dir, authority, bundle, td }
+    ca_for("example.org")
 }
 
 fn identity(ca: &Ca, id: &SpiffeId) -> Identity {
