@@ -19,6 +19,8 @@ pub mod random;
 pub mod server;
 pub mod settings;
 pub mod store;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 pub mod tls;
 pub mod token;
 mod verified;

@@ -385,23 +385,11 @@ pub async fn revoked(rx: Option<watch::Receiver<Arc<RevocationSet>>>, serial: St
 
 #[cfg(test)]
 mod tests {
-    use mesh_ca::authority::{Authority, InitOptions};
-    use mesh_ca::settings::Settings;
-    use mesh_config::{TrustDomain, Ttl};
+    use mesh_ca::authority::Authority;
+    use mesh_ca::testing::TestPki;
+    use mesh_config::TrustDomain;
 
     use super::*;
-
-    fn new_ca(dir: &std::path::Path) -> Authority {
-        let td: TrustDomain = "example.org".parse().expect("td");
-        let settings = Settings::new(td, Ttl::from_secs(60), Ttl::from_secs(86_400), Ttl::from_secs(3_600))
-            .expect("settings");
-        let opts = InitOptions {
-            settings,
-            root_ttl: Ttl::from_secs(86_400 * 3_650),
-            intermediate_ttl: Ttl::from_secs(86_400 * 365),
-        };
-        Authority::open(Authority::init(dir, &opts, None).expect("init"), None).expect("open")
-    }
 
     fn answer(ca: &Authority, leaf: mesh_ca::IssuedLeaf) -> mesh_ca::client::Issued {
         mesh_ca::client::Issued { chain: vec![leaf.der, ca.dir().intermediate.clone()], serial: leaf.serial }
@@ -412,32 +400,32 @@ mod tests {
     /// nothing else, the CA's reserved zone is never adopted, and a renewal keeps its identity.
     #[test]
     fn a_ca_answer_is_checked_against_the_configured_bundle_and_adds_no_anchor() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let (ours, rogue) = (new_ca(&tmp.path().join("ours")), new_ca(&tmp.path().join("rogue")));
+        let (ours, rogue) = (TestPki::new(), TestPki::new());
+        let (ours, rogue) = (&ours.authority, &rogue.authority);
         let td: TrustDomain = "example.org".parse().expect("td");
         let configured = TrustBundle::new(td, vec![ours.dir().root.clone()]).expect("bundle");
         let id: SpiffeId = "spiffe://example.org/ns/orders/sa/api".parse().expect("id");
 
         let key = mesh_ca::keys::generate().expect("key");
-        let good = answer(&ours, ours.issue(&id, None, &[], &key, "test").expect("issue"));
+        let good = answer(ours, ours.issue(&id, None, &[], &key, "test").expect("issue"));
         let cred = credential(good, &key, &configured, None).expect("our CA's answer is accepted");
         let anchors: Vec<_> = cred.bundle.ders().collect();
         assert_eq!(anchors, vec![&ours.dir().root], "the sidecar trusts exactly the configured bundle");
 
         // Signed by another CA of the same trust domain (a CA answer carrying its own root):
         // it does not chain to the configured bundle, so it is refused.
-        let forged = answer(&rogue, rogue.issue(&id, None, &[], &key, "test").expect("issue"));
+        let forged = answer(rogue, rogue.issue(&id, None, &[], &key, "test").expect("issue"));
         let e = credential(forged, &key, &configured, None).err().unwrap_or_default();
         assert!(e.contains("does not verify against the bundle"), "{e}");
 
         // The CA's own identity is never a sidecar's.
-        let own = answer(&ours, ours.issue_ca_server(&key).expect("the CA's certificate"));
+        let own = answer(ours, ours.issue_ca_server(&key).expect("the CA's certificate"));
         let e = credential(own, &key, &configured, None).err().unwrap_or_default();
         assert!(e.contains("reserved zone"), "{e}");
 
         // A renewal that answers with another identity.
         let other: SpiffeId = "spiffe://example.org/ns/orders/sa/other".parse().expect("id");
-        let swapped = answer(&ours, ours.issue(&other, None, &[], &key, "test").expect("issue"));
+        let swapped = answer(ours, ours.issue(&other, None, &[], &key, "test").expect("issue"));
         let e = credential(swapped, &key, &configured, Some(&id)).err().unwrap_or_default();
         assert!(e.contains("but this sidecar is"), "{e}");
     }

@@ -90,48 +90,14 @@ where
 mod tests {
     use std::sync::Arc;
 
-    use mesh_ca::authority::{Authority, InitOptions};
-    use mesh_ca::settings::Settings;
-    use mesh_config::{SpiffeId, TrustDomain, Ttl};
-    use rustls::pki_types::PrivateKeyDer;
+    use mesh_ca::testing::TestPki;
+    use mesh_config::SpiffeId;
 
     use super::*;
     use crate::tls::{
-        client_config, server_config, ClientAuth, ClientSettings, Identity, NothingRevoked, PeerKind,
-        Resumption, ServerSettings, TrustBundle,
+        client_config, server_config, ClientAuth, ClientSettings, NothingRevoked, PeerKind, Resumption,
+        ServerSettings,
     };
-
-    struct Pki {
-        _dir: tempfile::TempDir,
-        authority: Authority,
-        bundle: TrustBundle,
-    }
-
-    fn pki() -> Pki {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let td: TrustDomain = "example.org".parse().expect("td");
-        let settings =
-            Settings::new(td.clone(), Ttl::from_secs(60), Ttl::from_secs(86_400), Ttl::from_secs(3_600))
-                .expect("settings");
-        let opts = InitOptions {
-            settings,
-            root_ttl: Ttl::from_secs(86_400 * 3_650),
-            intermediate_ttl: Ttl::from_secs(86_400 * 365),
-        };
-        let made = Authority::init(&dir.path().join("ca"), &opts, None).expect("init");
-        let authority = Authority::open(made, None).expect("open");
-        let bundle = TrustBundle::new(td, vec![authority.dir().root.clone()]).expect("bundle");
-        Pki { _dir: dir, authority, bundle }
-    }
-
-    fn identity(pki: &Pki, id: &SpiffeId) -> Identity {
-        let key = mesh_ca::keys::generate().expect("key");
-        let leaf = pki.authority.issue(id, None, &[], &key, "test").expect("issue");
-        Identity {
-            chain: vec![leaf.der, pki.authority.dir().intermediate.clone()],
-            key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        }
-    }
 
     /// Both ends of the stage over an in-memory pipe; when both succeed, one byte goes from
     /// the server to the client, which reads past the session tickets sent after the
@@ -158,7 +124,7 @@ mod tests {
     /// with a bounded reason.
     #[tokio::test]
     async fn the_stage_hands_out_verified_peers_and_bounded_failures() {
-        let pki = pki();
+        let pki = TestPki::new();
         let server_id: SpiffeId = "spiffe://example.org/ns/orders/sa/api".parse().expect("id");
         let client_id: SpiffeId = "spiffe://example.org/ns/frontend/sa/web".parse().expect("id");
         let nothing: Arc<dyn crate::tls::RevocationCheck> = Arc::new(NothingRevoked);
@@ -167,14 +133,14 @@ mod tests {
             resumption: Resumption::Allowed,
             access: nothing.clone(),
         };
-        let server = server_config(&identity(&pki, &server_id), &pki.bundle, &settings).expect("server");
+        let server = server_config(&pki.identity(&server_id), &pki.bundle, &settings).expect("server");
         let client_settings = |expected: &SpiffeId| ClientSettings {
             expected: expected.clone(),
             kind: PeerKind::Workload,
             resumption: Resumption::Allowed,
             access: nothing.clone(),
         };
-        let client_identity = identity(&pki, &client_id);
+        let client_identity = pki.identity(&client_id);
         let client =
             client_config(Some(&client_identity), &pki.bundle, &client_settings(&server_id)).expect("client");
 

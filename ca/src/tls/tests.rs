@@ -5,35 +5,24 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use mesh_config::Ttl;
-use rustls::{ClientConnection, Connection, ServerConnection};
-
 use mesh_config::TrustDomain;
 use rustls::CertificateError;
+use rustls::{ClientConnection, Connection, ServerConnection};
 
 use super::verify::verify_peer;
 use super::*;
-use crate::authority::{Authority, InitOptions};
-use crate::settings::Settings;
-
-struct Ca {
-    _dir: tempfile::TempDir,
-    authority: Authority,
-    bundle: TrustBundle,
-    td: TrustDomain,
-}
+use crate::testing::TestPki as Ca;
 
 fn ca() -> Ca {
-    ca_for("example.org")
+    Ca::new()
+}
+
+fn ca_for(td: &str) -> Ca {
+    Ca::for_domain(td)
 }
 
 fn identity(ca: &Ca, id: &SpiffeId) -> Identity {
-    let key = crate::keys::generate().expect("key");
-    let leaf = ca.authority.issue(id, None, &[], &key, "test").expect("issue");
-    Identity {
-        chain: vec![leaf.der, ca.authority.dir().intermediate.clone()],
-        key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    }
+    ca.identity(id)
 }
 
 /// Revokes everything once `on` is set; counts its calls.
@@ -262,23 +251,6 @@ fn anchors_vouch_only_for_their_own_trust_domain() {
     assert!(bundle.roots_for(&"third.net".parse().expect("td")).is_err());
     assert!(TrustBundle::new("third.net".parse().expect("td"), vec![theirs.authority.dir().root.clone()])
         .is_err());
-}
-
-fn ca_for(td: &str) -> Ca {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let td: TrustDomain = td.parse().expect("td");
-    let settings =
-        Settings::new(td.clone(), Ttl::from_secs(60), Ttl::from_secs(86_400), Ttl::from_secs(3_600))
-            .expect("settings");
-    let opts = InitOptions {
-        settings,
-        root_ttl: Ttl::from_secs(86_400 * 3_650),
-        intermediate_ttl: Ttl::from_secs(86_400 * 365),
-    };
-    let made = Authority::init(&dir.path().join("ca"), &opts, None).expect("init");
-    let authority = Authority::open(made, None).expect("open");
-    let bundle = TrustBundle::new(td.clone(), vec![authority.dir().root.clone()]).expect("root anchor");
-    Ca { _dir: dir, authority, bundle, td }
 }
 
 /// A leaf for `id` (of any trust domain) signed by `ca`'s intermediate, as a rogue or
