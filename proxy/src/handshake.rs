@@ -44,8 +44,19 @@ fn failure(e: HandshakeError) -> Failure {
     }
 }
 
-fn timed_out() -> Failure {
-    Failure { reason: "timeout", detail: "handshake timed out".into() }
+/// What either side's handshake, run under `limit`, came to.
+async fn conclude<S>(
+    limit: Duration,
+    handshake: impl std::future::Future<Output = Result<Connected<S>, HandshakeError>>,
+) -> Result<Handshaken<S>, Failure> {
+    match timeout(limit, handshake).await {
+        Err(_) => Err(Failure { reason: "timeout", detail: "handshake timed out".into() }),
+        Ok(Err(e)) => Err(failure(e)),
+        Ok(Ok(Connected { stream, peer: Some(peer), resumed })) => Ok(Handshaken { stream, peer, resumed }),
+        Ok(Ok(Connected { peer: None, .. })) => {
+            Err(Failure { reason: "no_certificate", detail: "the peer presented no certificate".into() })
+        }
+    }
 }
 
 /// Inbound: the server side of the handshake, a client certificate required.
@@ -57,14 +68,7 @@ pub async fn accept<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    match timeout(limit, config.accept(io)).await {
-        Err(_) => Err(timed_out()),
-        Ok(Err(e)) => Err(failure(e)),
-        Ok(Ok(Connected { stream, peer: Some(peer), resumed })) => Ok(Handshaken { stream, peer, resumed }),
-        Ok(Ok(Connected { peer: None, .. })) => {
-            Err(Failure { reason: "no_certificate", detail: "the peer presented no certificate".into() })
-        }
-    }
+    conclude(limit, config.accept(io)).await
 }
 
 /// Outbound: the client side of the handshake; the server must be the expected identity.
@@ -76,14 +80,7 @@ pub async fn connect_tls<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    match timeout(limit, config.connect(io)).await {
-        Err(_) => Err(timed_out()),
-        Ok(Err(e)) => Err(failure(e)),
-        Ok(Ok(Connected { stream, peer: Some(peer), resumed })) => Ok(Handshaken { stream, peer, resumed }),
-        Ok(Ok(Connected { peer: None, .. })) => {
-            Err(Failure { reason: "no_certificate", detail: "the server presented no certificate".into() })
-        }
-    }
+    conclude(limit, config.connect(io)).await
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use mesh_tests::proxy::*;
 use mesh_tests::{cert_times, now_unix, TestCa};
 use serde_json::Value;
 
-/// The first connection event after `mark` that is not the handshake of a good peer.
+/// The first event called `name` after `mark`.
 fn next_named(sc: &Sidecar, mark: usize, name: &str) -> Value {
     sc.wait_from(mark, name, |e| e["event"] == name)
 }

@@ -219,6 +219,17 @@ fn status_str(s: CertStatus) -> &'static str {
 
 type CertRow = (String, String, String, i64, i64, String);
 
+/// One revocation log entry, from `SELECT seq, serial, spiffe_id, reason, revoked_at`.
+fn revocation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Revocation> {
+    Ok(Revocation {
+        seq: r.get(0)?,
+        serial: r.get(1)?,
+        spiffe_id: r.get(2)?,
+        reason: r.get(3)?,
+        revoked_at: r.get(4)?,
+    })
+}
+
 fn cert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertRow> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
 }
@@ -467,15 +478,7 @@ impl Store for SqliteStore {
         let mut stmt = conn.prepare(
             "SELECT seq, serial, spiffe_id, reason, revoked_at FROM revocations WHERE seq > ?1 ORDER BY seq",
         )?;
-        let rows = stmt.query_map([seq], |r| {
-            Ok(Revocation {
-                seq: r.get(0)?,
-                serial: r.get(1)?,
-                spiffe_id: r.get(2)?,
-                reason: r.get(3)?,
-                revoked_at: r.get(4)?,
-            })
-        })?;
+        let rows = stmt.query_map([seq], revocation_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -542,15 +545,7 @@ impl Store for SqliteStore {
                 AND (r.serial IS NULL OR r.spiffe_id IS NOT NULL OR c.not_after IS NULL OR c.not_after > ?3)
               ORDER BY r.seq LIMIT ?4",
         )?;
-        let rows = stmt.query_map(params![since, head, now, (limit + 1) as i64], |r| {
-            Ok(Revocation {
-                seq: r.get(0)?,
-                serial: r.get(1)?,
-                spiffe_id: r.get(2)?,
-                reason: r.get(3)?,
-                revoked_at: r.get(4)?,
-            })
-        })?;
+        let rows = stmt.query_map(params![since, head, now, (limit + 1) as i64], revocation_row)?;
         let mut entries: Vec<Revocation> = rows.collect::<Result<_, _>>()?;
         let more = entries.len() > limit;
         entries.truncate(limit);
