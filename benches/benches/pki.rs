@@ -1,4 +1,4 @@
-//! Certificate work: the SVID profile check of a peer leaf (`mesh_ca::profile::check_leaf`),
+//! Certificate work: the SVID profile check of a peer leaf (`mesh_identity::profile::check_leaf`),
 //! the whole peer-chain verification the inbound verifier does (webpki path validation to the
 //! bundle, then the profile check), and the CA signing a leaf (`Authority::issue`, which also
 //! records it durably in SQLite) next to signing alone, to show where issuance time goes.
@@ -16,7 +16,7 @@ fn verify(c: &mut Criterion) {
     let td = pki.trust_domain.clone();
     c.bench_function("svid/check_leaf", |b| {
         b.iter(|| {
-            let r = mesh_ca::profile::check_leaf(black_box(&chain[0]), Some(&td));
+            let r = mesh_identity::profile::check_leaf(black_box(&chain[0]), Some(&td));
             assert!(r.violations.is_empty());
             r
         })
@@ -30,7 +30,7 @@ fn verify(c: &mut Criterion) {
     c.bench_function("svid/verify_peer_chain", |b| {
         b.iter(|| {
             webpki.verify_client_cert(black_box(&chain[0]), &chain[1..], now).expect("a valid chain");
-            mesh_ca::profile::check_leaf(&chain[0], Some(&td)).into_identity().expect("a valid SVID")
+            mesh_identity::profile::check_leaf(&chain[0], Some(&td)).into_identity().expect("a valid SVID")
         })
     });
 }
@@ -44,7 +44,7 @@ fn issue(c: &mut Criterion) {
         b.iter(|| pki.authority.issue(black_box(&id), None, &[], &pki.spare_key, "bench").expect("issue"))
     });
     // Signing alone: a leaf of the same shape signed by an in-memory issuer, no store.
-    let issuer_key = mesh_ca::keys::generate().expect("key");
+    let issuer_key = mesh_identity::keys::generate().expect("key");
     let mut ca = rcgen::CertificateParams::default();
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
     let issuer = rcgen::Issuer::new(ca, &issuer_key);

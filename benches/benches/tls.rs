@@ -2,7 +2,7 @@
 //! (`mesh_proxy::tls::server_config` / `client_config`, SPIFFE checks inside the verifiers):
 //! full handshakes (`[tls] resumption = false`) and resumed ones (the default),
 //! client and server CPU together. No sockets, no runtime: the crypto and verification floor.
-//! The shipped provider negotiates TLS_AES_128_GCM_SHA256 (see `mesh_ca::tls::provider`).
+//! The shipped provider negotiates TLS_AES_128_GCM_SHA256 (see `mesh_identity::tls::provider`).
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use mesh_benches::{handshake, Pki};

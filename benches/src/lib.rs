@@ -66,7 +66,7 @@ impl Pki {
         let server_id: SpiffeId = SERVER_ID.parse().expect("a valid SPIFFE ID");
         let client = issue_identity(&authority, &client_id);
         let server = issue_identity(&authority, &server_id);
-        let spare_key = mesh_ca::keys::generate().expect("P-256 key generation");
+        let spare_key = mesh_identity::keys::generate().expect("P-256 key generation");
         let bundle = tls::TrustBundle::new(trust_domain.clone(), vec![authority.dir().root.clone()])
             .expect("the CA's own root is a usable anchor");
         Self {
@@ -130,7 +130,7 @@ impl Default for Pki {
 }
 
 fn issue_identity(authority: &Authority, id: &SpiffeId) -> Identity {
-    let key = mesh_ca::keys::generate().expect("P-256 key generation");
+    let key = mesh_identity::keys::generate().expect("P-256 key generation");
     let leaf = authority.issue(id, None, &[], &key, "bench").expect("issue a bench leaf");
     Identity {
         chain: vec![leaf.der, authority.dir().intermediate.clone()],

@@ -8,29 +8,24 @@
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use mesh_config::{SpiffeId, TrustDomain, Ttl, Workload, Zone};
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
-};
+use rcgen::{CertificateParams, Issuer, KeyPair, PublicKeyData};
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
+
+use mesh_identity::profile::{ca_server_id, is_reserved_zone};
+use mesh_identity::template::{self, LeafKind, NOT_BEFORE_BACKDATE};
 
 use crate::error::CaError;
 use crate::fsutil::{self, OutFile};
 use crate::keys::{self, Passphrase};
-use crate::pem;
 use crate::settings::{Settings, CA_TTL_CEILING};
 use crate::store::{
     CertKind, CertRecord, CertStatus, NewToken, Redemption, SqliteStore, Store, StoreError, TokenRejection,
 };
-use crate::token::{Token, MAX_TOKEN_TTL, MAX_TOKEN_USES};
-
-/// Leaves are valid from a little before "now" so that peers whose clocks run slightly
-/// behind the CA's accept them at once.
-pub const NOT_BEFORE_BACKDATE: Duration = Duration::from_secs(60);
+use mesh_identity::pem;
+use mesh_identity::token::{Token, MAX_TOKEN_TTL, MAX_TOKEN_USES};
 
 /// Names of the files in a CA directory.
 const SETTINGS: &str = "ca.toml";
@@ -163,7 +158,7 @@ impl Authority {
     pub fn open(dir: CaDir, pass: Option<&Passphrase>) -> Result<Self, CaError> {
         let key_path = dir.path.join(INTER_KEY);
         let key = keys::read(&key_path, pass)?;
-        let inter = crate::profile::parse(&dir.intermediate)
+        let inter = mesh_identity::profile::parse(&dir.intermediate)
             .map_err(|v| CaError::bad_file(&dir.path.join(INTER_CERT), &v.to_string()))?;
         if inter.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
             return Err(CaError::bad_file(&key_path, "does not belong to intermediate.pem"));
@@ -203,7 +198,7 @@ impl Authority {
     /// Issues and records the CA server's own certificate: the CA's identity in the reserved
     /// zone, the maximum leaf TTL, and the CA server marker that no workload certificate has.
     pub fn issue_ca_server(&self, public_key: &impl PublicKeyData) -> Result<IssuedLeaf, CaError> {
-        let id = crate::server::ca_server_id(&self.settings().trust_domain);
+        let id = ca_server_id(&self.settings().trust_domain);
         let ttl = Some(self.settings().max_leaf_ttl);
         let (leaf, record) = self.build_leaf(&id, ttl, &[], public_key, LeafKind::CaServer)?;
         self.store.record_issued(&record, "serve")?;
@@ -220,7 +215,7 @@ impl Authority {
         ttl: Option<Ttl>,
         actor: &str,
     ) -> Result<IssuedLeaf, EnrollError> {
-        let public_key = crate::csr::public_key(csr).map_err(EnrollError::Csr)?;
+        let public_key = mesh_identity::csr::public_key(csr).map_err(EnrollError::Csr)?;
         let job = EnrollJob { token: token.clone(), public_key, ttl, actor: actor.to_owned() };
         self.enroll_batch(vec![job])
             .pop()
@@ -304,7 +299,7 @@ impl Authority {
         actor: &str,
         now: i64,
     ) -> Result<IssuedLeaf, EnrollError> {
-        let public_key = crate::csr::public_key(csr).map_err(EnrollError::Csr)?;
+        let public_key = mesh_identity::csr::public_key(csr).map_err(EnrollError::Csr)?;
         if self.store_revoked(Some(serial), id).map_err(EnrollError::Ca)? {
             return Err(EnrollError::Revoked);
         }
@@ -371,38 +366,13 @@ impl Authority {
                 )));
             }
         }
-        let serial = crate::random::serial()?;
-        let mut params = CertificateParams::default();
-        params.serial_number = Some(SerialNumber::from_slice(&serial));
-        params.not_before = not_before;
-        params.not_after = not_after;
-        params.distinguished_name = leaf_subject(id);
-        params.subject_alt_names = vec![SanType::URI(ia5(&id.to_string())?)];
-        for name in dns {
-            check_dns_name(name)?;
-            params.subject_alt_names.push(SanType::DnsName(ia5(name)?));
-        }
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        match kind {
-            LeafKind::Workload => {
-                params.extended_key_usages =
-                    vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth]
-            }
-            LeafKind::CaServer => {
-                params.extended_key_usages = vec![
-                    ExtendedKeyUsagePurpose::ServerAuth,
-                    ExtendedKeyUsagePurpose::ClientAuth,
-                    // id-kp-cmcCA, the CA server marker (`profile::CA_SERVER_EKU`).
-                    ExtendedKeyUsagePurpose::Other(vec![1, 3, 6, 1, 5, 5, 7, 3, 27]),
-                ]
-            }
-        }
-        params.use_authority_key_identifier_extension = true;
+        let serial = mesh_identity::random::serial()?;
+        let params = template::leaf(id, dns, &serial, not_before, not_after, kind)
+            .map_err(|e| CaError::Refused(e.0))?;
         let cert = params
             .signed_by(public_key, &self.issuer)
             .map_err(|e| CaError::Crypto(format!("signing the leaf: {e}")))?;
-        let serial = crate::random::hex(&serial);
+        let serial = mesh_identity::random::hex(&serial);
         let record = CertRecord {
             serial: serial.clone(),
             kind: CertKind::Leaf,
@@ -414,51 +384,10 @@ impl Authority {
         Ok((IssuedLeaf { id: id.clone(), der: cert.der().clone(), serial, not_before, not_after }, record))
     }
 
-    /// A leaf for any identity, even another trust domain's, signed by this CA's
-    /// intermediate without any of `issue`'s rules: what a rogue or federated CA could
-    /// make, for tests of the verifiers. Not recorded.
-    #[cfg(test)]
-    pub(crate) fn sign_foreign_for_tests(
-        &self,
-        id: &SpiffeId,
-        key: &impl PublicKeyData,
-    ) -> CertificateDer<'static> {
-        let now = OffsetDateTime::now_utc();
-        let mut params = CertificateParams::default();
-        params.serial_number =
-            Some(SerialNumber::from_slice(&crate::random::serial().expect("random serial")));
-        params.not_before = now - NOT_BEFORE_BACKDATE;
-        params.not_after = now + Duration::from_secs(3_600);
-        params.distinguished_name = leaf_subject(id);
-        params.subject_alt_names = vec![SanType::URI(ia5(&id.to_string()).expect("an ASCII SPIFFE ID"))];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages =
-            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        params.use_authority_key_identifier_extension = true;
-        params.signed_by(key, &self.issuer).expect("signing a test leaf").der().clone()
-    }
-
     /// The chain a workload presents: leaf, then the intermediate.
     pub fn chain_pem(&self, leaf: &CertificateDer<'_>) -> String {
         pem::cert(leaf) + &pem::cert(&self.dir.intermediate)
     }
-}
-
-/// What a leaf is for: a workload (the only kind `issue`, enrollment and renewal make), or
-/// the CA server's own serving certificate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LeafKind {
-    Workload,
-    CaServer,
-}
-
-/// The zone of the CA's own identity; no workload may have it.
-pub const RESERVED_ZONE: &str = "mesh-system";
-
-/// Whether `zone` is reserved for the mesh itself.
-pub fn is_reserved_zone(zone: &Zone) -> bool {
-    zone.as_str() == RESERVED_ZONE
 }
 
 fn reserved_zone_refusal(zone: &Zone) -> String {
@@ -470,7 +399,7 @@ fn reserved_zone_refusal(zone: &Zone) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
     #[error("{0}")]
-    Csr(crate::csr::CsrError),
+    Csr(mesh_identity::csr::CsrError),
     #[error("the join token is not valid")]
     Token(TokenRejection),
     #[error("the certificate or its identity is revoked")]
@@ -607,45 +536,12 @@ pub enum RevokeTarget {
 
 impl RevokeTarget {
     /// The certificate with the serial `typed`, written as `list` shows it or as other tools
-    /// print it (see [`crate::random::canonical_serial`]).
+    /// print it (see [`mesh_identity::random::canonical_serial`]).
     pub fn serial(typed: &str) -> Result<Self, CaError> {
-        crate::random::canonical_serial(typed)
+        mesh_identity::random::canonical_serial(typed)
             .map(Self::Serial)
             .ok_or_else(|| CaError::Refused(format!("--serial {typed}: not a hexadecimal serial number")))
     }
-}
-
-fn ia5(s: &str) -> Result<rcgen::string::Ia5String, CaError> {
-    s.try_into().map_err(|_| CaError::Refused(format!("{s:?} is not ASCII")))
-}
-
-/// DNS SANs are optional extras (SPIFFE allows them beside the URI SAN) for clients that
-/// check host names. Lowercase labels only; no wildcards: a workload has one identity.
-fn check_dns_name(name: &str) -> Result<(), CaError> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(CaError::Refused(format!(
-            "--dns {name:?} is not a lowercase DNS name (labels of a-z, 0-9 and '-', no wildcards)"
-        )))
-    }
-}
-
-fn leaf_subject(id: &SpiffeId) -> DistinguishedName {
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, id.trust_domain().as_str());
-    dn.push(DnType::OrganizationalUnitName, id.zone().as_str());
-    dn.push(DnType::CommonName, id.workload().as_str());
-    dn
 }
 
 /// Refuses CA lifetimes beyond [`CA_TTL_CEILING`] (before anything is created), and an
@@ -666,31 +562,21 @@ fn check_ca_ttls(opts: &InitOptions) -> Result<(), CaError> {
 
 fn ca_params(td: &TrustDomain, cn: &str, ttl: Ttl, path_len: u8) -> Result<CertificateParams, CaError> {
     let now = OffsetDateTime::now_utc();
-    let mut params = CertificateParams::default();
-    params.serial_number = Some(SerialNumber::from_slice(&crate::random::serial()?));
-    params.not_before = now - NOT_BEFORE_BACKDATE;
     // Checked: `check_ca_ttls` bounds the TTL, and this keeps a caller that skipped it from
     // panicking in `time`'s arithmetic.
-    params.not_after = time::Duration::try_from(ttl.as_duration())
+    let not_after = time::Duration::try_from(ttl.as_duration())
         .ok()
         .and_then(|d| now.checked_add(d))
         .filter(|t| t.year() <= 9999)
         .ok_or_else(|| CaError::Refused(format!("a CA lifetime of {ttl} ends past the year 9999")))?;
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, td.as_str());
-    dn.push(DnType::CommonName, cn);
-    params.distinguished_name = dn;
-    params.subject_alt_names = vec![SanType::URI(ia5(&td.id_uri())?)];
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    params.use_authority_key_identifier_extension = path_len == 0;
-    Ok(params)
+    template::ca(td, cn, &mesh_identity::random::serial()?, now - NOT_BEFORE_BACKDATE, not_after, path_len)
+        .map_err(|e| CaError::Refused(e.0))
 }
 
 fn ca_record(der: &CertificateDer<'_>, kind: CertKind, td: &TrustDomain) -> Result<CertRecord, CaError> {
-    let cert = crate::profile::parse(der).map_err(|v| CaError::Crypto(v.to_string()))?;
+    let cert = mesh_identity::profile::parse(der).map_err(|v| CaError::Crypto(v.to_string()))?;
     Ok(CertRecord {
-        serial: crate::random::hex(cert.raw_serial()),
+        serial: mesh_identity::random::hex(cert.raw_serial()),
         kind,
         spiffe_id: td.id_uri(),
         not_before: cert.validity().not_before.timestamp(),
@@ -734,7 +620,7 @@ fn init_files(dir: &Path, opts: &InitOptions, pass: Option<&Passphrase>) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile;
+    use mesh_identity::profile;
 
     fn new_ca(dir: &Path) -> Authority {
         let td: TrustDomain = "example.org".parse().expect("td");
@@ -758,7 +644,7 @@ mod tests {
         let id: SpiffeId = "spiffe://example.org/ns/payments/sa/charge".parse().expect("id");
         let key = keys::generate().expect("key");
         let leaf = ca.issue(&id, Some(Ttl::from_secs(120)), &[], &key, "test").expect("issue");
-        let csr = crate::csr::request_for(&keys::generate().expect("key")).expect("csr");
+        let csr = mesh_identity::csr::request_for(&keys::generate().expect("key")).expect("csr");
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let renewed =
             ca.renew(&id, &leaf.serial, csr.as_bytes(), None, "test", now).expect("renews while valid");
@@ -775,12 +661,12 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let ca = new_ca(&tmp.path().join("ca"));
         let key = keys::generate().expect("key");
-        let ca_id = crate::server::ca_server_id(&ca.settings().trust_domain);
+        let ca_id = ca_server_id(&ca.settings().trust_domain);
         let e = ca.issue(&ca_id, None, &[], &key, "test").map(|l| l.serial);
         assert!(matches!(e, Err(CaError::Refused(ref r)) if r.contains("reserved")), "{e:?}");
         let other: SpiffeId = "spiffe://example.org/ns/mesh-system/sa/anything".parse().expect("id");
         assert!(ca.issue(&other, None, &[], &key, "test").is_err());
-        let zone: Zone = RESERVED_ZONE.parse().expect("zone");
+        let zone: Zone = mesh_identity::profile::RESERVED_ZONE.parse().expect("zone");
         let workload: Workload = "ca".parse().expect("workload");
         assert!(ca.dir().create_token(&zone, &workload, Ttl::from_secs(60), 1).is_err());
 

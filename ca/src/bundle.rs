@@ -29,7 +29,7 @@ struct JwkSet {
 pub fn spiffe_json(anchors: &[CertificateDer<'_>], sequence: u64) -> Result<String, CaError> {
     let mut keys = Vec::new();
     for der in anchors {
-        let cert = crate::profile::parse(der).map_err(|v| CaError::Crypto(v.to_string()))?;
+        let cert = mesh_identity::profile::parse(der).map_err(|v| CaError::Crypto(v.to_string()))?;
         let point = cert.public_key().subject_public_key.data.as_ref();
         // An uncompressed P-256 point: 0x04 || X (32 bytes) || Y (32 bytes).
         if point.len() != 65 || point[0] != 4 {

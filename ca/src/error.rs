@@ -29,6 +29,18 @@ pub enum CaError {
     Crypto(String),
 }
 
+/// File and crypto errors of the shared identity machinery keep their meaning (and exit code).
+impl From<mesh_identity::IdentityError> for CaError {
+    fn from(e: mesh_identity::IdentityError) -> Self {
+        use mesh_identity::IdentityError as E;
+        match e {
+            E::Io { path, source } => Self::Io { path, source },
+            E::BadFile { path, what } => Self::BadFile { path, what },
+            E::Crypto(what) => Self::Crypto(what),
+        }
+    }
+}
+
 impl CaError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         Self::Io { path: path.to_owned(), source }

@@ -1,39 +1,15 @@
-//! File helpers with the guarantees the CA promises: bounded reads, private modes, and
-//! all-or-nothing output (temporary files renamed into place; on error nothing is left).
+//! File helpers with the guarantees the CA promises: private modes and all-or-nothing output
+//! (temporary files renamed into place; on error nothing is left). Bounded reads and the
+//! exposed-secret warning are shared with the sidecar ([`mesh_identity::fsutil`]).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+pub use mesh_identity::fsutil::{exposed_mode_warning, read_bounded};
+
 use crate::error::CaError;
-
-/// Reads at most `max` bytes; a larger file is refused rather than truncated.
-pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, CaError> {
-    let file = File::open(path).map_err(|e| CaError::io(path, e))?;
-    let mut buf = Vec::new();
-    file.take(max + 1).read_to_end(&mut buf).map_err(|e| CaError::io(path, e))?;
-    if buf.len() as u64 > max {
-        return Err(CaError::bad_file(path, &format!("is larger than {max} bytes")));
-    }
-    Ok(buf)
-}
-
-/// The warning for a secret file (a key, a passphrase or token file) that group or others can
-/// read: one line naming what it is (`what`, e.g. "key file"), the file, its mode and the fix;
-/// None when it is private (or cannot be examined, in which case reading it reports the error).
-/// Pure, so any binary can print it its own way.
-pub fn exposed_mode_warning(path: &Path, what: &str) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let mode = fs::metadata(path).ok()?.permissions().mode() & 0o7777;
-    (mode & 0o044 != 0).then(|| {
-        format!(
-            "warning: {what} {} is readable by group or others (mode {mode:04o}); run chmod 600 {}",
-            path.display(),
-            path.display()
-        )
-    })
-}
 
 /// Prints [`exposed_mode_warning`] on stderr as `mesh-ca: warning: ...`, if there is one. A
 /// failing stderr is ignored: a warning must never stop the CA.
@@ -110,7 +86,7 @@ impl Step {
 }
 
 fn write_steps(dir: &Path, files: &[OutFile<'_>], steps: &mut Vec<Step>) -> Result<(), CaError> {
-    let tag = crate::random::hex(&crate::random::serial()?[..6]);
+    let tag = mesh_identity::random::hex(&mesh_identity::random::serial()?[..6]);
     for f in files {
         let dst = dir.join(f.name);
         let tmp = dir.join(format!(".{}.{tag}.tmp", f.name));

@@ -9,7 +9,7 @@ use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::profile::{self, Violation};
+use mesh_identity::profile::{self, Violation};
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -93,7 +93,7 @@ pub fn inspect(certs: &[CertificateDer<'_>]) -> Result<Report, Violation> {
         zone: parsed.as_ref().map(|p| p.zone().to_string()),
         workload: parsed.as_ref().map(|p| p.workload().to_string()),
         spiffe_id,
-        serial: crate::random::hex(cert.raw_serial()),
+        serial: mesh_identity::random::hex(cert.raw_serial()),
         subject: cert.subject().to_string(),
         issuer: cert.issuer().to_string(),
         not_before: rfc3339(validity.not_before.to_datetime()),

@@ -1,14 +1,16 @@
 //! Private keys at rest: PKCS#8 PEM, encrypted with PBES2 (PBKDF2-HMAC-SHA256 + AES-256-CBC)
 //! so that `openssl pkcs8` reads them, and plain PKCS#8 for workload keys handed to a sidecar.
+//! Generating keys is shared with the sidecar ([`mesh_identity::keys`]); encrypting them is the
+//! CA's alone, so the sidecar links no key-encryption code.
 //!
 //! The passphrase type never prints its contents; key material never reaches an error message.
 
 use std::fmt;
 use std::path::Path;
 
+pub use mesh_identity::keys::{generate, KeyPair};
 use pkcs8::der::pem::LineEnding;
 use pkcs8::{EncryptedPrivateKeyInfo, PrivateKeyInfo};
-pub use rcgen::KeyPair;
 
 use crate::error::CaError;
 
@@ -32,7 +34,7 @@ impl Passphrase {
     /// stderr when group or others can read the file.
     pub fn from_file(path: &Path) -> Result<Self, CaError> {
         crate::fsutil::warn_if_exposed(path, "passphrase file");
-        let raw = crate::fsutil::read_bounded(path, MAX_PASSPHRASE_LEN as u64)?;
+        let raw = mesh_identity::fsutil::read_bounded(path, MAX_PASSPHRASE_LEN as u64)?;
         Self::from_bytes(raw, &path.display().to_string())
     }
 
@@ -75,12 +77,6 @@ impl fmt::Debug for Passphrase {
     }
 }
 
-/// Generates a fresh ECDSA P-256 key, the only algorithm the mesh issues for.
-pub fn generate() -> Result<KeyPair, CaError> {
-    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| CaError::Crypto(format!("key generation: {e}")))
-}
-
 /// PEM of the key, encrypted with `pass` when given, plain PKCS#8 otherwise.
 pub fn to_pem(key: &KeyPair, pass: Option<&Passphrase>) -> Result<String, CaError> {
     let Some(pass) = pass else {
@@ -91,8 +87,8 @@ pub fn to_pem(key: &KeyPair, pass: Option<&Passphrase>) -> Result<String, CaErro
         .map_err(|e| CaError::Crypto(format!("encoding private key: {e}")))?;
     let mut salt = [0u8; 16];
     let mut iv = [0u8; 16];
-    crate::random::fill(&mut salt)?;
-    crate::random::fill(&mut iv)?;
+    mesh_identity::random::fill(&mut salt)?;
+    mesh_identity::random::fill(&mut iv)?;
     let params = pkcs8::pkcs5::pbes2::Parameters::pbkdf2_sha256_aes256cbc(PBKDF2_ROUNDS, &salt, &iv)
         .map_err(|e| CaError::Crypto(format!("key encryption parameters: {e}")))?;
     let doc = info
@@ -109,7 +105,7 @@ pub fn to_pem(key: &KeyPair, pass: Option<&Passphrase>) -> Result<String, CaErro
 /// with certainty, so the message names both).
 pub fn read(path: &Path, pass: Option<&Passphrase>) -> Result<KeyPair, CaError> {
     crate::fsutil::warn_if_exposed(path, "key file");
-    let raw = crate::fsutil::read_bounded(path, MAX_KEY_FILE_LEN)?;
+    let raw = mesh_identity::fsutil::read_bounded(path, MAX_KEY_FILE_LEN)?;
     let text = String::from_utf8(raw).map_err(|_| CaError::bad_file(path, "is not a PEM file"))?;
     let (label, der) = pkcs8::der::pem::decode_vec(text.as_bytes())
         .map_err(|_| CaError::bad_file(path, "is not a PEM file"))?;

@@ -1,29 +1,20 @@
-//! mesh-ca: the zt-mesh certificate authority, and the workload identity machinery that both
-//! the CA and the sidecar need (SVID profile checks, key handling, PEM).
+//! mesh-ca: the zt-mesh certificate authority: the authority itself (issuing, enrollment,
+//! renewal, revocation), its store, its HTTPS API server and the `mesh-ca` CLI.
 //!
-//! The `mesh-ca` binary is a thin CLI over [`authority::Authority`]; the sidecar links this
-//! crate for [`profile`], [`pem`] and [`tls`] (the one module that builds rustls configs).
+//! What the sidecar shares with the CA (the SVID profile and templates, the rustls configs,
+//! PEM, CSRs, join tokens as presented, the API's wire types and client) is in
+//! `mesh-identity`; what both binaries run on (output streams, connection budgets) is in
+//! `mesh-runtime`. The `mesh-ca` binary is a thin CLI over [`authority::Authority`].
 
 pub mod authority;
 pub mod bundle;
-pub mod client;
-pub mod csr;
 pub mod error;
 pub mod fsutil;
 pub mod inspect;
 pub mod keys;
-pub mod output;
-pub mod pem;
-pub mod profile;
-pub mod random;
 pub mod server;
 pub mod settings;
 pub mod store;
-#[cfg(any(test, feature = "test-util"))]
-pub mod testing;
-pub mod tls;
-pub mod token;
-mod verified;
 
 pub use authority::{Authority, CaDir, InitOptions, IssuedLeaf};
 pub use error::CaError;

@@ -12,12 +12,13 @@ use mesh_ca::keys::{self, Passphrase};
 use mesh_ca::server::ServeOptions;
 use mesh_ca::settings::Settings;
 use mesh_ca::store::{CertKind, CertStatus, Store};
-use mesh_ca::{bundle, inspect, pem, CaError};
+use mesh_ca::{bundle, inspect, CaError};
 use mesh_config::{SpiffeId, TrustDomain, Ttl, Workload, Zone};
+use mesh_identity::pem;
 use serde::Serialize;
 
 const PASSPHRASE_ENV: &str = "MESH_CA_PASSPHRASE";
-/// How long an exiting process waits for its queued output lines (see `mesh_ca::output`).
+/// How long an exiting process waits for its queued output lines (see `mesh_runtime::output`).
 const EXIT_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Parser)]
@@ -235,7 +236,7 @@ struct TokenCreateArgs {
     #[arg(long, default_value = "15m", value_name = "TTL", allow_hyphen_values = true, value_parser = token_ttl)]
     ttl: Ttl,
     /// How many enrollments the token allows (1 to 1000).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=mesh_ca::token::MAX_TOKEN_USES as i64))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=mesh_identity::token::MAX_TOKEN_USES as i64))]
     uses: u32,
 }
 
@@ -301,8 +302,8 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // Through the writer thread, bounded: a stalled stderr cannot hold the exit.
-            mesh_ca::output::stderr().line(&format!("mesh-ca: error: {e}"));
-            mesh_ca::output::flush_all(EXIT_FLUSH);
+            mesh_runtime::output::stderr().line(&format!("mesh-ca: error: {e}"));
+            mesh_runtime::output::flush_all(EXIT_FLUSH);
             ExitCode::from(e.exit_code() as u8)
         }
     }
@@ -355,7 +356,7 @@ fn ca_ttl(s: &str) -> Result<Ttl, String> {
 }
 
 fn token_ttl(s: &str) -> Result<Ttl, String> {
-    ttl_at_most(s, mesh_ca::token::MAX_TOKEN_TTL, "a join token's lifetime")
+    ttl_at_most(s, mesh_identity::token::MAX_TOKEN_TTL, "a join token's lifetime")
 }
 
 fn init(a: InitArgs) -> Result<ExitCode, CaError> {
@@ -560,7 +561,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode, CaError> {
         mesh_ca::server::serve(ca, ServeOptions { listen: a.listen, cert_ttl: Some(ttl), rate_limit: a.rate_limit, metrics_listen: a.metrics_listen }, shutdown).await
     })?;
     // Events still queued for stdout go out before the exit (main flushes on an error).
-    mesh_ca::output::flush_all(EXIT_FLUSH);
+    mesh_runtime::output::flush_all(EXIT_FLUSH);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -12,9 +12,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mesh_ca::csr;
-use mesh_ca::server::{EnrollRequest, RenewRequest};
-use mesh_ca::token::{Token, MAX_TOKEN_LEN};
+use mesh_identity::csr;
+use mesh_identity::api::{EnrollRequest, RenewRequest};
+use mesh_identity::token::{Token, MAX_TOKEN_LEN};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(req) = serde_json::from_slice::<EnrollRequest>(data) {

@@ -11,9 +11,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mesh_ca::server::{ErrorBody, IssuedBody, RevocationsBody};
-use mesh_ca::tls::{self, TrustBundle};
-use mesh_ca::{pem, profile};
+use mesh_identity::api::{ErrorBody, IssuedBody, RevocationsBody};
+use mesh_identity::tls::{self, TrustBundle};
+use mesh_identity::{pem, profile};
 use mesh_config::{SpiffeId, TrustDomain};
 
 fuzz_target!(|data: &[u8]| {

@@ -12,8 +12,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mesh_ca::tls::{self, TrustBundle};
-use mesh_ca::{inspect, pem, profile};
+use mesh_identity::tls::{self, TrustBundle};
+use mesh_ca::inspect;
+use mesh_identity::{pem, profile};
 use mesh_config::{SpiffeId, TrustDomain};
 use rustls_pki_types::CertificateDer;
 

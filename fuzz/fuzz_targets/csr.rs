@@ -9,7 +9,7 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use libfuzzer_sys::fuzz_target;
-use mesh_ca::csr::{self, CsrError, MAX_CSR_LEN};
+use mesh_identity::csr::{self, CsrError, MAX_CSR_LEN};
 
 fuzz_target!(|data: &[u8]| {
     let result = csr::public_key(data);

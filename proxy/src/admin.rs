@@ -163,7 +163,7 @@ fn identity(shared: &Shared) -> Value {
     let tls = shared.tls();
     let c = &tls.cred;
     let leaf = c.identity.chain.first();
-    let issuer = leaf.and_then(|d| mesh_ca::profile::parse(d).ok()).map(|x| x.issuer().to_string());
+    let issuer = leaf.and_then(|d| mesh_identity::profile::parse(d).ok()).map(|x| x.issuer().to_string());
     json!({
         "spiffe_id": c.id.to_string(),
         "trust_domain": c.id.trust_domain().to_string(),

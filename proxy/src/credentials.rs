@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use mesh_ca::profile;
 use mesh_config::SpiffeId;
+use mesh_identity::profile;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::ParsedCertificate;
@@ -48,17 +48,17 @@ fn file_err(path: &Path, what: impl Into<String>) -> CredentialError {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, CredentialError> {
-    mesh_ca::fsutil::read_bounded(path, MAX_FILE_LEN).map_err(|e| file_err(path, e.to_string()))
+    mesh_identity::fsutil::read_bounded(path, MAX_FILE_LEN).map_err(|e| file_err(path, e.to_string()))
 }
 
 impl Credential {
     /// Reads and checks cert, key and bundle: the leaf keeps the SVID profile, chains to the
     /// bundle now, and the key belongs to it.
     pub fn load(cert: &Path, key: &Path, bundle: &Path) -> Result<Self, CredentialError> {
-        let chain = mesh_ca::pem::parse_certs(&read(cert)?).map_err(|w| file_err(cert, w))?;
+        let chain = mesh_identity::pem::parse_certs(&read(cert)?).map_err(|w| file_err(cert, w))?;
         let key_der = PrivateKeyDer::from_pem_slice(&read(key)?)
             .map_err(|_| file_err(key, "holds no PEM private key"))?;
-        let anchors = mesh_ca::pem::parse_certs(&read(bundle)?).map_err(|w| file_err(bundle, w))?;
+        let anchors = mesh_identity::pem::parse_certs(&read(bundle)?).map_err(|w| file_err(bundle, w))?;
         Self::from_parts(chain, key_der, anchors).map_err(|e| match e {
             CredentialError::Bundle(what) => file_err(bundle, what),
             e => CredentialError::Invalid(format!("{}: {e}", cert.display())),
@@ -76,7 +76,7 @@ impl Credential {
         let parsed = profile::parse(leaf).map_err(|v| CredentialError::Invalid(v.to_string()))?;
         let not_before = parsed.validity().not_before.timestamp();
         let not_after = parsed.validity().not_after.timestamp();
-        let serial = mesh_ca::random::hex(parsed.raw_serial());
+        let serial = mesh_identity::random::hex(parsed.raw_serial());
         let id = profile::check_leaf_parsed(&parsed, None).into_identity().map_err(|v| {
             CredentialError::Invalid(format!(
                 "not a valid X.509-SVID: {}",

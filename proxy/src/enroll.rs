@@ -17,10 +17,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_ca::client::{CaClient, ClientError};
-use mesh_ca::tls::{RevocationCheck, TrustBundle};
-use mesh_ca::token::Token;
 use mesh_config::SpiffeId;
+use mesh_identity::client::{CaClient, ClientError};
+use mesh_identity::tls::{RevocationCheck, TrustBundle};
+use mesh_identity::token::Token;
 use rustls::pki_types::PrivateKeyDer;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -97,7 +97,7 @@ impl RevocationCheck for Revocations {
 }
 
 fn read_token(path: &std::path::Path) -> Result<Token, String> {
-    let raw = mesh_ca::fsutil::read_bounded(path, 4096).map_err(|e| format!("token_file: {e}"))?;
+    let raw = mesh_identity::fsutil::read_bounded(path, 4096).map_err(|e| format!("token_file: {e}"))?;
     let text = String::from_utf8(raw).map_err(|_| format!("token_file {}: not text", path.display()))?;
     Token::from_presented(&text)
         .ok_or_else(|| format!("token_file {}: does not hold a join token", path.display()))
@@ -109,8 +109,8 @@ fn read_token(path: &std::path::Path) -> Result<Token, String> {
 /// the identity the sidecar already has. The sidecar then trusts `anchors` only: whatever
 /// trust bundle the answer carried is never adopted.
 fn credential(
-    issued: mesh_ca::client::Issued,
-    key: &mesh_ca::keys::KeyPair,
+    issued: mesh_identity::client::Issued,
+    key: &mesh_identity::keys::KeyPair,
     anchors: &TrustBundle,
     renewing: Option<&SpiffeId>,
 ) -> Result<Credential, String> {
@@ -123,7 +123,7 @@ fn credential(
     // No trust-domain check here: `from_parts` binds the anchors to the leaf's own trust
     // domain, and the CA bundle's roots name only the CA's, so a leaf of another trust
     // domain has already been refused ("no anchor ... for trust domain").
-    if mesh_ca::authority::is_reserved_zone(cred.id.zone()) {
+    if mesh_identity::profile::is_reserved_zone(cred.id.zone()) {
         return Err(format!("certificate from the CA is for {}, the CA's own reserved zone", cred.id));
     }
     if let Some(current) = renewing {
@@ -137,15 +137,15 @@ fn credential(
 /// One enrollment attempt with the token file.
 pub async fn enroll(src: &Source) -> Result<Credential, ClientError> {
     let token = read_token(&src.token_file).map_err(ClientError::Protocol)?;
-    let key = mesh_ca::keys::generate().map_err(|e| ClientError::Protocol(e.to_string()))?;
-    let csr = mesh_ca::csr::request_for(&key).map_err(ClientError::Protocol)?;
+    let key = mesh_identity::keys::generate().map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let csr = mesh_identity::csr::request_for(&key).map_err(ClientError::Protocol)?;
     let issued = src.client.enroll(&token, csr).await?;
     credential(issued, &key, src.client.bundle(), None).map_err(ClientError::Protocol)
 }
 
 async fn renew(src: &Source, current: &Credential) -> Result<Credential, ClientError> {
-    let key = mesh_ca::keys::generate().map_err(|e| ClientError::Protocol(e.to_string()))?;
-    let csr = mesh_ca::csr::request_for(&key).map_err(ClientError::Protocol)?;
+    let key = mesh_identity::keys::generate().map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let csr = mesh_identity::csr::request_for(&key).map_err(ClientError::Protocol)?;
     let issued = src.client.renew(&current.identity, csr).await?;
     credential(issued, &key, src.client.bundle(), Some(&current.id)).map_err(ClientError::Protocol)
 }
@@ -196,7 +196,7 @@ fn now() -> i64 {
 fn renew_at(c: &Credential) -> i64 {
     let life = (c.not_after - c.obtained_at).max(2);
     let mut r = [0u8; 2];
-    let jitter = match mesh_ca::random::fill(&mut r) {
+    let jitter = match mesh_identity::random::fill(&mut r) {
         Ok(()) => (u16::from_le_bytes(r) as f64 / u16::MAX as f64) * 0.2 - 0.1,
         Err(_) => 0.0,
     };
@@ -381,14 +381,15 @@ pub async fn revoked(rx: Option<watch::Receiver<Arc<RevocationSet>>>, serial: St
 
 #[cfg(test)]
 mod tests {
-    use mesh_ca::authority::Authority;
-    use mesh_ca::testing::TestPki;
-    use mesh_config::TrustDomain;
+    use mesh_identity::testing::{TestLeaf, TestPki};
 
     use super::*;
 
-    fn answer(ca: &Authority, leaf: mesh_ca::IssuedLeaf) -> mesh_ca::client::Issued {
-        mesh_ca::client::Issued { chain: vec![leaf.der, ca.dir().intermediate.clone()], serial: leaf.serial }
+    fn answer(ca: &TestPki, leaf: TestLeaf) -> mesh_identity::client::Issued {
+        mesh_identity::client::Issued {
+            chain: vec![leaf.der, ca.intermediate().clone()],
+            serial: leaf.serial,
+        }
     }
 
     /// What a sidecar accepts from a CA answer is decided by its own configuration: the chain
@@ -397,31 +398,29 @@ mod tests {
     #[test]
     fn a_ca_answer_is_checked_against_the_configured_bundle_and_adds_no_anchor() {
         let (ours, rogue) = (TestPki::new(), TestPki::new());
-        let (ours, rogue) = (&ours.authority, &rogue.authority);
-        let td: TrustDomain = "example.org".parse().expect("td");
-        let configured = TrustBundle::new(td, vec![ours.dir().root.clone()]).expect("bundle");
+        let configured = ours.bundle.clone();
         let id: SpiffeId = "spiffe://example.org/ns/orders/sa/api".parse().expect("id");
 
-        let key = mesh_ca::keys::generate().expect("key");
-        let good = answer(ours, ours.issue(&id, None, &[], &key, "test").expect("issue"));
+        let key = mesh_identity::keys::generate().expect("key");
+        let good = answer(&ours, ours.leaf(&id, &key));
         let cred = credential(good, &key, &configured, None).expect("our CA's answer is accepted");
         let anchors: Vec<_> = cred.bundle.ders().collect();
-        assert_eq!(anchors, vec![&ours.dir().root], "the sidecar trusts exactly the configured bundle");
+        assert_eq!(anchors, vec![ours.root()], "the sidecar trusts exactly the configured bundle");
 
         // Signed by another CA of the same trust domain (a CA answer carrying its own root):
         // it does not chain to the configured bundle, so it is refused.
-        let forged = answer(rogue, rogue.issue(&id, None, &[], &key, "test").expect("issue"));
+        let forged = answer(&rogue, rogue.leaf(&id, &key));
         let e = credential(forged, &key, &configured, None).err().unwrap_or_default();
         assert!(e.contains("does not verify against the bundle"), "{e}");
 
         // The CA's own identity is never a sidecar's.
-        let own = answer(ours, ours.issue_ca_server(&key).expect("the CA's certificate"));
+        let own = answer(&ours, ours.ca_server_leaf(&key));
         let e = credential(own, &key, &configured, None).err().unwrap_or_default();
         assert!(e.contains("reserved zone"), "{e}");
 
         // A renewal that answers with another identity.
         let other: SpiffeId = "spiffe://example.org/ns/orders/sa/other".parse().expect("id");
-        let swapped = answer(ours, ours.issue(&other, None, &[], &key, "test").expect("issue"));
+        let swapped = answer(&ours, ours.leaf(&other, &key));
         let e = credential(swapped, &key, &configured, Some(&id)).err().unwrap_or_default();
         assert!(e.contains("but this sidecar is"), "{e}");
     }

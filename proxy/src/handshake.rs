@@ -2,7 +2,7 @@
 //!
 //! Inbound calls [`accept`], outbound [`connect_tls`]; each returns the stream with the
 //! peer it proved, or a [`Failure`] for the connection's one event. A resumed session is
-//! verified again here (rustls does not: see `mesh_ca::tls`), so a peer whose certificate
+//! verified again here (rustls does not: see `mesh_identity::tls`), so a peer whose certificate
 //! expired, was revoked or no longer chains to the bundle cannot live on by resumption.
 //! Generic over the transport, so the stage runs in memory in tests.
 
@@ -87,8 +87,8 @@ where
 mod tests {
     use std::sync::Arc;
 
-    use mesh_ca::testing::TestPki;
     use mesh_config::SpiffeId;
+    use mesh_identity::testing::TestPki;
 
     use super::*;
     use crate::tls::{

@@ -16,7 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mesh_ca::server::limits::{Held, PerSource, SourceKey};
+use mesh_runtime::limits::{Held, PerSource, SourceKey};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 

@@ -86,14 +86,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// How long an exiting process waits for its queued output lines (see `mesh_ca::output`).
+/// How long an exiting process waits for its queued output lines (see `mesh_runtime::output`).
 const EXIT_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One error line on stderr, then the exit code. Through the output thread, with a bounded
 /// wait: a closed or stalled stderr can neither panic nor hold the exit.
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
-    mesh_ca::output::stderr().line(&format!("mesh-proxy: error: {msg}"));
-    mesh_ca::output::flush_all(EXIT_FLUSH);
+    mesh_runtime::output::stderr().line(&format!("mesh-proxy: error: {msg}"));
+    mesh_runtime::output::flush_all(EXIT_FLUSH);
     ExitCode::from(code)
 }
 
@@ -129,7 +129,7 @@ fn run(config: PathBuf) -> ExitCode {
     };
     let ran = rt.block_on(mesh_proxy::run::run(plan));
     // The last events (proxy.stopping, ...) may still be queued for stdout.
-    mesh_ca::output::flush_all(EXIT_FLUSH);
+    mesh_runtime::output::flush_all(EXIT_FLUSH);
     match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(3, e),
@@ -158,7 +158,7 @@ fn check(config: PathBuf) -> ExitCode {
             if let Err(e) = mesh_proxy::state::Tls::build(
                 cred,
                 &mesh_proxy::reload::TlsShape::of(&plan),
-                std::sync::Arc::new(mesh_ca::tls::NothingRevoked),
+                std::sync::Arc::new(mesh_identity::tls::NothingRevoked),
             ) {
                 return fail(1, format!("{}: {e}", f.bundle.display()));
             }
@@ -166,16 +166,18 @@ fn check(config: PathBuf) -> ExitCode {
         }
         IdentityPlan::Enroll { ca_address, ca_bundle, token_file } => {
             // Enrolling would spend the token: check that the files are usable, and no more.
-            let anchors = match mesh_ca::pem::read_certs(ca_bundle) {
+            let anchors = match mesh_identity::pem::read_certs(ca_bundle) {
                 Ok(a) => a,
                 Err(e) => return fail(1, format!("ca_bundle: {e}")),
             };
-            let nothing = std::sync::Arc::new(mesh_ca::tls::NothingRevoked);
-            if let Err(e) = mesh_ca::client::CaClient::new(ca_address.clone(), anchors, nothing) {
+            let nothing = std::sync::Arc::new(mesh_identity::tls::NothingRevoked);
+            if let Err(e) = mesh_identity::client::CaClient::new(ca_address.clone(), anchors, nothing) {
                 return fail(1, format!("ca_bundle {}: {e}", ca_bundle.display()));
             }
-            match mesh_ca::fsutil::read_bounded(token_file, 4096) {
-                Ok(t) if mesh_ca::token::Token::from_presented(&String::from_utf8_lossy(&t)).is_some() => {}
+            match mesh_identity::fsutil::read_bounded(token_file, 4096) {
+                Ok(t)
+                    if mesh_identity::token::Token::from_presented(&String::from_utf8_lossy(&t))
+                        .is_some() => {}
                 Ok(_) => {
                     return fail(
                         1,

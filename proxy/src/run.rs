@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_ca::client::CaClient;
-use mesh_ca::tls::{NothingRevoked, RevocationCheck};
 use mesh_config::SpiffeId;
+use mesh_identity::client::CaClient;
+use mesh_identity::tls::{NothingRevoked, RevocationCheck};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
@@ -64,11 +64,11 @@ impl IdentityPlan {
     }
 
     /// One warning per secret file that group or others can read (see
-    /// `mesh_ca::fsutil::exposed_mode_warning`).
+    /// `mesh_identity::fsutil::exposed_mode_warning`).
     pub fn exposed_secrets(&self) -> Vec<String> {
         self.secret_files()
             .into_iter()
-            .filter_map(|(path, what)| mesh_ca::fsutil::exposed_mode_warning(path, what))
+            .filter_map(|(path, what)| mesh_identity::fsutil::exposed_mode_warning(path, what))
             .collect()
     }
 }
@@ -116,7 +116,7 @@ pub async fn run(plan: Plan) -> Result<(), RunError> {
             (cred, None, nothing)
         }
         IdentityPlan::Enroll { ca_address, ca_bundle, token_file } => {
-            let anchors = mesh_ca::pem::read_certs(ca_bundle)
+            let anchors = mesh_identity::pem::read_certs(ca_bundle)
                 .map_err(|e| RunError::Credential(format!("ca_bundle: {e}")))?;
             // The CA's certificate is checked against the revocation list too.
             let check: Arc<dyn RevocationCheck> = Arc::new(enroll::Revocations(set_rx.clone()));
@@ -178,7 +178,7 @@ pub async fn run(plan: Plan) -> Result<(), RunError> {
     let admin_listener = match plan.admin {
         Some(addr) => {
             if !addr.ip().is_loopback() {
-                mesh_ca::output::stderr().line(&format!("mesh-proxy: WARNING: the admin listener {addr} is not on loopback; anyone who reaches it sees metrics, identity and config"));
+                mesh_runtime::output::stderr().line(&format!("mesh-proxy: WARNING: the admin listener {addr} is not on loopback; anyone who reaches it sees metrics, identity and config"));
             }
             let (l, local) = bind(addr, "admin").await?;
             bound.push(format!("admin={local}"));
@@ -286,7 +286,7 @@ pub async fn run(plan: Plan) -> Result<(), RunError> {
                 .detail(format!("{} is missing: denying everything", files.policy.display())),
         );
     }
-    mesh_ca::output::stderr().line(&format!("mesh-proxy: {own_id} serving {}", bound.join(" ")));
+    mesh_runtime::output::stderr().line(&format!("mesh-proxy: {own_id} serving {}", bound.join(" ")));
 
     shutdown.cancelled().await;
     shared.tracker.close();

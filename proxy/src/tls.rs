@@ -1,4 +1,4 @@
-//! The sidecar's TLS: every rustls config is built by `mesh_ca::tls`, the one module that
+//! The sidecar's TLS: every rustls config is built by `mesh_identity::tls`, the one module that
 //! builds TLS configs for the sidecar and the CA server alike; this re-exports it.
 
-pub use mesh_ca::tls::*;
+pub use mesh_identity::tls::*;

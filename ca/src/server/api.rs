@@ -20,10 +20,14 @@ use hyper::{Method, Request, Response, StatusCode};
 use mesh_config::SpiffeId;
 use serde::{Deserialize, Serialize};
 
+use mesh_identity::api::{
+    BundleBody, EnrollRequest, ErrorBody, IssuedBody, RenewRequest, RevocationJson, RevocationsBody,
+};
+
 use super::Shared;
 use crate::authority::{EnrollError, EnrollJob, IssuedLeaf};
 use crate::store::Revocation;
-use crate::token::Token;
+use mesh_identity::token::Token;
 
 /// Largest request body: a CSR and a token are well under this.
 const MAX_BODY: usize = 64 * 1024;
@@ -40,70 +44,13 @@ pub const MAX_PAGE_ENTRIES: usize = 1_000;
 /// entries hold.
 const MAX_PAGE_BYTES: usize = 512 * 1024;
 
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnrollRequest {
-    pub token: String,
-    pub csr: String,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RenewRequest {
-    pub csr: String,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-pub struct IssuedBody {
-    pub spiffe_id: String,
-    pub serial: String,
-    pub not_after: i64,
-    /// Leaf then intermediate, PEM.
-    pub cert_chain: String,
-    /// Trust anchors, PEM.
-    pub bundle: String,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-pub struct ErrorBody {
-    pub error: String,
-    pub reason: String,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-pub struct BundleBody {
-    pub sequence: u64,
-    pub bundle: String,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-pub struct RevocationsBody {
-    /// The log position this page covers (compacted entries included); ask for
-    /// `since=<this>` next.
-    pub sequence: i64,
-    pub revoked: Vec<RevocationJson>,
-    /// More entries follow `sequence` already: ask again at once, without waiting. Absent
-    /// (false) from servers that served the whole log in one answer.
-    #[serde(default)]
-    pub more: bool,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-pub struct RevocationJson {
-    pub seq: i64,
-    pub serial: Option<String>,
-    pub spiffe_id: Option<String>,
-    pub reason: String,
-    pub revoked_at: i64,
-}
-
 impl From<Revocation> for RevocationJson {
     fn from(r: Revocation) -> Self {
         Self {
             seq: r.seq,
             serial: r.serial,
             spiffe_id: r.spiffe_id,
-            reason: crate::profile::truncate(&r.reason).to_owned(),
+            reason: mesh_identity::profile::truncate(&r.reason).to_owned(),
             revoked_at: r.revoked_at,
         }
     }
@@ -116,14 +63,14 @@ pub struct Caller {
     pub serial: String,
 }
 
-impl From<crate::tls::Peer> for Caller {
-    fn from(p: crate::tls::Peer) -> Self {
+impl From<mesh_identity::tls::Peer> for Caller {
+    fn from(p: mesh_identity::tls::Peer) -> Self {
         Self { id: p.id, serial: p.serial }
     }
 }
 
 /// One JSON audit line on stdout. Values are JSON-escaped; no secret is ever passed here.
-/// Queued for [`crate::output`]'s writer thread: a closed or stalled stdout costs the line
+/// Queued for [`mesh_runtime::output`]'s writer thread: a closed or stalled stdout costs the line
 /// (counted), never the request.
 pub fn event(name: &str, fields: &[(&str, &str)]) {
     let mut map = serde_json::Map::new();
@@ -135,9 +82,9 @@ pub fn event(name: &str, fields: &[(&str, &str)]) {
     map.insert("event".into(), name.into());
     map.insert("source".into(), "mesh-ca".into());
     for (k, v) in fields {
-        map.insert((*k).into(), crate::profile::truncate(v).into());
+        map.insert((*k).into(), mesh_identity::profile::truncate(v).into());
     }
-    crate::output::stdout().line(&serde_json::Value::Object(map).to_string());
+    mesh_runtime::output::stdout().line(&serde_json::Value::Object(map).to_string());
 }
 
 fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
@@ -216,7 +163,8 @@ async fn body<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T,
 }
 
 fn issued(shared: &Shared, leaf: &IssuedLeaf) -> IssuedBody {
-    let chain = crate::pem::cert(&leaf.der) + &crate::pem::cert(&shared.authority.dir().intermediate);
+    let chain =
+        mesh_identity::pem::cert(&leaf.der) + &mesh_identity::pem::cert(&shared.authority.dir().intermediate);
     IssuedBody {
         spiffe_id: leaf.id.to_string(),
         serial: leaf.serial.clone(),
@@ -250,7 +198,7 @@ async fn enroll(shared: Arc<Shared>, peer: SocketAddr, b: EnrollRequest) -> Resp
     };
     // The CSR is checked here, on any core and outside the store's lock; the batcher does
     // only what must be serial: spend the token, sign, record.
-    let public_key = match crate::csr::public_key(b.csr.as_bytes()) {
+    let public_key = match mesh_identity::csr::public_key(b.csr.as_bytes()) {
         Ok(k) => k,
         Err(e) => {
             event("enroll.refused", &[("peer", &peer.to_string()), ("reason", &e.to_string())]);

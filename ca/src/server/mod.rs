@@ -6,10 +6,10 @@
 //! callers rate-limited. The API itself is in [`api`].
 
 mod api;
-pub mod limits;
+
 pub mod metrics;
 
-pub use limits::DEFAULT_RATE;
+pub use mesh_runtime::limits::DEFAULT_RATE;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -24,13 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::authority::Authority;
 use crate::error::CaError;
-use crate::tls::{self, ClientAuth, Identity, RevocationCheck, ServerTls, TrustBundle};
+use mesh_identity::tls::{self, ClientAuth, Identity, RevocationCheck, ServerTls, TrustBundle};
 
-pub use api::{EnrollRequest, ErrorBody, IssuedBody, RenewRequest, RevocationsBody};
-
-/// Zone and workload of the CA server's own identity.
-pub const CA_ZONE: &str = "mesh-system";
-pub const CA_WORKLOAD: &str = "ca";
 /// Concurrent connections the API serves; more wait in the kernel backlog.
 const MAX_CONNECTIONS: usize = 1024;
 /// Connections without a client certificate (still in the handshake, or anonymous callers
@@ -55,13 +50,6 @@ const AUTHENTICATED_LIFETIME: Duration = Duration::from_secs(api::MAX_WAIT + 30)
 /// (`mesh-ca revoke` on the same directory).
 const REVOCATION_POLL: Duration = Duration::from_millis(200);
 
-/// The CA server's own SPIFFE ID in a trust domain.
-pub fn ca_server_id(td: &mesh_config::TrustDomain) -> SpiffeId {
-    let zone = CA_ZONE.parse().expect("a valid static label");
-    let workload = CA_WORKLOAD.parse().expect("a valid static label");
-    SpiffeId::new(td.clone(), zone, workload)
-}
-
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub listen: SocketAddr,
@@ -79,10 +67,10 @@ pub(crate) struct Shared {
     pub cert_ttl: Option<Ttl>,
     /// The latest revocation log position, refreshed from the store; long-polls wait on it.
     pub revocation_seq: watch::Receiver<i64>,
-    pub limiter: limits::RateLimiter,
+    pub limiter: mesh_runtime::limits::RateLimiter,
     /// Long-polls waiting now, per caller identity: their own small budget, so that waiting
     /// callers never hold the slots renewals need.
-    pub long_polls: Arc<limits::PerSource<SpiffeId>>,
+    pub long_polls: Arc<mesh_runtime::limits::PerSource<SpiffeId>>,
     /// Enrollments waiting for the group-commit batcher.
     pub enroll_queue: tokio::sync::mpsc::Sender<api::QueuedEnroll>,
 }
@@ -131,8 +119,8 @@ pub async fn serve(
         authority,
         cert_ttl: opts.cert_ttl,
         revocation_seq: seq_rx,
-        limiter: limits::RateLimiter::new(opts.rate_limit),
-        long_polls: limits::PerSource::new(api::MAX_LONG_POLLS_PER_ID, api::MAX_LONG_POLLS),
+        limiter: mesh_runtime::limits::RateLimiter::new(opts.rate_limit),
+        long_polls: mesh_runtime::limits::PerSource::new(api::MAX_LONG_POLLS_PER_ID, api::MAX_LONG_POLLS),
         enroll_queue,
     });
     tokio::spawn(api::batcher(shared.clone(), queued));
@@ -162,7 +150,7 @@ pub async fn serve(
         for (name, der) in
             [("root", &shared.authority.dir().root), ("intermediate", &shared.authority.dir().intermediate)]
         {
-            if let Ok(c) = crate::profile::parse(der) {
+            if let Ok(c) = mesh_identity::profile::parse(der) {
                 metrics::authority_expiry(name, c.validity().not_after.timestamp());
             }
         }
@@ -175,7 +163,7 @@ pub async fn serve(
     api::event("ca.started", &fields);
     let conns = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let per_source = if opts.rate_limit == 0 { MAX_CONNECTIONS } else { MAX_UNAUTHENTICATED_PER_SOURCE };
-    let unauthenticated = limits::PerSource::new(per_source, MAX_CONNECTIONS);
+    let unauthenticated = mesh_runtime::limits::PerSource::new(per_source, MAX_CONNECTIONS);
     let anonymous_slots = Arc::new(Semaphore::new(MAX_ANONYMOUS));
     loop {
         let permit = tokio::select! {
@@ -191,7 +179,7 @@ pub async fn serve(
         };
         // Until its handshake shows a client certificate, a connection counts against its
         // source's small budget; over it, the connection is closed unread, freeing the slot.
-        let Some(anonymous) = unauthenticated.try_hold(limits::SourceKey::of(peer.ip())) else {
+        let Some(anonymous) = unauthenticated.try_hold(mesh_runtime::limits::SourceKey::of(peer.ip())) else {
             drop(stream);
             continue;
         };

@@ -23,8 +23,8 @@ use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use mesh_ca::output;
 use mesh_config::sidecar::{Host, HttpsFormat, HttpsUrl};
+use mesh_runtime::output;
 use rustls::pki_types::ServerName;
 use rustls::RootCertStore;
 use tokio::net::TcpStream;
@@ -73,8 +73,8 @@ pub fn load_roots(path: Option<&Path>) -> Result<(Arc<RootCertStore>, PathBuf), 
             )
         })?,
     };
-    let raw = mesh_ca::fsutil::read_bounded(&path, MAX_BUNDLE).map_err(|e| e.to_string())?;
-    let certs = mesh_ca::pem::parse_certs(&raw).map_err(|e| format!("{}: {e}", path.display()))?;
+    let raw = mesh_identity::fsutil::read_bounded(&path, MAX_BUNDLE).map_err(|e| e.to_string())?;
+    let certs = mesh_identity::pem::parse_certs(&raw).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut roots = RootCertStore::empty();
     let (added, _) = roots.add_parsable_certificates(certs);
     if added == 0 {
@@ -199,7 +199,7 @@ impl Client {
 }
 
 pub(super) async fn run(mut feed: Feed, target: HttpsTarget) {
-    let setup = mesh_ca::tls::web_client_config(target.roots.clone())
+    let setup = mesh_identity::tls::web_client_config(target.roots.clone())
         .map_err(|e| e.to_string())
         .and_then(|c| Ok((c, server_name(&target.url)?)));
     let (config, name) = match setup {

@@ -1,6 +1,6 @@
 //! Stream sinks: stdout, stderr and files, one JSON object per line, a batch per write.
 //!
-//! stdout and stderr go through `mesh_ca::output`'s writer thread: a closed, failing or
+//! stdout and stderr go through `mesh_runtime::output`'s writer thread: a closed, failing or
 //! stalled stream loses events (counted in `mesh_events_dropped_total`) and never blocks or
 //! kills the process.
 //!
@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use mesh_ca::output::{self, LineWriter};
+use mesh_runtime::output::{self, LineWriter};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
@@ -47,7 +47,7 @@ pub(super) async fn run(feed: Feed, target: Target, reopen: watch::Receiver<u64>
 }
 
 /// stdout and stderr: each batch is handed to the process's output thread
-/// ([`mesh_ca::output`]), which never blocks this task. A batch that does not fit its queue is
+/// ([`mesh_runtime::output`]), which never blocks this task. A batch that does not fit its queue is
 /// lost; events the thread could not write (a closed pipe) are counted as lost when seen, and
 /// the thread reports the failure itself (stdout's on stderr), once.
 async fn to_stream(mut feed: Feed, out: &'static LineWriter) {

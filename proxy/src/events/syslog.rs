@@ -16,8 +16,8 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use mesh_ca::output;
 use mesh_config::sidecar::{Endpoint, SyslogFacility, SyslogTransport};
+use mesh_runtime::output;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 

@@ -13,6 +13,23 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
 use x509_parser::prelude::FromDer;
 
+/// The zone of the CA's own identity; no workload may have it.
+pub const RESERVED_ZONE: &str = "mesh-system";
+/// The workload name of the CA server's own identity (in [`RESERVED_ZONE`]).
+pub const CA_WORKLOAD: &str = "ca";
+
+/// Whether `zone` is reserved for the mesh itself.
+pub fn is_reserved_zone(zone: &mesh_config::Zone) -> bool {
+    zone.as_str() == RESERVED_ZONE
+}
+
+/// The CA server's own SPIFFE ID in a trust domain: `spiffe://<td>/ns/mesh-system/sa/ca`.
+pub fn ca_server_id(td: &TrustDomain) -> SpiffeId {
+    let zone = RESERVED_ZONE.parse().expect("a valid static label");
+    let workload = CA_WORKLOAD.parse().expect("a valid static label");
+    SpiffeId::new(td.clone(), zone, workload)
+}
+
 /// Serials shorter than this cannot carry the 64 bits of entropy the profile asks for.
 const MIN_SERIAL_BYTES: usize = 8;
 

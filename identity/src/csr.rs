@@ -5,6 +5,7 @@
 
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
+use x509_parser::pem::parse_x509_pem;
 use x509_parser::prelude::FromDer;
 
 /// A CSR is a few hundred bytes; anything past this is refused unread.
@@ -40,11 +41,15 @@ pub fn public_key(csr: &[u8]) -> Result<rcgen::SubjectPublicKeyInfo, CsrError> {
         return Err(CsrError::TooLarge);
     }
     let der = if csr.starts_with(b"-----BEGIN") {
-        let (label, der) = pkcs8::der::pem::decode_vec(csr).map_err(|_| CsrError::Malformed)?;
-        if label != "CERTIFICATE REQUEST" && label != "NEW CERTIFICATE REQUEST" {
+        // One PEM document and nothing after it but whitespace.
+        let (rest, pem) = parse_x509_pem(csr).map_err(|_| CsrError::Malformed)?;
+        if pem.label != "CERTIFICATE REQUEST" && pem.label != "NEW CERTIFICATE REQUEST" {
             return Err(CsrError::Malformed);
         }
-        der
+        if !rest.iter().all(u8::is_ascii_whitespace) {
+            return Err(CsrError::Malformed);
+        }
+        pem.contents
     } else {
         csr.to_vec()
     };
@@ -76,11 +81,13 @@ mod tests {
         let key = crate::keys::generate().expect("key");
         let pem = request_for(&key).expect("csr");
         assert!(public_key(pem.as_bytes()).is_ok());
-        let (_, mut der) = pkcs8::der::pem::decode_vec(pem.as_bytes()).expect("pem");
+        let mut der = parse_x509_pem(pem.as_bytes()).expect("pem").1.contents;
         let last = der.len() - 1;
         der[last] ^= 1; // flips a bit of the signature
         assert_eq!(public_key(&der).err(), Some(CsrError::BadSignature));
         assert_eq!(public_key(b"garbage").err(), Some(CsrError::Malformed));
+        let trailing = format!("{pem}-----BEGIN CERTIFICATE-----\n");
+        assert_eq!(public_key(trailing.as_bytes()).err(), Some(CsrError::Malformed));
         assert_eq!(public_key(&vec![0u8; MAX_CSR_LEN + 1]).err(), Some(CsrError::TooLarge));
     }
 

@@ -1,19 +1,19 @@
 //! Randomness from the operating system via aws-lc (the same source rustls uses), and serial
 //! numbers built from it.
 
-use crate::error::CaError;
+use crate::error::IdentityError;
 
 /// Serial numbers are 16 random bytes with the top bit cleared (DER INTEGERs are signed and
 /// RFC 5280 wants them positive) and the top byte non-zero (so the encoding keeps all 16 bytes):
 /// 126 bits of entropy, far above the 64 the CA/B Forum and the SPIFFE profile ask for.
 pub const SERIAL_LEN: usize = 16;
 
-pub fn fill(buf: &mut [u8]) -> Result<(), CaError> {
-    aws_lc_rs::rand::fill(buf).map_err(|_| CaError::Crypto("the system random source failed".into()))
+pub fn fill(buf: &mut [u8]) -> Result<(), IdentityError> {
+    aws_lc_rs::rand::fill(buf).map_err(|_| IdentityError::Crypto("the system random source failed".into()))
 }
 
 /// A fresh random serial number.
-pub fn serial() -> Result<[u8; SERIAL_LEN], CaError> {
+pub fn serial() -> Result<[u8; SERIAL_LEN], IdentityError> {
     let mut s = [0u8; SERIAL_LEN];
     fill(&mut s)?;
     s[0] &= 0x7f;

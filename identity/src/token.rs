@@ -7,7 +7,7 @@ use std::fmt;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
-use crate::error::CaError;
+use crate::error::IdentityError;
 
 /// Tokens start with this so that a leaked one is recognisable in a secret scanner.
 const PREFIX: &str = "ztm1_";
@@ -24,7 +24,7 @@ pub const MAX_TOKEN_USES: u32 = 1000;
 pub struct Token(String);
 
 impl Token {
-    pub fn generate() -> Result<Self, CaError> {
+    pub fn generate() -> Result<Self, IdentityError> {
         let mut raw = [0u8; 32];
         crate::random::fill(&mut raw)?;
         Ok(Self(format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(raw))))

@@ -20,7 +20,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::TcpStream;
 
-use crate::server::{ca_server_id, EnrollRequest, ErrorBody, IssuedBody, RenewRequest, RevocationsBody};
+use crate::api::{EnrollRequest, ErrorBody, IssuedBody, RenewRequest, RevocationsBody};
+use crate::profile::ca_server_id;
 use crate::tls::{self, ClientSettings, Identity, PeerKind, RevocationCheck, TrustBundle};
 use crate::token::Token;
 

@@ -225,7 +225,7 @@ fn a_resumed_session_is_verified_again_on_both_sides() {
 #[test]
 fn anchors_vouch_only_for_their_own_trust_domain() {
     let (ours, theirs) = (ca(), ca_for("other.org"));
-    let both = vec![ours.authority.dir().root.clone(), theirs.authority.dir().root.clone()];
+    let both = vec![ours.root().clone(), theirs.root().clone()];
     let bundle = TrustBundle::new(ours.td.clone(), both).expect("bundle");
     // A client of example.org signed under other.org's root: refused by our server.
     let server_id: SpiffeId = "spiffe://example.org/ns/b/sa/server".parse().expect("id");
@@ -249,19 +249,13 @@ fn anchors_vouch_only_for_their_own_trust_domain() {
     let theirs_roots = bundle.roots_for(&theirs.td).expect("other.org's roots");
     assert_eq!(theirs_roots.len(), 1);
     assert!(bundle.roots_for(&"third.net".parse().expect("td")).is_err());
-    assert!(TrustBundle::new("third.net".parse().expect("td"), vec![theirs.authority.dir().root.clone()])
-        .is_err());
+    assert!(TrustBundle::new("third.net".parse().expect("td"), vec![theirs.root().clone()]).is_err());
 }
 
 /// A leaf for `id` (of any trust domain) signed by `ca`'s intermediate, as a rogue or
-/// federated CA could make one: built with rcgen from `ca`'s issuer, not through `issue`.
+/// federated CA could make one: the test PKI signs without the CA's rules.
 fn identity_signed_by(ca: &Ca, id: &SpiffeId) -> Identity {
-    let key = crate::keys::generate().expect("key");
-    let der = ca.authority.sign_foreign_for_tests(id, &key);
-    Identity {
-        chain: vec![der, ca.authority.dir().intermediate.clone()],
-        key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    }
+    ca.identity(id)
 }
 
 /// A CA client (PeerKind::CaServer) accepts only a server with the CA's identity *and* the
@@ -269,13 +263,8 @@ fn identity_signed_by(ca: &Ca, id: &SpiffeId) -> Identity {
 #[test]
 fn a_ca_client_refuses_an_unmarked_or_revoked_ca_certificate() {
     let ca = ca();
-    let ca_id = crate::server::ca_server_id(&ca.td);
-    let key = crate::keys::generate().expect("key");
-    let own = ca.authority.issue_ca_server(&key).expect("the CA's certificate");
-    let marked = Identity {
-        chain: vec![own.der, ca.authority.dir().intermediate.clone()],
-        key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    };
+    let ca_id = crate::profile::ca_server_id(&ca.td);
+    let marked = ca.ca_server_identity();
     // The same identity without the marker, as anyone could get it before the zone was
     // reserved (signed by the real intermediate).
     let unmarked = identity_signed_by(&ca, &ca_id);

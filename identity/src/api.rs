@@ -1,0 +1,63 @@
+//! The CA API's wire types, version 1: what the CA server answers and its client reads, in one
+//! module both compile against. JSON; every refusal is a 4xx with an [`ErrorBody`]
+//! (`{"error": <stable code>, "reason": <sentence>}`). The routes and their rules are the
+//! server's (`mesh_ca::server`).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub token: String,
+    pub csr: String,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    pub csr: String,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct IssuedBody {
+    pub spiffe_id: String,
+    pub serial: String,
+    pub not_after: i64,
+    /// Leaf then intermediate, PEM.
+    pub cert_chain: String,
+    /// Trust anchors, PEM.
+    pub bundle: String,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct BundleBody {
+    pub sequence: u64,
+    pub bundle: String,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct RevocationsBody {
+    /// The log position this page covers (compacted entries included); ask for
+    /// `since=<this>` next.
+    pub sequence: i64,
+    pub revoked: Vec<RevocationJson>,
+    /// More entries follow `sequence` already: ask again at once, without waiting. Absent
+    /// (false) from servers that served the whole log in one answer.
+    #[serde(default)]
+    pub more: bool,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct RevocationJson {
+    pub seq: i64,
+    pub serial: Option<String>,
+    pub spiffe_id: Option<String>,
+    pub reason: String,
+    pub revoked_at: i64,
+}
