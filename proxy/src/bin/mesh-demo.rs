@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-const TD: &str = "demo.zt-mesh.local";
+const TD: &str = "example.org";
 const USAGE: &str = "usage: mesh-demo [--keep] [--dir DIR]
 
 Runs a local zt-mesh: a CA, three zones (frontend, orders, payments) with sample apps and
@@ -23,26 +23,12 @@ their sidecars, and shows which calls the mesh allows and refuses, and why.
   --keep      keep the mesh running after the table (Ctrl-C stops it) and print how to poke it
   --dir DIR   work in DIR (kept afterwards) instead of a temporary directory";
 
-const POLICY: &str = r#"# The demo's policy: deny by default; these are the only allowed edges.
-trust_domain = "demo.zt-mesh.local"
-zones = ["frontend", "orders", "payments"]
-
-[[allow]]
-from = "frontend"
-to = "orders"
-
-[[allow]]
-from = "orders/api"
-to = "payments/charge"
-
-[[deny]]
-from = "frontend/rogue"
-to = "orders"
-"#;
+/// The demo's policy: the sample policy the README shows and the tests use.
+const POLICY: &str = include_str!("../../../examples/policy.toml");
 
 /// A rogue sidecar's own, permissive policy: its egress check lets everything out, so the
 /// refusal must come from the callee's sidecar.
-const ROGUE_POLICY: &str = r#"trust_domain = "demo.zt-mesh.local"
+const ROGUE_POLICY: &str = r#"trust_domain = "example.org"
 zones = ["frontend", "orders", "payments"]
 
 [[allow]]
