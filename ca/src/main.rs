@@ -539,6 +539,9 @@ fn list(a: ListArgs) -> Result<ExitCode, CaError> {
 }
 
 fn serve(a: ServeArgs) -> Result<ExitCode, CaError> {
+    // Diagnostics (`tracing`, filtered by MESH_LOG or RUST_LOG) go to stderr through the
+    // output thread; the CA's events go to stdout through mesh_runtime::events.
+    mesh_runtime::diagnostics::init();
     let dir = CaDir::open(&a.dir)?;
     let pass = passphrase(&a.pass)?;
     let ca = Authority::open(dir, pass.as_ref())?;

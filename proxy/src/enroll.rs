@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::credentials::Credential;
-use crate::events::{Event, Events, Severity};
+use crate::events::{Event, EventKind, Events, Severity};
 use crate::reload::TlsShape;
 use crate::state::Tls;
 
@@ -160,11 +160,12 @@ pub async fn enroll_until_done(
     loop {
         match enroll(src).await {
             Ok(c) => {
-                events.emit(cert_event("cert.enrolled", Severity::Info, &c));
+                events.emit(cert_event(EventKind::CertEnrolled, Severity::Info, &c));
                 return Some(c);
             }
-            Err(e) => events
-                .emit(Event::new("cert.enroll_failed", Severity::Error).reason(reason(&e), e.to_string())),
+            Err(e) => events.emit(
+                Event::new(EventKind::CertEnrollFailed, Severity::Error).reason(reason(&e), e.to_string()),
+            ),
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
@@ -182,9 +183,9 @@ fn reason(e: &ClientError) -> &'static str {
     }
 }
 
-fn cert_event(name: &'static str, severity: Severity, c: &Credential) -> Event {
+fn cert_event(name: EventKind, severity: Severity, c: &Credential) -> Event {
     let mut e = Event::new(name, severity).detail(format!("serial {} valid until {}", c.serial, c.not_after));
-    e.src_id = Some(c.id.to_string());
+    e = e.src_id(c.id.to_string());
     e
 }
 
@@ -225,19 +226,19 @@ pub async fn maintain(
             let expired = now() >= current.cred.not_after;
             let attempt = if expired {
                 if !expired_told {
-                    events.emit(cert_event("cert.expired", Severity::Error, &current.cred));
+                    events.emit(cert_event(EventKind::CertExpired, Severity::Error, &current.cred));
                     expired_told = true;
                 }
-                enroll(&src).await.map(|c| ("cert.enrolled", c))
+                enroll(&src).await.map(|c| (EventKind::CertEnrolled, c))
             } else {
-                renew(&src, &current.cred).await.map(|c| ("cert.renewed", c))
+                renew(&src, &current.cred).await.map(|c| (EventKind::CertRenewed, c))
             };
             match attempt {
                 Ok(ok) => break ok,
                 Err(e) => {
-                    let mut ev =
-                        Event::new("cert.renew_failed", Severity::Warning).reason(reason(&e), e.to_string());
-                    ev.src_id = Some(current.cred.id.to_string());
+                    let mut ev = Event::new(EventKind::CertRenewFailed, Severity::Warning)
+                        .reason(reason(&e), e.to_string());
+                    ev = ev.src_id(current.cred.id.to_string());
                     events.emit(ev.detail(format!("retrying in {}s", backoff.as_secs())));
                 }
             }
@@ -259,8 +260,9 @@ pub async fn maintain(
                 tls_tx.send_replace(Arc::new(tls));
                 events.emit(event);
             }
-            Err(e) => events
-                .emit(Event::new("cert.renew_failed", Severity::Error).reason("tls_config", e.to_string())),
+            Err(e) => events.emit(
+                Event::new(EventKind::CertRenewFailed, Severity::Error).reason("tls_config", e.to_string()),
+            ),
         }
     }
 }
@@ -301,7 +303,7 @@ pub async fn follow_revocations(
                     set.problem = Some(e.to_string());
                     set_tx.send_replace(Arc::new(set.clone()));
                     events.emit(
-                        Event::new("revocations.unavailable", Severity::Error)
+                        Event::new(EventKind::RevocationsUnavailable, Severity::Error)
                             .reason(reason(&e), e.to_string())
                             .detail(format!(
                                 "not ready until the revocation list loads; retrying in {}s",
@@ -310,7 +312,7 @@ pub async fn follow_revocations(
                     );
                 } else {
                     events.emit(
-                        Event::new("revocations.poll_failed", Severity::Warning)
+                        Event::new(EventKind::RevocationsPollFailed, Severity::Warning)
                             .reason(reason(&e), e.to_string()),
                     );
                 }
@@ -329,13 +331,13 @@ pub async fn follow_revocations(
         let quiet = !set.loaded; // the first load is one summary event, not one per entry
         let mut changed = set.problem.take().is_some();
         for r in page.revoked {
-            let mut e = Event::new("cert.revoked", Severity::Warning);
+            let mut e = Event::new(EventKind::CertRevoked, Severity::Warning);
             if let Some(s) = r.serial {
-                e.detail = Some(format!("serial {s}"));
+                e = e.detail(format!("serial {s}"));
                 set.serials.insert(s);
             }
             if let Some(id) = r.spiffe_id.and_then(|i| i.parse::<SpiffeId>().ok()) {
-                e.src_id = Some(id.to_string());
+                e = e.src_id(id.to_string());
                 set.ids.insert(id);
             }
             if !quiet {
@@ -346,7 +348,7 @@ pub async fn follow_revocations(
         if !more && !set.loaded {
             set.loaded = true;
             changed = true;
-            events.emit(Event::new("revocations.loaded", Severity::Info).detail(format!(
+            events.emit(Event::new(EventKind::RevocationsLoaded, Severity::Info).detail(format!(
                 "{} revocation(s) up to #{since} in {pages} page(s), {} ms",
                 set.len(),
                 started.elapsed().as_millis()

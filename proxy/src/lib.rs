@@ -7,15 +7,15 @@
 //! Module map: `tls` builds every rustls config; `credentials` loads the workload's files;
 //! `listener` is the shared accept loop; `inbound`/`outbound` are the per-connection stages;
 //! `forward` copies bytes; `outcome` writes the one event and the metrics per connection;
-//! `events` queues events for each sink (stdout, files, syslog, HTTPS); `metrics` names every
-//! metric; `reload` follows files; `admin` serves probes, metrics, identity and config; `run`
+//! `events` is `mesh_runtime::events` (the typed events and their sinks: stdout, files,
+//! syslog, HTTPS), shared with the CA; `metrics` names every metric and maps each event kind
+//! to the metric it feeds; `reload` follows files; `admin` serves probes, metrics, identity and config; `run`
 //! assembles it all; `plan` turns `sidecar.toml` into what `run` needs.
 
 pub mod admin;
 pub mod connect;
 pub mod credentials;
 pub mod enroll;
-pub mod events;
 pub mod forward;
 pub mod handshake;
 pub mod inbound;
@@ -29,3 +29,5 @@ pub mod run;
 pub mod state;
 pub mod stop;
 pub mod tls;
+
+pub use mesh_runtime::events;

@@ -18,7 +18,8 @@
 //! Connection metrics are written by the per-connection outcome record (`outcome`), together
 //! with the connection's event. Lifecycle metrics (reloads, renewals, accept errors) are
 //! derived from the lifecycle events themselves in [`on_event`], so a count and the events it
-//! counts cannot disagree.
+//! counts cannot disagree; which metric each [`EventKind`] feeds is one exhaustive `match`
+//! ([`feeds`]), so a new or renamed kind does not compile until it is decided.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -29,7 +30,7 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::events::Event;
+use crate::events::{Event, EventKind, Recorder};
 
 /// The kind of a metric, for [`Def`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -317,23 +318,70 @@ pub fn events_dropped(sink: &str, n: u64) {
     counter!(EVENTS_DROPPED.name, "sink" => sink.to_owned()).increment(n);
 }
 
+/// What the sidecar's events record: [`on_event`] and [`events_dropped`].
+pub const RECORDER: Recorder = Recorder { emitted: on_event, dropped: events_dropped };
+
+/// A counter and its labels.
+pub type Feed = (Def, &'static [(&'static str, &'static str)]);
+
+/// The lifecycle counter an event kind feeds, besides [`EVENTS`] (which every event feeds);
+/// `None` for a kind that feeds nothing else, and why. No wildcard: a new kind must be
+/// decided here.
+pub fn feeds(kind: EventKind) -> Option<Feed> {
+    match kind {
+        EventKind::PolicyReloaded => Some((RELOADS, &[("kind", "policy"), ("result", "ok")])),
+        EventKind::PolicyReloadFailed => Some((RELOADS, &[("kind", "policy"), ("result", "failed")])),
+        EventKind::CertRotated => Some((RELOADS, &[("kind", "cert"), ("result", "ok")])),
+        EventKind::CertReloadFailed => Some((RELOADS, &[("kind", "cert"), ("result", "failed")])),
+        EventKind::CertRenewed => Some((CERT_RENEWALS, &[("result", "ok")])),
+        EventKind::CertRenewFailed => Some((CERT_RENEWALS, &[("result", "failed")])),
+        EventKind::CertEnrolled => Some((CERT_ENROLLMENTS, &[("result", "ok")])),
+        EventKind::CertEnrollFailed => Some((CERT_ENROLLMENTS, &[("result", "failed")])),
+        EventKind::CertRevoked => Some((REVOCATIONS, &[])),
+        EventKind::ListenerAcceptFailed => Some((ACCEPT_ERRORS, &[])),
+        // Connection metrics are written by the outcome record with more labels than the
+        // event has (zones, durations), not derived from the event.
+        EventKind::Connection
+        | EventKind::TlsHandshakeFailed
+        | EventKind::PolicyDeny
+        | EventKind::UpstreamConnectFailed => None,
+        // Counted by `mesh_events_total` alone: one-off or already visible elsewhere
+        // (readiness, `mesh_events_dropped_total`, the cert expiry gauge).
+        EventKind::ProxyStarted
+        | EventKind::ProxyStopping
+        | EventKind::ProxyDrainTimeout
+        | EventKind::ConfigSecretExposed
+        | EventKind::ListenerShed
+        | EventKind::CertExpired
+        | EventKind::RevocationsLoaded
+        | EventKind::RevocationsUnavailable
+        | EventKind::RevocationsPollFailed
+        | EventKind::EventsDropped => None,
+        // The CA's: the sidecar never emits them (the CA's metrics are its handlers').
+        EventKind::CaStarted
+        | EventKind::CaStopped
+        | EventKind::CaAcceptFailed
+        | EventKind::CaConnectionsShed
+        | EventKind::CaOwnCertificateRenewed
+        | EventKind::CaRenewOwnFailed
+        | EventKind::CaOwnCertificateRevoked
+        | EventKind::CaTlsResumptionRefused
+        | EventKind::CaCertRevoked
+        | EventKind::CaCertIssued
+        | EventKind::CaCertRenewed
+        | EventKind::CaTokenUsed
+        | EventKind::CaTokenRejected
+        | EventKind::CaEnrollRefused
+        | EventKind::CaRenewRefused => None,
+    }
+}
+
 /// Counts an event, and the lifecycle metric it stands for. Called for every event emitted.
 pub fn on_event(e: &Event) {
-    counter!(EVENTS.name, "event" => e.event).increment(1);
-    let (def, labels): (Def, &[(&'static str, &'static str)]) = match e.event {
-        "policy.reloaded" => (RELOADS, &[("kind", "policy"), ("result", "ok")]),
-        "policy.reload_failed" => (RELOADS, &[("kind", "policy"), ("result", "failed")]),
-        "cert.rotated" => (RELOADS, &[("kind", "cert"), ("result", "ok")]),
-        "cert.reload_failed" => (RELOADS, &[("kind", "cert"), ("result", "failed")]),
-        "cert.renewed" => (CERT_RENEWALS, &[("result", "ok")]),
-        "cert.renew_failed" => (CERT_RENEWALS, &[("result", "failed")]),
-        "cert.enrolled" => (CERT_ENROLLMENTS, &[("result", "ok")]),
-        "cert.enroll_failed" => (CERT_ENROLLMENTS, &[("result", "failed")]),
-        "cert.revoked" => (REVOCATIONS, &[]),
-        "listener.accept_failed" => (ACCEPT_ERRORS, &[]),
-        _ => return,
-    };
-    counter!(def.name, labels).increment(1);
+    counter!(EVENTS.name, "event" => e.event.as_str()).increment(1);
+    if let Some((def, labels)) = feeds(e.event) {
+        counter!(def.name, labels).increment(1);
+    }
 }
 
 #[cfg(test)]
@@ -390,10 +438,15 @@ mod tests {
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         metrics::with_local_recorder(&recorder, || {
-            for name in ["policy.reloaded", "policy.reload_failed", "cert.rotated", "cert.renew_failed"] {
-                on_event(&Event::new(name, Severity::Info));
+            for kind in [
+                EventKind::PolicyReloaded,
+                EventKind::PolicyReloadFailed,
+                EventKind::CertRotated,
+                EventKind::CertRenewFailed,
+            ] {
+                on_event(&Event::new(kind, Severity::Info));
             }
-            on_event(&Event::new("cert.renew_failed", Severity::Warning));
+            on_event(&Event::new(EventKind::CertRenewFailed, Severity::Warning));
         });
         let text = handle.render();
         for line in [
@@ -404,6 +457,17 @@ mod tests {
             "mesh_events_total{event=\"cert.renew_failed\"} 2",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_counter_an_event_feeds_is_a_counter_with_those_labels() {
+        for kind in EventKind::ALL {
+            if let Some((def, labels)) = feeds(kind) {
+                assert_eq!(def.kind, Kind::Counter, "{kind}");
+                let names: Vec<&str> = labels.iter().map(|(k, _)| *k).collect();
+                assert_eq!(names, def.labels, "{kind} feeds {} with its labels", def.name);
+            }
         }
     }
 }

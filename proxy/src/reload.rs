@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::credentials::Credential;
-use crate::events::{Event, Events, Severity};
+use crate::events::{Event, EventKind, Events, Severity};
 use crate::state::Tls;
 use crate::tls::{NothingRevoked, Resumption};
 
@@ -125,17 +125,17 @@ pub async fn run(
             match blocking(move || load_policy(&path, &own)).await {
                 Ok((p, missing)) => {
                     let e = if missing {
-                        Event::new("policy.reloaded", Severity::Warning)
+                        Event::new(EventKind::PolicyReloaded, Severity::Warning)
                             .detail(format!("{} is missing: denying everything", files.policy.display()))
                     } else {
-                        Event::new("policy.reloaded", Severity::Info)
+                        Event::new(EventKind::PolicyReloaded, Severity::Info)
                             .detail(files.policy.display().to_string())
                     };
                     policy_tx.send_replace(Arc::new(p));
                     events.emit(e);
                 }
                 Err(err) => events.emit(
-                    Event::new("policy.reload_failed", Severity::Error)
+                    Event::new(EventKind::PolicyReloadFailed, Severity::Error)
                         .reason("invalid_policy", err)
                         .detail("kept the last good policy"),
                 ),
@@ -162,19 +162,19 @@ fn build_credential(files: &CredFiles, shape: &TlsShape) -> Result<Tls, String> 
 fn publish_credential(built: Result<Tls, String>, tls_tx: &watch::Sender<Arc<Tls>>, events: &Events) {
     match built {
         Ok(tls) => {
-            let mut e = Event::new("cert.rotated", Severity::Info).detail(format!(
+            let mut e = Event::new(EventKind::CertRotated, Severity::Info).detail(format!(
                 "serial {} valid until {}",
                 tls.cred.serial,
                 time::OffsetDateTime::from_unix_timestamp(tls.cred.not_after)
                     .map(|t| t.to_string())
                     .unwrap_or_default()
             ));
-            e.src_id = Some(tls.cred.id.to_string());
+            e = e.src_id(tls.cred.id.to_string());
             tls_tx.send_replace(Arc::new(tls));
             events.emit(e);
         }
         Err(err) => events.emit(
-            Event::new("cert.reload_failed", Severity::Error)
+            Event::new(EventKind::CertReloadFailed, Severity::Error)
                 .reason("invalid_credential", err)
                 .detail("kept the last good certificate"),
         ),

@@ -218,7 +218,8 @@ fn duplicate(fd: std::os::fd::BorrowedFd<'_>) -> Option<Box<dyn Write + Send>> {
     fd.try_clone_to_owned().ok().map(|fd| Box::new(File::from(fd)) as Box<dyn Write + Send>)
 }
 
-fn program() -> String {
+/// The running program's file name (`mesh-proxy`, `mesh-ca`): the prefix of its diagnostics.
+pub fn program() -> String {
     std::env::args_os()
         .next()
         .as_deref()

@@ -24,6 +24,8 @@ use mesh_identity::api::{
     BundleBody, EnrollRequest, ErrorBody, IssuedBody, RenewRequest, RevocationJson, RevocationsBody,
 };
 
+use mesh_runtime::events::{Ca, Event, Severity};
+
 use super::Shared;
 use crate::authority::{EnrollError, EnrollJob, IssuedLeaf};
 use crate::store::Revocation;
@@ -67,24 +69,6 @@ impl From<mesh_identity::tls::Peer> for Caller {
     fn from(p: mesh_identity::tls::Peer) -> Self {
         Self { id: p.id, serial: p.serial }
     }
-}
-
-/// One JSON audit line on stdout. Values are JSON-escaped; no secret is ever passed here.
-/// Queued for [`mesh_runtime::output`]'s writer thread: a closed or stalled stdout costs the line
-/// (counted), never the request.
-pub fn event(name: &str, fields: &[(&str, &str)]) {
-    let mut map = serde_json::Map::new();
-    let now = time::OffsetDateTime::now_utc();
-    map.insert(
-        "timestamp".into(),
-        now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default().into(),
-    );
-    map.insert("event".into(), name.into());
-    map.insert("source".into(), "mesh-ca".into());
-    for (k, v) in fields {
-        map.insert((*k).into(), mesh_identity::profile::truncate(v).into());
-    }
-    mesh_runtime::output::stdout().line(&serde_json::Value::Object(map).to_string());
 }
 
 fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
@@ -193,7 +177,8 @@ fn refusal(e: &EnrollError) -> Response<Full<Bytes>> {
 
 async fn enroll(shared: Arc<Shared>, peer: SocketAddr, b: EnrollRequest) -> Response<Full<Bytes>> {
     let Some(token) = Token::from_presented(&b.token) else {
-        event("token.rejected", &[("peer", &peer.to_string()), ("reason", "malformed")]);
+        let what = Ca::TokenRejected { peer: peer.to_string(), reason: "malformed".into() };
+        shared.events.emit(Event::ca(Severity::Warning, what));
         return error(StatusCode::FORBIDDEN, "token_rejected", "the join token is not valid");
     };
     // The CSR is checked here, on any core and outside the store's lock; the batcher does
@@ -201,7 +186,8 @@ async fn enroll(shared: Arc<Shared>, peer: SocketAddr, b: EnrollRequest) -> Resp
     let public_key = match mesh_identity::csr::public_key(b.csr.as_bytes()) {
         Ok(k) => k,
         Err(e) => {
-            event("enroll.refused", &[("peer", &peer.to_string()), ("reason", &e.to_string())]);
+            let what = Ca::EnrollRefused { peer: peer.to_string(), reason: e.to_string() };
+            shared.events.emit(Event::ca(Severity::Warning, what));
             return refusal(&EnrollError::Csr(e));
         }
     };
@@ -217,11 +203,14 @@ async fn enroll(shared: Arc<Shared>, peer: SocketAddr, b: EnrollRequest) -> Resp
     match answer.await {
         Ok(Ok(leaf)) => {
             super::metrics::issued("enroll");
-            event("token.used", &[("peer", &peer.to_string()), ("spiffe_id", &leaf.id.to_string())]);
-            event(
-                "cert.issued",
-                &[("spiffe_id", &leaf.id.to_string()), ("serial", &leaf.serial), ("via", "enroll")],
-            );
+            let used = Ca::TokenUsed { peer: peer.to_string(), spiffe_id: leaf.id.to_string() };
+            shared.events.emit(Event::ca(Severity::Info, used));
+            let issued_leaf = Ca::CertIssued {
+                spiffe_id: leaf.id.to_string(),
+                serial: leaf.serial.to_string(),
+                via: "enroll",
+            };
+            shared.events.emit(Event::ca(Severity::Info, issued_leaf));
             json(StatusCode::OK, &issued(&shared, &leaf))
         }
         Ok(Err(e)) => {
@@ -230,7 +219,8 @@ async fn enroll(shared: Arc<Shared>, peer: SocketAddr, b: EnrollRequest) -> Resp
                 EnrollError::Revoked => crate::store::TokenRejection::IdentityRevoked.as_str().to_owned(),
                 other => other.to_string(),
             };
-            event("token.rejected", &[("peer", &peer.to_string()), ("reason", &why)]);
+            let what = Ca::TokenRejected { peer: peer.to_string(), reason: why };
+            shared.events.emit(Event::ca(Severity::Warning, what));
             refusal(&e)
         }
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the request failed"),
@@ -291,18 +281,17 @@ async fn renew(shared: Arc<Shared>, caller: Caller, b: RenewRequest) -> Response
     match result {
         Ok(Ok(leaf)) => {
             super::metrics::issued("renew");
-            event(
-                "cert.renewed",
-                &[
-                    ("spiffe_id", &leaf.id.to_string()),
-                    ("serial", &leaf.serial),
-                    ("previous_serial", &caller.serial),
-                ],
-            );
+            let what = Ca::CertRenewed {
+                spiffe_id: leaf.id.to_string(),
+                serial: leaf.serial.to_string(),
+                previous_serial: caller.serial.to_string(),
+            };
+            shared.events.emit(Event::ca(Severity::Info, what));
             json(StatusCode::OK, &issued(&shared, &leaf))
         }
         Ok(Err(e)) => {
-            event("renew.refused", &[("spiffe_id", &caller.id.to_string()), ("reason", &e.to_string())]);
+            let what = Ca::RenewRefused { spiffe_id: caller.id.to_string(), reason: e.to_string() };
+            shared.events.emit(Event::ca(Severity::Warning, what));
             refusal(&e)
         }
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the request failed"),

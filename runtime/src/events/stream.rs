@@ -1,6 +1,6 @@
 //! Stream sinks: stdout, stderr and files, one JSON object per line, a batch per write.
 //!
-//! stdout and stderr go through `mesh_runtime::output`'s writer thread: a closed, failing or
+//! stdout and stderr go through [`crate::output`]'s writer thread: a closed, failing or
 //! stalled stream loses events (counted in `mesh_events_dropped_total`) and never blocks or
 //! kills the process.
 //!
@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use mesh_runtime::output::{self, LineWriter};
+use crate::output::{self, LineWriter};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
@@ -47,7 +47,7 @@ pub(super) async fn run(feed: Feed, target: Target, reopen: watch::Receiver<u64>
 }
 
 /// stdout and stderr: each batch is handed to the process's output thread
-/// ([`mesh_runtime::output`]), which never blocks this task. A batch that does not fit its queue is
+/// ([`crate::output`]), which never blocks this task. A batch that does not fit its queue is
 /// lost; events the thread could not write (a closed pipe) are counted as lost when seen, and
 /// the thread reports the failure itself (stdout's on stderr), once.
 async fn to_stream(mut feed: Feed, out: &'static LineWriter) {
@@ -87,10 +87,7 @@ async fn to_file(mut feed: Feed, path: PathBuf, mut reopen: watch::Receiver<u64>
                 Ok(o) => out = Some(o),
                 Err(e) => {
                     if !failing {
-                        output::stderr().line(&format!(
-                            "mesh-proxy: event sink file:{} unusable, dropping events: {e}",
-                            path.display()
-                        ));
+                        tracing::warn!("event sink file:{} unusable, dropping events: {e}", path.display());
                         failing = true;
                     }
                     feed.lost(batch.events.len());
@@ -111,10 +108,7 @@ async fn to_file(mut feed: Feed, path: PathBuf, mut reopen: watch::Receiver<u64>
             }
             Err(e) => {
                 if !failing {
-                    output::stderr().line(&format!(
-                        "mesh-proxy: event sink file:{} failed, dropping events: {e}",
-                        path.display()
-                    ));
+                    tracing::warn!("event sink file:{} failed, dropping events: {e}", path.display());
                     failing = true;
                 }
                 out = None;

@@ -24,7 +24,6 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use mesh_config::sidecar::{Host, HttpsFormat, HttpsUrl};
-use mesh_runtime::output;
 use rustls::pki_types::ServerName;
 use rustls::RootCertStore;
 use tokio::net::TcpStream;
@@ -205,8 +204,7 @@ pub(super) async fn run(mut feed: Feed, target: HttpsTarget) {
     let (config, name) = match setup {
         Ok(s) => s,
         Err(e) => {
-            output::stderr()
-                .line(&format!("mesh-proxy: event sink {target} unusable, dropping its events: {e}"));
+            tracing::warn!("event sink {target} unusable, dropping its events: {e}");
             while let Some(batch) = feed.next(MAX_BATCH, Duration::ZERO).await {
                 feed.lost(batch.events.len());
             }
@@ -243,15 +241,12 @@ pub(super) async fn run(mut feed: Feed, target: HttpsTarget) {
         }
         if delivered {
             if cooldown.take().is_some() {
-                output::stderr().line(&format!("mesh-proxy: event sink {} delivers again", client.target));
+                tracing::info!("event sink {} delivers again", client.target);
             }
             feed.delivered(&batch);
         } else {
             if cooldown.is_none() {
-                output::stderr().line(&format!(
-                    "mesh-proxy: event sink {} failing, dropping events: {last}",
-                    client.target
-                ));
+                tracing::warn!("event sink {} failing, dropping events: {last}", client.target);
             }
             cooldown = Some(cooldown.map_or(Duration::from_secs(1), |c| (c * 2).min(MAX_COOLDOWN)));
             feed.lost(batch.events.len());
@@ -262,14 +257,14 @@ pub(super) async fn run(mut feed: Feed, target: HttpsTarget) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{Event, Severity};
+    use crate::events::{Event, EventKind, Severity};
 
     #[test]
     fn bodies_are_ndjson_or_one_array() {
         let batch = Batch {
             events: vec![
-                Arc::new(Event::new("connection", Severity::Info)),
-                Arc::new(Event::new("policy.deny", Severity::Warning)),
+                Arc::new(Event::new(EventKind::ProxyStarted, Severity::Info)),
+                Arc::new(Event::new(EventKind::PolicyReloadFailed, Severity::Warning)),
             ],
             notice: None,
         };
@@ -280,7 +275,7 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).expect("each line is JSON"))
             .collect();
-        assert_eq!((lines.len(), lines[1]["event"].as_str()), (2, Some("policy.deny")));
+        assert_eq!((lines.len(), lines[1]["event"].as_str()), (2, Some("policy.reload_failed")));
         let (js, ct) = body(&batch, HttpsFormat::Json);
         assert_eq!(ct, "application/json");
         let v: serde_json::Value = serde_json::from_slice(&js).expect("one JSON array");

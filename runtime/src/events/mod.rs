@@ -1,18 +1,26 @@
-//! Structured security events: the [`Event`] schema, and the fan-out to the configured sinks.
+//! Structured security events for both zt-mesh binaries: the [`Event`] schema (a kind from
+//! [`EventKind`], a severity, and the kind's own [`Fields`]), the fan-out to the configured
+//! sinks, and in-process subscriptions.
 //!
-//! The data plane only ever does a non-blocking `try_send` into one bounded queue per sink
-//! ([`Events::emit`]). Each sink drains its own queue in its own task, so a slow, full or dead
-//! sink drops its own events (counted in `mesh_events_dropped_total{sink}`, and reported by an
-//! `events.dropped` event in that sink's stream once it delivers again) and never slows a
-//! connection or another sink. Peer-controlled text is truncated here; JSON escaping (control
-//! characters included) is serde_json's.
+//! The emitting side only ever does non-blocking hand-offs ([`Events::emit`]): a `try_send`
+//! into one bounded queue per sink, and a send on a bounded broadcast for subscribers. Each
+//! sink drains its own queue in its own task, so a slow, full or dead sink drops its own
+//! events (counted through [`Recorder::dropped`], and reported by an `events.dropped` event
+//! in that sink's stream once it delivers again) and never slows a connection, a request or
+//! another sink. A subscriber that falls behind loses the oldest events (counted) the same
+//! way. Peer-controlled text is truncated where it enters; JSON escaping (control characters
+//! included) is serde_json's.
 //!
 //! Sinks: `stream` (stdout, stderr, files reopened on SIGHUP), `syslog` (RFC 5424 over UDP, or
 //! TCP with octet counting), `https` (batched POSTs with bounded retries). This module does
-//! not decide what is an event: `outcome` writes the per-connection ones, each task its own.
+//! not decide what is an event, nor which metric it feeds: the binaries do (the sidecar's
+//! `metrics::on_event` is an exhaustive `match` on [`EventKind`]).
 
+mod fields;
 mod https;
+mod kind;
 mod stream;
+mod subscribe;
 mod syslog;
 
 use std::fmt;
@@ -22,12 +30,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_config::sidecar::{EventOptions, EventSink};
-use serde::Serialize;
-use time::format_description::well_known::Rfc3339;
-use tokio::sync::{mpsc, watch};
+use serde::{Serialize, Serializer};
+use time::OffsetDateTime;
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 
+pub use fields::{Ca, CaFields, Connection, Dropped, Fields, Lifecycle};
 pub use https::{load_roots, HttpsTarget};
+pub use kind::EventKind;
+pub use subscribe::Subscription;
 pub use syslog::SyslogTarget;
 
 /// Longest peer-controlled string kept in an event.
@@ -35,6 +46,8 @@ const MAX_FIELD_LEN: usize = 256;
 /// While a sink owes an `events.dropped` notice and no event comes, it sends the notice alone
 /// after this long.
 const NOTICE_IDLE: Duration = Duration::from_secs(1);
+/// Events a subscriber may be behind before it loses the oldest.
+pub const SUBSCRIBER_QUEUE: usize = 1024;
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -44,89 +57,101 @@ pub enum Severity {
     Error,
 }
 
-/// One event. Field names are documented in the README with their ECS and OCSF equivalents;
-/// absent fields are omitted.
+/// The one timestamp format of both binaries: RFC 3339 in UTC with exactly six fractional
+/// digits (`2026-11-28T14:12:58.480000Z`), the most RFC 5424 (syslog) allows, so the JSON
+/// and the syslog header say the same instant the same way.
+const TIMESTAMP: &[time::format_description::FormatItem<'static>] =
+    time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
+
+/// An instant as [`TIMESTAMP`] writes it (the instant is always UTC here).
+pub fn format_timestamp(t: OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC).format(TIMESTAMP).unwrap_or_default()
+}
+
+fn serialize_timestamp<S: Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_timestamp(*t))
+}
+
+/// One event. Field names are documented in the README with their ECS and OCSF equivalents.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
-    pub timestamp: String,
-    pub event: &'static str,
+    #[serde(serialize_with = "serialize_timestamp")]
+    pub timestamp: OffsetDateTime,
+    pub event: EventKind,
     pub severity: Severity,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub direction: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub listener: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub src_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dst_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub src_addr: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dst_addr: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub decision: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
-    /// A short reason from a bounded set (e.g. `unknown_ca`, `no_rule`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<&'static str>,
-    /// The full explanation; may quote peer-controlled text (truncated).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason_detail: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bytes_in: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bytes_out: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub duration_ms: Option<u64>,
-    /// Whether the connection's handshake resumed an earlier session (no certificates were
-    /// exchanged this time; the identity is the one verified when the session began).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_resumed: Option<bool>,
-    /// `events.dropped`: the sink that lost events, and how many.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sink: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub count: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
+    #[serde(flatten)]
+    pub fields: Fields,
 }
 
 impl Event {
-    pub fn new(event: &'static str, severity: Severity) -> Self {
-        let now = time::OffsetDateTime::now_utc();
-        Self {
-            timestamp: now.format(&Rfc3339).unwrap_or_default(),
-            event,
-            severity,
-            direction: None,
-            listener: None,
-            src_id: None,
-            dst_id: None,
-            src_addr: None,
-            dst_addr: None,
-            decision: None,
-            rule: None,
-            reason: None,
-            reason_detail: None,
-            bytes_in: None,
-            bytes_out: None,
-            duration_ms: None,
-            tls_resumed: None,
-            sink: None,
-            count: None,
-            detail: None,
+    /// A lifecycle event (its fields set with the builders below).
+    pub fn new(event: EventKind, severity: Severity) -> Self {
+        Self::with(event, severity, Fields::Lifecycle(Lifecycle::default()))
+    }
+
+    /// A connection's event.
+    pub fn connection(event: EventKind, severity: Severity, c: Connection) -> Self {
+        Self::with(event, severity, Fields::Connection(c))
+    }
+
+    /// A CA event; its kind follows from `what`.
+    pub fn ca(severity: Severity, what: Ca) -> Self {
+        Self::with(what.kind(), severity, Fields::Ca(what.into()))
+    }
+
+    fn with(event: EventKind, severity: Severity, fields: Fields) -> Self {
+        Self { timestamp: OffsetDateTime::now_utc(), event, severity, fields }
+    }
+
+    fn lifecycle(&mut self) -> Option<&mut Lifecycle> {
+        match &mut self.fields {
+            Fields::Lifecycle(l) => Some(l),
+            _ => None,
         }
     }
 
+    /// Free text (lifecycle events).
     pub fn detail(mut self, d: impl Into<String>) -> Self {
-        self.detail = Some(truncate(d.into()));
+        if let Some(l) = self.lifecycle() {
+            l.detail = Some(truncate(d.into()));
+        }
         self
     }
 
+    /// A bounded reason and its explanation (lifecycle and connection events).
     pub fn reason(mut self, reason: &'static str, detail: impl Into<String>) -> Self {
-        self.reason = Some(reason);
-        self.reason_detail = Some(truncate(detail.into()));
+        match &mut self.fields {
+            Fields::Lifecycle(l) => {
+                l.reason = Some(reason);
+                l.reason_detail = Some(truncate(detail.into()));
+            }
+            Fields::Connection(c) => c.reason(reason, detail),
+            Fields::Dropped(_) | Fields::Ca(_) => {}
+        }
+        self
+    }
+
+    /// The identity concerned (lifecycle events).
+    pub fn src_id(mut self, id: impl Into<String>) -> Self {
+        if let Some(l) = self.lifecycle() {
+            l.src_id = Some(id.into());
+        }
+        self
+    }
+
+    /// The listener concerned (lifecycle events).
+    pub fn listener(mut self, listener: impl Into<String>) -> Self {
+        if let Some(l) = self.lifecycle() {
+            l.listener = Some(listener.into());
+        }
+        self
+    }
+
+    /// A count (lifecycle events).
+    pub fn count(mut self, n: u64) -> Self {
+        if let Some(l) = self.lifecycle() {
+            l.count = Some(n);
+        }
         self
     }
 }
@@ -142,6 +167,23 @@ pub fn truncate(mut s: String) -> String {
         s.push_str("...");
     }
     s
+}
+
+/// What a binary records about its events, given to [`Events::start`]: the event machinery
+/// names no metric itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Recorder {
+    /// Called with every event emitted, before it is queued (the sidecar's
+    /// `metrics::on_event`: the event count and the metric the kind feeds).
+    pub emitted: fn(&Event),
+    /// `n` events lost by the sink labelled `sink`; called with 0 once per sink at start, so
+    /// the series exists for alerts.
+    pub dropped: fn(&str, u64),
+}
+
+impl Recorder {
+    /// Records nothing.
+    pub const NONE: Recorder = Recorder { emitted: |_| {}, dropped: |_, _| {} };
 }
 
 /// Where events go.
@@ -211,6 +253,8 @@ struct Stats {
     /// Events finished with: delivered or dropped.
     done: AtomicU64,
     dropped: AtomicU64,
+    /// Where losses are reported (a metric).
+    report: fn(&str, u64),
 }
 
 impl Stats {
@@ -218,7 +262,7 @@ impl Stats {
         if n > 0 {
             self.dropped.fetch_add(n, Ordering::Relaxed);
             self.done.fetch_add(n, Ordering::Relaxed);
-            crate::metrics::events_dropped(&self.label, n);
+            (self.report)(&self.label, n);
         }
     }
 }
@@ -228,18 +272,24 @@ struct SinkQueue {
     stats: Arc<Stats>,
 }
 
-/// The data plane's handle: cheap to clone, never blocks.
+/// The emitting side's handle: cheap to clone, never blocks.
 #[derive(Clone)]
 pub struct Events {
     sinks: Arc<[SinkQueue]>,
     /// Bumped by [`Events::reopen`]; file sinks reopen their file when it changes.
     reopen: Arc<watch::Sender<u64>>,
+    /// In-process subscribers ([`Events::subscribe`]).
+    bus: broadcast::Sender<Arc<Event>>,
+    /// Events subscribers lost by falling behind, over all subscribers.
+    lagged: Arc<AtomicU64>,
+    recorder: Recorder,
 }
 
 impl Events {
     /// Starts one task per sink, each behind a queue of `queue` events, and returns the handle
-    /// plus a task owning them all (aborting it stops every sink).
-    pub fn start(sinks: Vec<Sink>, queue: usize) -> (Self, tokio::task::JoinHandle<()>) {
+    /// plus a task owning them all (aborting it stops every sink). Must be called inside a
+    /// tokio runtime.
+    pub fn start(sinks: Vec<Sink>, queue: usize, recorder: Recorder) -> (Self, tokio::task::JoinHandle<()>) {
         let (reopen, _) = watch::channel(0u64);
         let mut set = JoinSet::new();
         let mut queues = Vec::with_capacity(sinks.len());
@@ -254,9 +304,10 @@ impl Events {
                 offered: AtomicU64::new(0),
                 done: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
+                report: recorder.dropped,
             });
             // The series exists (at 0) from the start, for alerts on it.
-            crate::metrics::events_dropped(&stats.label, 0);
+            (recorder.dropped)(&stats.label, 0);
             let (tx, rx) = mpsc::channel(queue.max(1));
             let feed = Feed { rx, stats: stats.clone(), reported: 0 };
             match sink {
@@ -269,12 +320,18 @@ impl Events {
             queues.push(SinkQueue { tx, stats });
         }
         let task = tokio::spawn(async move { while set.join_next().await.is_some() {} });
-        (Self { sinks: queues.into(), reopen: Arc::new(reopen) }, task)
+        (Self::assemble(queues, reopen, recorder), task)
     }
 
-    /// Hands `e` to every sink without waiting: a sink whose queue is full drops it.
+    fn assemble(sinks: Vec<SinkQueue>, reopen: watch::Sender<u64>, recorder: Recorder) -> Self {
+        let (bus, _) = broadcast::channel(SUBSCRIBER_QUEUE);
+        Self { sinks: sinks.into(), reopen: Arc::new(reopen), bus, lagged: Arc::default(), recorder }
+    }
+
+    /// Hands `e` to every sink and subscriber without waiting: a sink whose queue is full
+    /// drops it; a subscriber that is [`SUBSCRIBER_QUEUE`] events behind loses its oldest.
     pub fn emit(&self, e: Event) {
-        crate::metrics::on_event(&e);
+        (self.recorder.emitted)(&e);
         let e = Arc::new(e);
         for s in self.sinks.iter() {
             s.stats.offered.fetch_add(1, Ordering::Relaxed);
@@ -282,6 +339,21 @@ impl Events {
                 s.stats.lost(1);
             }
         }
+        // Fails only when nobody subscribes.
+        let _ = self.bus.send(e);
+    }
+
+    /// A receiver of every event emitted from now on, for in-process consumers (detectors).
+    /// It holds at most [`SUBSCRIBER_QUEUE`] unread events; past that it loses the oldest
+    /// (counted in [`Subscription::lost`] and [`Events::lagged`]) and the emitting side never
+    /// waits for it.
+    pub fn subscribe(&self) -> Subscription {
+        Subscription::new(self.bus.subscribe(), self.lagged.clone())
+    }
+
+    /// Events subscribers lost by falling behind, over all subscribers so far.
+    pub fn lagged(&self) -> u64 {
+        self.lagged.load(Ordering::Relaxed)
     }
 
     /// Asks file sinks to reopen their files (after logrotate moved them; on SIGHUP).
@@ -377,12 +449,12 @@ impl Feed {
     fn notice(&self) -> Option<(Arc<Event>, u64)> {
         let total = self.stats.dropped.load(Ordering::Relaxed);
         let n = total.checked_sub(self.reported).filter(|n| *n > 0)?;
-        let mut e = Event::new("events.dropped", Severity::Warning).detail(format!(
+        let detail = format!(
             "{n} event(s) lost by sink {}: its queue was full or its destination failed",
             self.stats.label
-        ));
-        e.sink = Some(self.stats.label.clone());
-        e.count = Some(n);
+        );
+        let dropped = Dropped { sink: self.stats.label.clone(), count: n, detail };
+        let e = Event::with(EventKind::EventsDropped, Severity::Warning, Fields::Dropped(dropped));
         Some((Arc::new(e), total))
     }
 
@@ -404,7 +476,7 @@ impl Feed {
     fn undelivered(&self, n: u64) {
         if n > 0 {
             self.stats.dropped.fetch_add(n, Ordering::Relaxed);
-            crate::metrics::events_dropped(&self.stats.label, n);
+            (self.stats.report)(&self.stats.label, n);
         }
     }
 

@@ -2,9 +2,10 @@
 //! sent over UDP (RFC 5426, one message per datagram) or TCP (RFC 6587 octet counting:
 //! `LEN SP MSG`, so a message can never be split or merged by a newline).
 //!
-//! `<PRI>1 TIMESTAMP HOSTNAME mesh-proxy PROCID MSGID - MSG`: PRI is the configured facility
-//! and the event's severity (info 6, warning 4, error 3); TIMESTAMP is the event's, in UTC with
-//! at most microseconds (the RFC allows six digits); MSGID is the event name; there is no
+//! `<PRI>1 TIMESTAMP HOSTNAME APP PROCID MSGID - MSG`: PRI is the configured facility and the
+//! event's severity (info 6, warning 4, error 3); TIMESTAMP is the event's, exactly as its
+//! JSON says it (UTC, microseconds: the most the RFC allows); APP is the program
+//! (`mesh-proxy`); MSGID is the event name; there is no
 //! structured data. The JSON is pure ASCII (non-ASCII escaped as `\uXXXX`), so MSG needs no
 //! BOM and every receiver reads it the same way.
 //!
@@ -17,13 +18,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use mesh_config::sidecar::{Endpoint, SyslogFacility, SyslogTransport};
-use mesh_runtime::output;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 
-use super::{json_line, Batch, Event, Feed, Severity};
+use super::{format_timestamp, json_line, Batch, Event, Feed, Severity};
 
-const APP_NAME: &str = "mesh-proxy";
 const MAX_BATCH: usize = 256;
 /// Tries per batch over TCP, with backoff between them.
 const ATTEMPTS: u32 = 3;
@@ -61,6 +60,8 @@ impl fmt::Display for SyslogTarget {
 /// What every message of this process carries besides the event.
 struct Header {
     facility: u8,
+    /// APP-NAME: the program's file name.
+    app: String,
     hostname: String,
     procid: String,
 }
@@ -71,7 +72,10 @@ impl Header {
         let hostname: String =
             raw.trim().chars().filter(|c| c.is_ascii_graphic()).take(MAX_HOSTNAME).collect();
         let hostname = if hostname.is_empty() { "-".to_owned() } else { hostname };
-        Self { facility: facility.code(), hostname, procid: std::process::id().to_string() }
+        let app: String =
+            crate::output::program().chars().filter(|c| c.is_ascii_graphic()).take(48).collect();
+        let app = if app.is_empty() { "-".to_owned() } else { app };
+        Self { facility: facility.code(), app, hostname, procid: std::process::id().to_string() }
     }
 
     /// One RFC 5424 message, without framing.
@@ -81,33 +85,24 @@ impl Header {
             Severity::Warning => 4,
             Severity::Error => 3,
         };
-        let msgid =
-            if !e.event.is_empty() && e.event.len() <= 32 && e.event.chars().all(|c| c.is_ascii_graphic()) {
-                e.event
-            } else {
-                "-"
-            };
+        let name = e.event.as_str();
+        let msgid = if !name.is_empty() && name.len() <= 32 && name.chars().all(|c| c.is_ascii_graphic()) {
+            name
+        } else {
+            "-"
+        };
         let mut json = Vec::with_capacity(512);
         json_line(e, &mut json);
         format!(
-            "<{}>1 {} {} {APP_NAME} {} {msgid} - {}",
+            "<{}>1 {} {} {} {} {msgid} - {}",
             u16::from(self.facility) * 8 + severity,
-            timestamp(&e.timestamp),
+            format_timestamp(e.timestamp),
             self.hostname,
+            self.app,
             self.procid,
             ascii(&String::from_utf8_lossy(&json)),
         )
     }
-}
-
-/// An RFC 3339 UTC timestamp with its fraction cut to the six digits RFC 5424 allows.
-fn timestamp(ts: &str) -> String {
-    let Some(dot) = ts.find('.') else { return ts.to_owned() };
-    let digits = ts[dot + 1..].chars().take_while(char::is_ascii_digit).count();
-    if digits <= 6 {
-        return ts.to_owned();
-    }
-    format!("{}{}", &ts[..dot + 7], &ts[dot + 1 + digits..])
 }
 
 /// JSON text with every non-ASCII character escaped (`\uXXXX`, surrogate pairs beyond the
@@ -189,7 +184,7 @@ async fn udp(mut feed: Feed, target: &SyslogTarget, header: &Header) {
 
 fn warn_once(failing: &mut bool, target: &SyslogTarget, e: &dyn fmt::Display) {
     if !*failing {
-        output::stderr().line(&format!("mesh-proxy: event sink {target} failing, dropping events: {e}"));
+        tracing::warn!("event sink {target} failing, dropping events: {e}");
         *failing = true;
     }
 }
@@ -273,34 +268,37 @@ async fn tcp(mut feed: Feed, target: &SyslogTarget, header: &Header) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::EventKind;
 
     fn header() -> Header {
-        Header { facility: 16, hostname: "host-1".into(), procid: "42".into() }
+        Header { facility: 16, app: "mesh-proxy".into(), hostname: "host-1".into(), procid: "42".into() }
     }
 
     #[test]
     fn messages_follow_rfc_5424() {
-        let mut e = Event::new("policy.deny", Severity::Warning).reason("no_rule", "caf\u{e9} \u{1F600}");
-        e.timestamp = "2026-11-28T14:12:58.123456789Z".into();
+        let mut e = Event::new(EventKind::PolicyReloadFailed, Severity::Warning)
+            .reason("invalid_policy", "caf\u{e9} \u{1F600}");
+        e.timestamp = time::macros::datetime!(2026-11-28 14:12:58.123456789 UTC);
         let m = header().message(&e);
-        // local0 (16) * 8 + warning (4) = 132.
-        let want = "<132>1 2026-11-28T14:12:58.123456Z host-1 mesh-proxy 42 policy.deny - {";
+        // local0 (16) * 8 + warning (4) = 132. The header and the JSON say the same instant.
+        let want = "<132>1 2026-11-28T14:12:58.123456Z host-1 mesh-proxy 42 policy.reload_failed - {";
         assert!(m.starts_with(want), "{m}");
         assert!(m.is_ascii(), "{m}");
         assert!(m.contains(r"caf\u00e9 \ud83d\ude00"), "{m}");
         let json = &m[want.len() - 1..];
         let v: serde_json::Value = serde_json::from_str(json).expect("MSG is the event's JSON");
         assert_eq!(v["reason_detail"], "caf\u{e9} \u{1F600}");
-        assert_eq!(timestamp("2026-11-28T14:12:58Z"), "2026-11-28T14:12:58Z");
-        assert_eq!(timestamp("2026-11-28T14:12:58.5Z"), "2026-11-28T14:12:58.5Z");
+        assert_eq!(v["timestamp"], "2026-11-28T14:12:58.123456Z");
+        e.timestamp = time::macros::datetime!(2026-11-28 14:12:58 UTC);
+        assert!(header().message(&e).contains(" 2026-11-28T14:12:58.000000Z "), "fixed precision");
     }
 
     #[test]
     fn tcp_frames_are_octet_counted() {
         let batch = Batch {
             events: vec![
-                std::sync::Arc::new(Event::new("connection", Severity::Info)),
-                std::sync::Arc::new(Event::new("proxy.started", Severity::Info).detail("\u{e9}")),
+                std::sync::Arc::new(Event::new(EventKind::ProxyStopping, Severity::Info)),
+                std::sync::Arc::new(Event::new(EventKind::ProxyStarted, Severity::Info).detail("\u{e9}")),
             ],
             notice: None,
         };
