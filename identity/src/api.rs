@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::serial::Serial;
+
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
@@ -21,7 +23,8 @@ pub struct RenewRequest {
 #[derive(Debug, Deserialize, Serialize)]
 pub struct IssuedBody {
     pub spiffe_id: String,
-    pub serial: String,
+    /// A JSON string, lowercase hex.
+    pub serial: Serial,
     pub not_after: i64,
     /// Leaf then intermediate, PEM.
     pub cert_chain: String,
@@ -56,7 +59,8 @@ pub struct RevocationsBody {
 #[derive(Debug, Deserialize, Serialize)]
 pub struct RevocationJson {
     pub seq: i64,
-    pub serial: Option<String>,
+    /// A JSON string (lowercase hex) or null.
+    pub serial: Option<Serial>,
     pub spiffe_id: Option<String>,
     pub reason: String,
     pub revoked_at: i64,

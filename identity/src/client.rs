@@ -48,7 +48,7 @@ pub enum ClientError {
 /// against the configured bundle before using it. No trust anchors come with it.
 pub struct Issued {
     pub chain: Vec<CertificateDer<'static>>,
-    pub serial: String,
+    pub serial: crate::serial::Serial,
 }
 
 pub struct CaClient {

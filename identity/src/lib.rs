@@ -16,6 +16,7 @@ pub mod keys;
 pub mod pem;
 pub mod profile;
 pub mod random;
+pub mod serial;
 pub mod template;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
@@ -24,3 +25,4 @@ pub mod token;
 mod verified;
 
 pub use error::IdentityError;
+pub use serial::Serial;

@@ -27,10 +27,10 @@ pub struct TestPki {
     issuer: Issuer<'static, KeyPair>,
 }
 
-/// A leaf as the CA would hand it out: the certificate and its serial (lowercase hex).
+/// A leaf as the CA would hand it out: the certificate and its serial.
 pub struct TestLeaf {
     pub der: CertificateDer<'static>,
-    pub serial: String,
+    pub serial: crate::serial::Serial,
 }
 
 impl TestPki {
@@ -95,7 +95,7 @@ impl TestPki {
         let serial = serial();
         let params = template::leaf(id, &[], &serial, not_before, not_after, kind).expect("leaf template");
         let der = params.signed_by(key, &self.issuer).expect("signing a test leaf").der().clone();
-        TestLeaf { der, serial: crate::random::hex(&serial) }
+        TestLeaf { der, serial: crate::serial::Serial::from_der(&serial) }
     }
 
     /// A fresh key and a workload certificate for `id`, as a sidecar presents them.

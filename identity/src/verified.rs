@@ -27,15 +27,17 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
+use crate::serial::Serial;
+
 /// Most chains remembered per config; a sidecar talks to far fewer distinct peers.
 pub const MAX_ENTRIES: usize = 1024;
 
-/// What a verified chain established: the leaf's identity and serial (lowercase hex), and
+/// What a verified chain established: the leaf's identity and serial, and
 /// the seconds (Unix time) between which every certificate in it is valid.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
     pub id: SpiffeId,
-    pub serial: String,
+    pub serial: Serial,
     not_before: u64,
     not_after: u64,
 }
@@ -56,7 +58,7 @@ impl Verified {
             not_before = not_before.max(timestamp(cert.validity().not_before.timestamp())?);
             not_after = not_after.min(timestamp(cert.validity().not_after.timestamp())?);
         }
-        let serial = crate::random::hex(leaf.raw_serial());
+        let serial = Serial::from_der(leaf.raw_serial());
         Some(Self { id, serial, not_before, not_after })
     }
 
@@ -122,7 +124,7 @@ mod tests {
     fn verified(not_before: u64, not_after: u64) -> Verified {
         Verified {
             id: "spiffe://example.org/ns/a/sa/b".parse().expect("valid id"),
-            serial: "01".into(),
+            serial: Serial::from_der(&[1]),
             not_before,
             not_after,
         }

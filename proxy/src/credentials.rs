@@ -29,7 +29,7 @@ pub struct Credential {
     /// When this process obtained it: renewal timing counts from here, because notBefore
     /// is backdated for clock skew and would make "half the lifetime" come too early.
     pub obtained_at: i64,
-    pub serial: String,
+    pub serial: mesh_identity::Serial,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +76,7 @@ impl Credential {
         let parsed = profile::parse(leaf).map_err(|v| CredentialError::Invalid(v.to_string()))?;
         let not_before = parsed.validity().not_before.timestamp();
         let not_after = parsed.validity().not_after.timestamp();
-        let serial = mesh_identity::random::hex(parsed.raw_serial());
+        let serial = mesh_identity::Serial::from_der(parsed.raw_serial());
         let id = profile::check_leaf_parsed(&parsed, None).into_identity().map_err(|v| {
             CredentialError::Invalid(format!(
                 "not a valid X.509-SVID: {}",

@@ -45,7 +45,7 @@ pub struct Source {
 /// read, the sidecar is not ready (see [`RevocationSet::not_ready`]).
 #[derive(Debug, Default, Clone)]
 pub struct RevocationSet {
-    serials: HashSet<String>,
+    serials: HashSet<mesh_identity::Serial>,
     ids: HashSet<SpiffeId>,
     /// Every page up to the CA's head has been loaded at least once.
     loaded: bool,
@@ -372,7 +372,11 @@ pub async fn follow_revocations(
 }
 
 /// Resolves when `serial` or `id` is revoked; never, when the sidecar does not follow a CA.
-pub async fn revoked(rx: Option<watch::Receiver<Arc<RevocationSet>>>, serial: String, id: SpiffeId) {
+pub async fn revoked(
+    rx: Option<watch::Receiver<Arc<RevocationSet>>>,
+    serial: mesh_identity::Serial,
+    id: SpiffeId,
+) {
     if let Some(mut rx) = rx {
         if rx.wait_for(|s| s.contains(&serial, &id)).await.is_ok() {
             return;

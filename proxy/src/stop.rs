@@ -57,7 +57,7 @@ impl From<()> for Stop {
 pub fn watch(
     shared: &Shared,
     direction: Direction,
-    peer_serial: String,
+    peer_serial: mesh_identity::Serial,
     peer_id: SpiffeId,
     own: SpiffeId,
 ) -> impl Future<Output = Stop> + Send + 'static {

@@ -23,13 +23,14 @@ use rustls::{
 
 use super::{PeerKind, RevocationCheck, SvidError};
 use crate::profile;
+use crate::serial::Serial;
 use crate::verified::{ChainKey, Verified, VerifiedChains};
 
-/// A peer whose chain passed every check: its identity and certificate serial (lowercase hex).
+/// A peer whose chain passed every check: its identity and certificate serial.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     pub id: SpiffeId,
-    pub serial: String,
+    pub serial: Serial,
 }
 
 pub(super) fn svid_error(e: SvidError) -> rustls::Error {
@@ -66,7 +67,7 @@ pub(super) fn verify_peer(
             if let Some(v) = Verified::new(id.clone(), &cert, intermediates) {
                 memo.insert(key, v);
             }
-            (crate::random::hex(cert.raw_serial()), id)
+            (Serial::from_der(cert.raw_serial()), id)
         }
     };
     if access.is_revoked(&serial, &id) {
@@ -83,7 +84,7 @@ pub(super) fn peer_of(end_entity: &CertificateDer<'_>) -> Option<Peer> {
         [uri] => uri.parse().ok()?,
         _ => return None,
     };
-    Some(Peer { id, serial: crate::random::hex(cert.raw_serial()) })
+    Some(Peer { id, serial: Serial::from_der(cert.raw_serial()) })
 }
 
 #[derive(Debug)]
