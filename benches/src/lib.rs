@@ -108,6 +108,7 @@ impl Pki {
             client_auth: tls::ClientAuth::Required,
             resumption,
             access: access.clone(),
+            alpn: tls::Alpn::mesh(),
         };
         let server = tls::server_config(&self.server, &self.bundle, &settings)
             .expect("server config from a fresh identity");
@@ -116,6 +117,7 @@ impl Pki {
             kind: tls::PeerKind::Workload,
             resumption,
             access,
+            alpn: tls::Alpn::mesh(),
         };
         let client = tls::client_config(Some(&self.client), &self.bundle, &settings)
             .expect("client config from a fresh identity");

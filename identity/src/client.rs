@@ -104,6 +104,8 @@ impl CaClient {
             // so there is no session to resume: every call is a full handshake.
             resumption: tls::Resumption::Off,
             access,
+            // The CA API names no application protocol (see mesh_identity::tls::alpn).
+            alpn: tls::Alpn::none(),
         };
         Ok(Self { address, bundle: Arc::new(bundle), settings })
     }

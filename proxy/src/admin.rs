@@ -146,8 +146,8 @@ fn readiness(shared: &Shared, admin: &Admin) -> Result<(), String> {
     if tls.cred.not_before > now {
         return Err(format!("the certificate is valid only from {}", rfc3339(tls.cred.not_before)));
     }
-    if let Some((_, why)) = shared.revocations.as_ref().and_then(|r| r.borrow().not_ready()) {
-        return Err(why);
+    if let Some(why) = shared.revocations.as_ref().and_then(|r| r.borrow().not_ready()) {
+        return Err(why.to_string());
     }
     if !admin.policy_file.exists() {
         return Err(format!(

@@ -67,15 +67,12 @@ impl RevocationSet {
         self.len() == 0
     }
 
-    /// Why a sidecar following this list must not serve (reason code, sentence), if it must not.
-    pub fn not_ready(&self) -> Option<(&'static str, String)> {
+    /// Why a sidecar following this list must not serve, if it must not.
+    pub fn not_ready(&self) -> Option<crate::handshake::NotReady> {
+        use crate::handshake::NotReady;
         match (&self.problem, self.loaded) {
-            (Some(p), _) => {
-                Some(("revocations_unavailable", format!("the CA's revocation list cannot be loaded: {p}")))
-            }
-            (None, false) => {
-                Some(("revocations_loading", "the CA's revocation list is not loaded yet".into()))
-            }
+            (Some(p), _) => Some(NotReady::RevocationsUnavailable { problem: p.clone() }),
+            (None, false) => Some(NotReady::RevocationsLoading),
             (None, true) => None,
         }
     }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use crate::authorize::Permit;
 use crate::stop::Stop;
 
 /// Per-direction buffer. 16 KiB is one full TLS record, so a record is read and written
@@ -58,6 +59,29 @@ pub struct Counts {
     pub b_to_a: u64,
 }
 
+/// The forward stage: an authorized connection's bytes, `a` (the connecting side) to `b`
+/// and back, as [`splice`] moves them. It takes the [`Permit`] by value, and only
+/// `authorize::authorize` makes one, so no connection is forwarded without an allowing
+/// decision; the permit lives as long as the connection.
+pub async fn forward<A, B, S>(
+    permit: Permit,
+    a: A,
+    b: B,
+    idle: Duration,
+    stop: impl Future<Output = S>,
+) -> (End, Counts)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+    S: Into<Stop>,
+{
+    let _permit = permit;
+    splice(a, b, idle, stop).await
+}
+
+/// The copy engine under [`forward`] (public for the benchmarks, which measure it alone;
+/// connection handlers go through [`forward`]).
+///
 /// Moves bytes between `a` and `b`, each direction independently (a blocked write one way
 /// never stalls the other), with a watchdog for the idle timeout. `stop` resolving ends the
 /// connection at once, with its reason (a `()` signal counts as a revocation). Stop is

@@ -1,24 +1,99 @@
-//! The TLS stage both directions share: a handshake under a timeout, then the verified peer.
+//! The TLS stage both directions share: a handshake under a timeout, then the verified peer
+//! and the negotiated mode.
 //!
 //! Inbound calls [`accept`], outbound [`connect_tls`]; each returns the stream with the
 //! peer it proved, or a [`Failure`] for the connection's one event. A resumed session is
 //! verified again here (rustls does not: see `mesh_identity::tls`), so a peer whose certificate
 //! expired, was revoked or no longer chains to the bundle cannot live on by resumption.
-//! Generic over the transport, so the stage runs in memory in tests.
+//! The connection's mode comes from ALPN: `zt-mesh/tcp1`, or no ALPN at all (an older
+//! sidecar), is the byte stream; a peer offering only other protocols is refused inside the
+//! handshake (`unknown_alpn`). Generic over the transport, so the stage runs in memory in tests.
+//!
+//! Before either, the fail-closed preamble: a sidecar that is [`NotReady`] takes no new
+//! connection at all (the caller asks `Shared::not_ready`).
 
+use std::fmt;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::timeout;
 use tokio_rustls::{client, server};
 
-use crate::tls::{self, ClientTls, Connected, HandshakeError, Peer, ServerTls};
+use crate::tls::{ClientTls, Connected, FailureReason, HandshakeError, Peer, Protocol, ServerTls};
 
-/// Why the TLS stage refused a connection: a bounded reason and its detail.
+/// Why this sidecar must not serve new connections now.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    pub reason: &'static str,
-    pub detail: String,
+pub enum NotReady {
+    /// Its own certificate has expired (or none is valid yet).
+    OwnCertificateExpired,
+    /// Following a CA: the revocation list has not been loaded once yet.
+    RevocationsLoading,
+    /// Following a CA: the revocation list cannot be loaded, for `problem`.
+    RevocationsUnavailable { problem: String },
+}
+
+impl NotReady {
+    /// The bounded reason code.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NotReady::OwnCertificateExpired => "own_certificate_expired",
+            NotReady::RevocationsLoading => "revocations_loading",
+            NotReady::RevocationsUnavailable { .. } => "revocations_unavailable",
+        }
+    }
+}
+
+impl fmt::Display for NotReady {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotReady::OwnCertificateExpired => f.write_str("this sidecar has no valid certificate"),
+            NotReady::RevocationsLoading => f.write_str("the CA's revocation list is not loaded yet"),
+            NotReady::RevocationsUnavailable { problem } => {
+                write!(f, "the CA's revocation list cannot be loaded: {problem}")
+            }
+        }
+    }
+}
+
+/// Why the TLS stage refused a connection (or never began it). [`Failure::as_str`] is the
+/// bounded reason of the event and the handshake metric, [`Failure::detail`] the sentence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The fail-closed preamble: no handshake while not ready.
+    NotReady(NotReady),
+    /// No TLS config for this listener (a config that has no inbound, or no such outbound).
+    NoConfig(&'static str),
+    /// The handshake, or the check of a resumed session after it, failed.
+    Tls { reason: FailureReason, detail: String },
+}
+
+impl Failure {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Failure::NotReady(n) => n.as_str(),
+            Failure::NoConfig(_) => "no_config",
+            Failure::Tls { reason, .. } => reason.as_str(),
+        }
+    }
+
+    /// The full explanation, for the event's `reason_detail`.
+    pub fn detail(&self) -> String {
+        match self {
+            Failure::NotReady(n) => n.to_string(),
+            Failure::NoConfig(what) => format!("{what} has no TLS config"),
+            Failure::Tls { detail, .. } => detail.clone(),
+        }
+    }
+
+    fn tls(reason: FailureReason, detail: impl Into<String>) -> Self {
+        Failure::Tls { reason, detail: detail.into() }
+    }
+}
+
+impl From<NotReady> for Failure {
+    fn from(n: NotReady) -> Self {
+        Failure::NotReady(n)
+    }
 }
 
 /// A connection whose peer proved its identity.
@@ -27,19 +102,21 @@ pub struct Handshaken<S> {
     pub peer: Peer,
     /// Whether the handshake resumed an earlier session (and was verified again).
     pub resumed: bool,
+    /// What the connection carries (from ALPN; no ALPN is the byte stream).
+    pub mode: Protocol,
 }
 
 fn failure(e: HandshakeError) -> Failure {
     match e {
         HandshakeError::Handshake(e) => {
-            Failure { reason: tls::failure_reason(&e), detail: tls::failure_detail(&e) }
+            Failure::tls(FailureReason::of_io(&e), mesh_identity::tls::failure_detail(&e))
         }
-        HandshakeError::Peer { resumed: true, error } => Failure {
-            reason: tls::tls_failure_reason(&error),
-            detail: format!("resumed session refused: {}", tls::tls_failure_detail(&error)),
-        },
+        HandshakeError::Peer { resumed: true, error } => Failure::tls(
+            FailureReason::of(&error),
+            format!("resumed session refused: {}", mesh_identity::tls::tls_failure_detail(&error)),
+        ),
         HandshakeError::Peer { resumed: false, error } => {
-            Failure { reason: "bad_svid", detail: tls::tls_failure_detail(&error) }
+            Failure::tls(FailureReason::BadSvid, mesh_identity::tls::tls_failure_detail(&error))
         }
     }
 }
@@ -50,12 +127,16 @@ async fn conclude<S>(
     handshake: impl std::future::Future<Output = Result<Connected<S>, HandshakeError>>,
 ) -> Result<Handshaken<S>, Failure> {
     match timeout(limit, handshake).await {
-        Err(_) => Err(Failure { reason: "timeout", detail: "handshake timed out".into() }),
+        Err(_) => Err(Failure::tls(FailureReason::Timeout, "handshake timed out")),
         Ok(Err(e)) => Err(failure(e)),
-        Ok(Ok(Connected { stream, peer: Some(peer), resumed })) => Ok(Handshaken { stream, peer, resumed }),
         Ok(Ok(Connected { peer: None, .. })) => {
-            Err(Failure { reason: "no_certificate", detail: "the peer presented no certificate".into() })
+            Err(Failure::tls(FailureReason::NoCertificate, "the peer presented no certificate"))
         }
+        Ok(Ok(Connected { stream, peer: Some(peer), resumed, protocol })) => match protocol {
+            Some(mode) => Ok(Handshaken { stream, peer, resumed, mode }),
+            // A config without ALPN: not one the sidecar builds, and no mode to serve.
+            None => Err(Failure::tls(FailureReason::UnknownAlpn, "no application protocol negotiated")),
+        },
     }
 }
 
@@ -92,7 +173,7 @@ mod tests {
 
     use super::*;
     use crate::tls::{
-        client_config, server_config, ClientAuth, ClientSettings, NothingRevoked, PeerKind, Resumption,
+        client_config, server_config, Alpn, ClientAuth, ClientSettings, NothingRevoked, PeerKind, Resumption,
         ServerSettings,
     };
 
@@ -129,6 +210,7 @@ mod tests {
             client_auth: ClientAuth::Required,
             resumption: Resumption::Allowed,
             access: nothing.clone(),
+            alpn: Alpn::mesh(),
         };
         let server = server_config(&pki.identity(&server_id), &pki.bundle, &settings).expect("server");
         let client_settings = |expected: &SpiffeId| ClientSettings {
@@ -136,6 +218,7 @@ mod tests {
             kind: PeerKind::Workload,
             resumption: Resumption::Allowed,
             access: nothing.clone(),
+            alpn: Alpn::mesh(),
         };
         let client_identity = pki.identity(&client_id);
         let client =
@@ -154,6 +237,6 @@ mod tests {
             client_config(Some(&client_identity), &pki.bundle, &client_settings(&other)).expect("client");
         let (_, c) = pair(&server, &wrong).await;
         let f = c.expect_err("a client expecting another identity is refused");
-        assert_eq!(f.reason, "wrong_identity", "{f:?}");
+        assert_eq!(f.as_str(), "wrong_identity", "{f:?}");
     }
 }

@@ -13,6 +13,7 @@
 //! assembles it all; `plan` turns `sidecar.toml` into what `run` needs.
 
 pub mod admin;
+pub mod authorize;
 pub mod connect;
 pub mod credentials;
 pub mod enroll;

@@ -8,8 +8,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use mesh_config::policy::{HttpAttrs, Policy, Request};
 use mesh_config::SpiffeId;
-use mesh_proxy::credentials::Credential;
-use mesh_proxy::plan::{self, IdentityPlan};
+use mesh_proxy::plan::IdentityPlan;
+use mesh_proxy::run::{self, RunError};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 #[derive(Parser)]
 #[command(
@@ -109,9 +110,12 @@ macro_rules! out {
 }
 
 fn run(config: PathBuf) -> ExitCode {
-    let plan = match plan::load(&config) {
+    // Diagnostics (`tracing`, filtered by MESH_LOG or RUST_LOG) go to stderr through the
+    // output thread; `check` and `explain` print their results directly.
+    mesh_runtime::diagnostics::init();
+    let prepared = match run::prepare(&config) {
         Ok(p) => p,
-        Err(e) => return fail(1, e),
+        Err(e) => return fail(start_code(&e), e),
     };
     // TOKIO_WORKER_THREADS=1 asks for one thread of work: a current-thread runtime gives it,
     // running the accept loops and every connection on that thread, without the
@@ -127,91 +131,92 @@ fn run(config: PathBuf) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(3, format!("cannot start the runtime: {e}")),
     };
-    let ran = rt.block_on(mesh_proxy::run::run(plan));
+    let ran = rt.block_on(async {
+        // The signals are this process's, so they are handled here and nowhere in the library:
+        // SIGTERM/SIGINT are `serve`'s shutdown, SIGHUP re-reads files and reopens file sinks.
+        let stop = stop_signal();
+        let mut hup = signal(SignalKind::hangup()).ok();
+        let bound = run::bind(prepared).await?;
+        let hangup = bound.hangup();
+        tokio::spawn(async move {
+            while let Some(()) = match hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => None,
+            } {
+                hangup.trigger();
+            }
+        });
+        run::serve(bound, stop).await
+    });
     // The last events (proxy.stopping, ...) may still be queued for stdout.
     mesh_runtime::output::flush_all(EXIT_FLUSH);
     match ran {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(3, e),
+        Err(e) => fail(start_code(&e), e),
     }
 }
 
+/// `run`'s exit code for an error: 1 for an invalid `sidecar.toml`, 3 for a sidecar that
+/// could not start (no usable certificate or policy, a port in use).
+fn start_code(e: &RunError) -> u8 {
+    match e {
+        RunError::Plan(_) => 1,
+        _ => 3,
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT. The handlers are installed at once (the caller is
+/// inside the runtime), not when the future is first polled.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
+    let term = signal(SignalKind::terminate()).ok();
+    let int = signal(SignalKind::interrupt()).ok();
+    let next = |s: Option<Signal>| async move {
+        match s {
+            Some(mut s) => {
+                s.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    async move {
+        tokio::select! {
+            () = next(term) => {}
+            () = next(int) => {}
+        }
+    }
+}
+
+/// `check` is `run`'s [`run::prepare`] and printing: whatever `run` would refuse before
+/// binding, `check` refuses, with the same message.
 fn check(config: PathBuf) -> ExitCode {
-    let plan = match plan::load(&config) {
+    let prepared = match run::prepare(&config) {
         Ok(p) => p,
         Err(e) => return fail(1, e),
     };
-    for warning in plan.identity.exposed_secrets() {
+    for warning in prepared.exposed_secrets() {
         out!("{warning}");
     }
-    let own = match &plan.identity {
-        IdentityPlan::Files(f) => {
-            let cred = match Credential::load(&f.cert, &f.key, &f.bundle) {
-                Ok(c) => c,
-                Err(e) => return fail(1, e),
-            };
+    let plan = prepared.plan();
+    match (&plan.identity, prepared.credential()) {
+        (IdentityPlan::Enroll { ca_address, .. }, _) => {
+            // Enrolling would spend the token: the files are checked, no more.
+            out!("identity  enrollment with the CA at {ca_address} (token file holds a join token)")
+        }
+        (IdentityPlan::Files(_), Some(cred)) => {
             let left = cred.not_after - time::OffsetDateTime::now_utc().unix_timestamp();
             out!("identity  {} (serial {}, {}s left)", cred.id, cred.serial, left);
-            // The TLS configs `run` builds: a bundle without an anchor for an outbound's
-            // trust domain fails here, as it would there.
-            let id = cred.id.clone();
-            if let Err(e) = mesh_proxy::state::Tls::build(
-                cred,
-                &mesh_proxy::reload::TlsShape::of(&plan),
-                std::sync::Arc::new(mesh_identity::tls::NothingRevoked),
-            ) {
-                return fail(1, format!("{}: {e}", f.bundle.display()));
-            }
-            Some(id)
         }
-        IdentityPlan::Enroll { ca_address, ca_bundle, token_file } => {
-            // Enrolling would spend the token: check that the files are usable, and no more.
-            let anchors = match mesh_identity::pem::read_certs(ca_bundle) {
-                Ok(a) => a,
-                Err(e) => return fail(1, format!("ca_bundle: {e}")),
-            };
-            let nothing = std::sync::Arc::new(mesh_identity::tls::NothingRevoked);
-            if let Err(e) = mesh_identity::client::CaClient::new(ca_address.clone(), anchors, nothing) {
-                return fail(1, format!("ca_bundle {}: {e}", ca_bundle.display()));
-            }
-            match mesh_identity::fsutil::read_bounded(token_file, 4096) {
-                Ok(t)
-                    if mesh_identity::token::Token::from_presented(&String::from_utf8_lossy(&t))
-                        .is_some() => {}
-                Ok(_) => {
-                    return fail(
-                        1,
-                        format!("token_file {}: does not hold a join token", token_file.display()),
-                    )
-                }
-                Err(e) => return fail(1, format!("token_file: {e}")),
-            }
-            out!("identity  enrollment with the CA at {ca_address} (token file readable)");
-            None
-        }
-    };
-    match Policy::from_file(&plan.policy) {
-        Ok(p) if own.as_ref().is_some_and(|id| id.trust_domain() != p.trust_domain()) => {
-            return fail(
-                1,
-                format!(
-                    "{}: trust_domain {} does not match the certificate",
-                    plan.policy.display(),
-                    p.trust_domain()
-                ),
-            )
-        }
-        Ok(p) => out!("policy    {} ok ({p:?})", plan.policy.display()),
-        Err(_) if !plan.policy.exists() => {
-            out!("policy    {} is missing: this sidecar would deny everything", plan.policy.display())
-        }
-        Err(e) => return fail(1, e),
+        (IdentityPlan::Files(_), None) => {}
     }
-    if let Some((listen, fwd)) = &plan.inbound {
-        out!("inbound   {listen} -> app {fwd}");
+    match prepared.policy() {
+        Some(p) => out!("policy    {} ok ({p:?})", plan.policy.display()),
+        None => out!("policy    {} is missing: this sidecar would deny everything", plan.policy.display()),
     }
-    for (listen, connect, server) in &plan.outbound {
-        out!("outbound  {listen} -> {connect} ({server})");
+    if let Some(i) = &plan.inbound {
+        out!("inbound   {} -> app {}", i.listen, i.forward);
+    }
+    for o in &plan.outbound {
+        out!("outbound  {} -> {} ({})", o.listen, o.connect, o.server);
     }
     out!("ok: {} is valid", config.display());
     ExitCode::SUCCESS

@@ -1,18 +1,19 @@
-//! Outbound: the local app connects in plaintext. Stages: egress decision (this workload ->
-//! the configured server identity) before any connection is made -> connect to the remote
-//! sidecar -> mutual TLS, where the verifier insists on the configured identity -> forward.
-//! Nothing is read from the app before the remote is verified, so no request byte can leave
-//! for a wrong peer.
+//! Outbound: the local app connects in plaintext. Stages: readiness (fail closed) -> egress
+//! authorization (this workload -> the configured server identity: a `Permit` or a
+//! `Denial`) before any connection is made -> connect to the remote sidecar -> mutual TLS,
+//! where the verifier insists on the configured identity and ALPN offers `zt-mesh/tcp1` ->
+//! forward under the permit. Nothing is read from the app before the remote is verified, so
+//! no request byte can leave for a wrong peer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use mesh_config::policy::Request;
 use mesh_config::SpiffeId;
 use tokio::net::TcpStream;
 
+use crate::authorize::authorize;
 use crate::connect::connect;
-use crate::handshake::{self, Handshaken};
+use crate::handshake::{self, Failure, Handshaken};
 use crate::outcome::{Direction, Outcome};
 use crate::state::Shared;
 use crate::{forward, stop};
@@ -35,34 +36,34 @@ pub async fn handle(
     let limits = shared.limits;
     let mut rec = Outcome::new(&shared, Direction::Outbound, listener, peer);
     let current = shared.tls();
-    if let Some((reason, why)) = shared.not_ready() {
+    if let Some(not_ready) = shared.not_ready() {
         // Fail closed: without a valid own certificate, or (following a CA) without its
         // revocation list, no new connections at all.
-        return rec.handshake_failed(reason, why);
+        return rec.handshake_failed(not_ready.into());
     }
     rec.src_id(current.cred.id.clone());
     rec.dst_id(route.server.clone());
     rec.dst_addr(route.connect.clone());
-    let decision = shared.policy().decide(&Request { from: &current.cred.id, to: &route.server, http: None });
-    if !decision.allowed() {
-        return rec.denied(&decision);
-    }
-    rec.allowed(&decision);
+    let permit = match authorize(&shared.policy(), &current.cred.id, &route.server) {
+        Ok(p) => p,
+        Err(denial) => return rec.denied(denial),
+    };
+    rec.allowed(&permit);
     let tcp = match connect(&shared, &route.connect, limits.connect_timeout).await {
         Ok(s) => s,
-        Err((reason, detail)) => return rec.upstream_failed(reason, detail),
+        Err(e) => return rec.upstream_failed(e),
     };
     let Some(config) = current.clients.get(route.index).cloned() else {
-        return rec.handshake_failed("no_config", "outbound has no TLS config".into());
+        return rec.handshake_failed(Failure::NoConfig("outbound"));
     };
     rec.handshake_started();
-    let Handshaken { stream: remote, peer, resumed } =
+    let Handshaken { stream: remote, peer, resumed, mode: _ } =
         match handshake::connect_tls(&config, tcp, limits.handshake_timeout).await {
             Ok(h) => h,
-            Err(f) => return rec.handshake_failed(f.reason, f.detail),
+            Err(f) => return rec.handshake_failed(f),
         };
     rec.handshake_ok(resumed);
     let stop = stop::watch(&shared, Direction::Outbound, peer.serial, peer.id, current.cred.id.clone());
-    let (end, counts) = forward::splice(app, remote, limits.idle_timeout, stop).await;
+    let (end, counts) = forward::forward(permit, app, remote, limits.idle_timeout, stop).await;
     rec.closed(end, counts);
 }

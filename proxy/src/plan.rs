@@ -1,16 +1,79 @@
-//! Turns a parsed `sidecar.toml` into the [`Plan`] that `run` executes, refusing (with a
-//! clear message, never silently) settings this version of the sidecar does not serve yet.
+//! Turns a parsed `sidecar.toml` into the typed [`Plan`] that [`crate::run`] executes,
+//! refusing (with a clear message, never silently) settings this version of the sidecar does
+//! not serve yet.
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
-use mesh_config::sidecar::{IdentitySource, Protocol, SidecarConfig};
+use mesh_config::sidecar::{Endpoint, IdentitySource, Protocol, SidecarConfig};
+use mesh_config::SpiffeId;
 
 use crate::events::Sink;
 use crate::reload::CredFiles;
-pub use crate::run::IdentityPlan;
-pub use crate::run::Plan;
-use crate::state::Limits;
+pub use crate::state::Limits;
 use crate::tls::Resumption;
+
+/// Everything `run` needs, already validated.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub policy: PathBuf,
+    pub identity: IdentityPlan,
+    pub inbound: Option<InboundPlan>,
+    /// In config order: outbound `i` uses client config `i`.
+    pub outbound: Vec<OutboundPlan>,
+    pub admin: Option<SocketAddr>,
+    pub sinks: Vec<Sink>,
+    /// Events each sink may hold waiting before it drops.
+    pub event_queue: usize,
+    pub limits: Limits,
+    /// `[tls] resumption`, for the inbound and every outbound.
+    pub resumption: Resumption,
+}
+
+/// `[inbound]`: where peer sidecars connect, and the local app allowed traffic goes to.
+#[derive(Debug, Clone)]
+pub struct InboundPlan {
+    pub listen: SocketAddr,
+    pub forward: Endpoint,
+}
+
+/// One `[[outbound]]`: where the local app connects, the remote sidecar, and the identity
+/// that remote must prove.
+#[derive(Debug, Clone)]
+pub struct OutboundPlan {
+    pub listen: SocketAddr,
+    pub connect: Endpoint,
+    pub server: SpiffeId,
+}
+
+/// Where the sidecar's identity comes from.
+#[derive(Debug, Clone)]
+pub enum IdentityPlan {
+    /// Files from `mesh-ca issue`, re-read when they change.
+    Files(CredFiles),
+    /// Enrollment with `mesh-ca serve`: key in memory, renewed automatically.
+    Enroll { ca_address: String, ca_bundle: PathBuf, token_file: PathBuf },
+}
+
+impl IdentityPlan {
+    /// The secret files this identity reads (the private key, or the join token), each
+    /// with what to call it in a warning.
+    pub fn secret_files(&self) -> Vec<(&Path, &'static str)> {
+        match self {
+            Self::Files(f) => vec![(f.key.as_path(), "key file")],
+            Self::Enroll { token_file, .. } => vec![(token_file.as_path(), "token file")],
+        }
+    }
+
+    /// One warning per secret file that group or others can read (see
+    /// `mesh_identity::fsutil::exposed_mode_warning`).
+    pub fn exposed_secrets(&self) -> Vec<String> {
+        self.secret_files()
+            .into_iter()
+            .filter_map(|(path, what)| mesh_identity::fsutil::exposed_mode_warning(path, what))
+            .collect()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -51,21 +114,16 @@ pub fn load(path: &Path) -> Result<Plan, PlanError> {
     Ok(Plan {
         policy: cfg.policy,
         identity,
-        inbound: cfg.inbound.map(|i| (i.listen, i.forward.to_string())),
-        outbound: cfg.outbound.into_iter().map(|o| (o.listen, o.connect.to_string(), o.server)).collect(),
+        inbound: cfg.inbound.map(|i| InboundPlan { listen: i.listen, forward: i.forward }),
+        outbound: cfg
+            .outbound
+            .into_iter()
+            .map(|o| OutboundPlan { listen: o.listen, connect: o.connect, server: o.server })
+            .collect(),
         admin: cfg.admin.map(|a| a.listen),
         sinks,
         event_queue: cfg.event_options.queue_size,
-        limits: Limits {
-            handshake_timeout: cfg.limits.handshake_timeout,
-            connect_timeout: cfg.limits.connect_timeout,
-            idle_timeout: cfg.limits.idle_timeout,
-            drain_timeout: cfg.limits.drain_timeout,
-            max_connections: cfg.limits.max_connections,
-            max_admin_connections: cfg.limits.max_admin_connections,
-            max_pending: cfg.limits.max_pending,
-            max_pending_per_source: cfg.limits.max_pending_per_source,
-        },
+        limits: cfg.limits,
         resumption: if cfg.tls.resumption { Resumption::Allowed } else { Resumption::Off },
     })
 }

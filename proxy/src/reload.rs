@@ -1,9 +1,9 @@
 //! Hot reload: the policy and the credential files are polled for changes (and re-read at
-//! once on SIGHUP). A new version is validated fully, then swapped atomically on its `watch`;
-//! a broken one is refused with an event and the last good one stays. Live connections keep
-//! the certificate they were accepted with; new handshakes use the new one. A new policy
-//! reaches live connections too: each one's stop signal (`stop::watch`) decides it again and
-//! closes it if the new policy denies it.
+//! once on a [`Hangup`], which `main` triggers on SIGHUP). A new version is validated fully,
+//! then swapped atomically on its `watch`; a broken one is refused with an event and the last
+//! good one stays. Live connections keep the certificate they were accepted with; new
+//! handshakes use the new one. A new policy reaches live connections too: each one's stop
+//! signal (`stop::watch`) decides it again and closes it if the new policy denies it.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use mesh_config::policy::Policy;
 use mesh_config::SpiffeId;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -51,12 +50,28 @@ pub struct TlsShape {
 
 impl TlsShape {
     /// The shape of a sidecar's plan: its inbound, its outbounds' server identities, resumption.
-    pub fn of(plan: &crate::run::Plan) -> Self {
+    pub fn of(plan: &crate::plan::Plan) -> Self {
         Self {
             inbound: plan.inbound.is_some(),
-            servers: plan.outbound.iter().map(|o| o.2.clone()).collect(),
+            servers: plan.outbound.iter().map(|o| o.server.clone()).collect(),
             resumption: plan.resumption,
         }
+    }
+}
+
+/// A request to re-read every followed file now and to reopen file sinks: what SIGHUP asks
+/// for. `main` owns the signal and calls [`Hangup::trigger`]; the reloader waits on it. A
+/// trigger while the reloader is busy is kept (one, not counted) and served next.
+#[derive(Debug, Clone, Default)]
+pub struct Hangup(Arc<tokio::sync::Notify>);
+
+impl Hangup {
+    pub fn trigger(&self) {
+        self.0.notify_one();
+    }
+
+    async fn wait(&self) {
+        self.0.notified().await;
     }
 }
 
@@ -91,9 +106,9 @@ pub async fn run(
     tls_tx: watch::Sender<Arc<Tls>>,
     policy_tx: watch::Sender<Arc<Policy>>,
     events: Events,
+    hangup: Hangup,
     shutdown: CancellationToken,
 ) {
-    let mut hup = signal(SignalKind::hangup()).ok();
     let cred_fp = |f: &Watched| {
         f.credential.as_ref().map(|c| [fingerprint(&c.cert), fingerprint(&c.key), fingerprint(&c.bundle)])
     };
@@ -103,7 +118,7 @@ pub async fn run(
     loop {
         let forced = tokio::select! {
             _ = tick.tick() => false,
-            Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+            _ = hangup.wait() => true,
             _ = shutdown.cancelled() => return,
         };
         if forced {

@@ -4,7 +4,6 @@
 //! [`crate::listener`]), so they are not here.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use mesh_config::policy::Policy;
 use tokio::sync::watch;
@@ -37,6 +36,7 @@ impl Tls {
             let settings = tls::ServerSettings {
                 client_auth: ClientAuth::Required,
                 resumption: shape.resumption,
+                alpn: tls::Alpn::mesh(),
                 access: access.clone(),
             };
             Some(tls::server_config(&cred.identity, &cred.bundle, &settings)?)
@@ -51,6 +51,7 @@ impl Tls {
                     expected: s.clone(),
                     kind: PeerKind::Workload,
                     resumption: shape.resumption,
+                    alpn: tls::Alpn::mesh(),
                     access: access.clone(),
                 };
                 tls::client_config(Some(&cred.identity), &cred.bundle, &settings)
@@ -60,20 +61,9 @@ impl Tls {
     }
 }
 
-/// Timeouts and caps, from `[limits]` (see `mesh_config::sidecar::Limits` for each).
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub handshake_timeout: Duration,
-    pub connect_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub drain_timeout: Duration,
-    /// Per listener: the inbound and each outbound have a budget of their own.
-    pub max_connections: usize,
-    pub max_admin_connections: usize,
-    /// Inbound connections not yet authenticated, in total and per source.
-    pub max_pending: usize,
-    pub max_pending_per_source: usize,
-}
+/// Timeouts and caps, from `[limits]`: the config's own type, so nothing is copied field by
+/// field (see `mesh_config::sidecar::Limits` for each).
+pub use mesh_config::sidecar::Limits;
 
 pub struct Shared {
     pub tls: watch::Receiver<Arc<Tls>>,
@@ -119,10 +109,10 @@ impl Shared {
         self.not_ready().is_none()
     }
 
-    /// Why the sidecar must not serve new connections (reason code, sentence), if it must not.
-    pub fn not_ready(&self) -> Option<(&'static str, String)> {
+    /// Why the sidecar must not serve new connections, if it must not.
+    pub fn not_ready(&self) -> Option<crate::handshake::NotReady> {
         if self.tls().cred.not_after <= time::OffsetDateTime::now_utc().unix_timestamp() {
-            return Some(("own_certificate_expired", "this sidecar has no valid certificate".into()));
+            return Some(crate::handshake::NotReady::OwnCertificateExpired);
         }
         self.revocations.as_ref().and_then(|r| r.borrow().not_ready())
     }

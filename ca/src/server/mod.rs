@@ -310,6 +310,8 @@ async fn renew_own_identity(
                 Ok(Err(e)) => api::event(
                     "ca.renew_own_failed",
                     &[
+        // No application protocol named: whatever a client offers is ignored, as before ALPN.
+        alpn: tls::Alpn::none(),
                         ("reason", &e.to_string()),
                         ("retry_in_seconds", &backoff.as_secs().to_string()),
                         ("not_after", &not_after.to_string()),

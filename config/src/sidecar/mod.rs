@@ -226,7 +226,7 @@ impl fmt::Display for HttpsFormat {
 }
 
 /// Bounds on every connection, so a slow or hostile peer cannot hold resources forever.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Longest a TLS handshake may take before the connection is dropped (inbound, this is
     /// also how long a connection may stay unauthenticated).

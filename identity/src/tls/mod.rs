@@ -11,11 +11,17 @@
 //! files mode, never an `Option` a caller can forget. A resumed session is checked again
 //! after its handshake (see [`verify`]): rustls itself does not.
 //!
+//! Every config names its application protocols by ALPN ([`Alpn`]): sidecars speak
+//! `zt-mesh/tcp1` (a peer naming none is taken as speaking it; one naming only others is
+//! refused, `unknown_alpn`), the CA API names none. Failure reasons are [`FailureReason`].
+//!
 //! No 0-RTT (rustls servers accept none by default, and we never enable it), no TLS 1.2, no
 //! renegotiation (TLS 1.3 has none). Resumption state lives inside a config: a credential or
 //! bundle change builds new configs, so nothing verified under the old bundle resumes.
 
+mod alpn;
 mod anchors;
+mod reason;
 mod verify;
 
 use std::fmt;
@@ -32,7 +38,9 @@ use rustls::{
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+pub use alpn::{Alpn, Protocol};
 pub use anchors::{trust_domain_of, TrustBundle};
+pub use reason::{failure_detail, failure_reason, tls_failure_detail, tls_failure_reason, FailureReason};
 pub use verify::Peer;
 
 use crate::profile::Violation;
@@ -122,6 +130,9 @@ pub struct ServerSettings {
     pub resumption: Resumption,
     /// Consulted in every handshake and for every resumed session.
     pub access: Arc<dyn RevocationCheck>,
+    /// The application protocols accepted; a client offering only others is refused
+    /// (`unknown_alpn`), one offering none speaks the list's last (see [`Alpn`]).
+    pub alpn: Alpn,
 }
 
 /// How a client config treats the one server it talks to.
@@ -133,6 +144,9 @@ pub struct ClientSettings {
     pub resumption: Resumption,
     /// Consulted in every handshake and for every resumed session.
     pub access: Arc<dyn RevocationCheck>,
+    /// The application protocols offered; a server that picks none speaks the list's last
+    /// (see [`Alpn`]), one that picks another is refused by rustls.
+    pub alpn: Alpn,
 }
 
 /// The provider every config uses: aws-lc-rs, TLS 1.3 suites only, AES-128-GCM first.
@@ -169,10 +183,10 @@ pub enum TlsConfigError {
 #[derive(Debug)]
 pub enum HandshakeError {
     /// The TLS handshake itself failed (the verifier refused the peer, a timeout inside the
-    /// transport, garbage): see [`failure_reason`].
+    /// transport, garbage, no application protocol in common): see [`FailureReason::of_io`].
     Handshake(std::io::Error),
     /// The handshake finished, but the peer's chain does not pass now: a resumed session's
-    /// stored chain that has expired or been revoked since (see [`tls_failure_reason`]).
+    /// stored chain that has expired or been revoked since (see [`FailureReason::of`]).
     Peer { resumed: bool, error: rustls::Error },
 }
 
@@ -183,6 +197,9 @@ pub struct Connected<S> {
     pub peer: Option<Peer>,
     /// Whether the handshake resumed an earlier session (and was verified again).
     pub resumed: bool,
+    /// The negotiated mode: the ALPN protocol agreed, or the config's mode for a peer that
+    /// named none; `None` for a config without ALPN ([`Alpn::none`]).
+    pub protocol: Option<Protocol>,
 }
 
 /// Whether a finished connection resumed a session. Anything but a full handshake counts as
@@ -226,8 +243,9 @@ impl ServerTls {
             TlsAcceptor::from(self.config.clone()).accept(io).await.map_err(HandshakeError::Handshake)?;
         let conn = stream.get_ref().1;
         let resumed = resumed(conn.handshake_kind());
+        let protocol = alpn::mode(&self.config.alpn_protocols, conn.alpn_protocol());
         match self.peer(conn) {
-            Ok(peer) => Ok(Connected { stream, peer, resumed }),
+            Ok(peer) => Ok(Connected { stream, peer, resumed, protocol }),
             Err(error) => Err(HandshakeError::Peer { resumed, error }),
         }
     }
@@ -289,8 +307,9 @@ impl ClientTls {
             .map_err(HandshakeError::Handshake)?;
         let conn = stream.get_ref().1;
         let resumed = resumed(conn.handshake_kind());
+        let protocol = alpn::mode(&self.config.alpn_protocols, conn.alpn_protocol());
         match self.peer(conn) {
-            Ok(peer) => Ok(Connected { stream, peer: Some(peer), resumed }),
+            Ok(peer) => Ok(Connected { stream, peer: Some(peer), resumed, protocol }),
             Err(error) => Err(HandshakeError::Peer { resumed, error }),
         }
     }
@@ -346,6 +365,10 @@ pub fn server_config(
         cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         cfg.send_tls13_tickets = 0;
     }
+    // rustls refuses a client whose offer shares nothing with this list (alert
+    // no_application_protocol, `Error::NoApplicationProtocol`), and ignores the offer when
+    // the list is empty.
+    cfg.alpn_protocols = settings.alpn.wire();
     Ok(ServerTls { config: Arc::new(cfg), verifier })
 }
 
@@ -380,6 +403,9 @@ pub fn client_config(
     if settings.resumption == Resumption::Off {
         cfg.resumption = rustls::client::Resumption::disabled();
     }
+    // rustls refuses a server that picks a protocol not offered; one that picks none is
+    // accepted (an older sidecar), and speaks the list's last protocol.
+    cfg.alpn_protocols = settings.alpn.wire();
     Ok(ClientTls { config: Arc::new(cfg), verifier })
 }
 
@@ -401,71 +427,6 @@ pub fn web_client_config(roots: Arc<RootCertStore>) -> Result<Arc<ClientConfig>,
 /// fixed placeholder that reveals nothing about the workload.
 pub fn sni() -> ServerName<'static> {
     ServerName::try_from("mesh.invalid").expect("a static valid DNS name")
-}
-
-/// A short, stable reason for a failed handshake, for events and (later) metric labels.
-/// Bounded set: never includes peer-controlled text.
-pub fn failure_reason(err: &std::io::Error) -> &'static str {
-    let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) else {
-        return match err.kind() {
-            std::io::ErrorKind::UnexpectedEof => "eof",
-            std::io::ErrorKind::TimedOut => "timeout",
-            std::io::ErrorKind::InvalidData => "protocol",
-            _ => "io",
-        };
-    };
-    tls_failure_reason(tls)
-}
-
-/// [`failure_reason`] for a rustls error (a resumed session refused after its handshake).
-pub fn tls_failure_reason(tls: &rustls::Error) -> &'static str {
-    use rustls::Error as E;
-    match tls {
-        E::NoCertificatesPresented => "no_certificate",
-        E::InvalidCertificate(c) => match c {
-            CertificateError::UnknownIssuer => "unknown_ca",
-            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
-            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => "not_yet_valid",
-            CertificateError::BadSignature => "bad_signature",
-            CertificateError::Revoked => "revoked",
-            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
-                "bad_purpose"
-            }
-            CertificateError::Other(o) => match o.0.downcast_ref::<SvidError>() {
-                Some(SvidError::WrongIdentity { .. }) => "wrong_identity",
-                Some(SvidError::NotTheCa) => "not_the_ca",
-                Some(SvidError::Profile(v)) if v.iter().any(|v| v.rule == "trust-domain") => {
-                    "wrong_trust_domain"
-                }
-                Some(SvidError::Profile(_)) => "bad_svid",
-                None => "bad_certificate",
-            },
-            _ => "bad_certificate",
-        },
-        E::AlertReceived(_) => "alert_received",
-        E::PeerIncompatible(_) => "incompatible",
-        E::InvalidMessage(_) | E::InappropriateMessage { .. } | E::InappropriateHandshakeMessage { .. } => {
-            "protocol"
-        }
-        _ => "tls_error",
-    }
-}
-
-/// The full detail of a handshake failure for an event's `reason_detail` (no key material:
-/// rustls errors never carry any).
-pub fn failure_detail(err: &std::io::Error) -> String {
-    match err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
-        Some(tls) => tls_failure_detail(tls),
-        None => err.to_string(),
-    }
-}
-
-/// [`failure_detail`] for a rustls error.
-pub fn tls_failure_detail(tls: &rustls::Error) -> String {
-    match tls {
-        rustls::Error::InvalidCertificate(CertificateError::Other(o)) => o.0.to_string(),
-        tls => tls.to_string(),
-    }
 }
 
 #[cfg(test)]

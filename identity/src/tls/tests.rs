@@ -82,7 +82,7 @@ fn connect(
 }
 
 fn settings(access: Arc<dyn RevocationCheck>, resumption: Resumption) -> ServerSettings {
-    ServerSettings { client_auth: ClientAuth::Required, resumption, access }
+    ServerSettings { client_auth: ClientAuth::Required, resumption, access, alpn: Alpn::mesh() }
 }
 
 fn client_settings(
@@ -90,7 +90,13 @@ fn client_settings(
     access: Arc<dyn RevocationCheck>,
     resumption: Resumption,
 ) -> ClientSettings {
-    ClientSettings { expected: expected.clone(), kind: PeerKind::Workload, resumption, access }
+    ClientSettings {
+        expected: expected.clone(),
+        kind: PeerKind::Workload,
+        resumption,
+        access,
+        alpn: Alpn::mesh(),
+    }
 }
 
 fn nothing() -> Arc<dyn RevocationCheck> {
@@ -275,10 +281,15 @@ fn a_ca_client_refuses_an_unmarked_or_revoked_ca_certificate() {
         kind: PeerKind::CaServer,
         resumption: Resumption::Off,
         access: check,
+        alpn: Alpn::none(),
     };
     let client = client_config(None, &ca.bundle, &settings).expect("client");
-    let server_settings =
-        ServerSettings { client_auth: ClientAuth::Optional, resumption: Resumption::Off, access: nothing() };
+    let server_settings = ServerSettings {
+        client_auth: ClientAuth::Optional,
+        resumption: Resumption::Off,
+        access: nothing(),
+        alpn: Alpn::none(),
+    };
     let real = server_config(&marked, &ca.bundle, &server_settings).expect("server");
     handshake(&real, &client).expect("the real CA is accepted");
     let impostor = server_config(&unmarked, &ca.bundle, &server_settings).expect("server");
@@ -343,4 +354,79 @@ fn a_new_config_resumes_no_session_of_the_old_one() {
     let new = server_config(&sid, &ca.bundle, &settings(nothing(), Resumption::Allowed)).expect("server");
     let (s, _) = connect(&new, &client).expect("a full handshake with the new config");
     assert_eq!(s.handshake_kind(), Some(HandshakeKind::Full), "the new config resumed an old session");
+}
+
+/// `server`'s and `client`'s configs with the ALPN list replaced by `offer`, as a peer built
+/// by another stack (or a future sidecar) would send it.
+fn offering(client: &ClientTls, offer: &[&str]) -> ClientTls {
+    let mut cfg = (**client.config()).clone();
+    cfg.alpn_protocols = offer.iter().map(|p| p.as_bytes().to_vec()).collect();
+    ClientTls { config: Arc::new(cfg), verifier: client.verifier.clone() }
+}
+
+fn answering(server: &ServerTls, pick: &[&str]) -> ServerTls {
+    let mut cfg = (**server.config()).clone();
+    cfg.alpn_protocols = pick.iter().map(|p| p.as_bytes().to_vec()).collect();
+    ServerTls { config: Arc::new(cfg), verifier: server.verifier.clone() }
+}
+
+/// Both sides through `accept` / `connect` over an in-memory pipe: each side's mode, or the
+/// reason of the side that refused.
+fn modes(
+    server: &ServerTls,
+    client: &ClientTls,
+) -> (Result<Option<Protocol>, FailureReason>, Result<Option<Protocol>, FailureReason>) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let reason = |e: HandshakeError| match e {
+            HandshakeError::Handshake(e) => FailureReason::of_io(&e),
+            HandshakeError::Peer { error, .. } => FailureReason::of(&error),
+        };
+        let (s, c) = tokio::join!(server.accept(a), client.connect(b));
+        (s.map(|c| c.protocol).map_err(reason), c.map(|c| c.protocol).map_err(reason))
+    })
+}
+
+/// Sidecars name their byte stream `zt-mesh/tcp1`; a client naming no protocol (an older
+/// sidecar) is served as that mode, one naming only others is refused inside the handshake
+/// with `unknown_alpn`, and a client accepts a server that picks the mesh protocol or none.
+#[test]
+fn alpn_names_the_mesh_stream_accepts_none_and_refuses_unknown_protocols() {
+    let ca = ca();
+    let server_id: SpiffeId = "spiffe://example.org/ns/b/sa/server".parse().expect("id");
+    let client_id: SpiffeId = "spiffe://example.org/ns/a/sa/client".parse().expect("id");
+    let (sid, cid) = (identity(&ca, &server_id), identity(&ca, &client_id));
+    let server = server_config(&sid, &ca.bundle, &settings(nothing(), Resumption::Off)).expect("server");
+    let client =
+        client_config(Some(&cid), &ca.bundle, &client_settings(&server_id, nothing(), Resumption::Off))
+            .expect("client");
+    assert_eq!(Protocol::MeshTcp.name(), "zt-mesh/tcp1");
+    assert_eq!(client.config().alpn_protocols, vec![b"zt-mesh/tcp1".to_vec()], "outbound offers it");
+    assert_eq!(server.config().alpn_protocols, vec![b"zt-mesh/tcp1".to_vec()]);
+
+    let mesh = Ok(Some(Protocol::MeshTcp));
+    assert_eq!(modes(&server, &client), (mesh, mesh), "both agree on zt-mesh/tcp1");
+    // No ALPN, as an older sidecar sends it: served as the byte stream.
+    assert_eq!(modes(&server, &offering(&client, &[])).0, mesh, "no ALPN: an older sidecar");
+    assert_eq!(
+        modes(&server, &offering(&client, &["h2", "zt-mesh/tcp1"])),
+        (mesh, mesh),
+        "the mesh protocol among others is picked"
+    );
+    let (s, c) = modes(&server, &offering(&client, &["h2", "http/1.1"]));
+    assert_eq!(s, Err(FailureReason::UnknownAlpn), "only unknown protocols: refused");
+    assert_eq!(c, Err(FailureReason::UnknownAlpn), "the client hears no_application_protocol");
+    assert_eq!(FailureReason::UnknownAlpn.as_str(), "unknown_alpn");
+    let err = handshake(&server, &offering(&client, &["h2"])).expect_err("refused in the handshake");
+    assert_eq!(err, rustls::Error::NoApplicationProtocol);
+    assert!(tls_failure_detail(&err).contains("ALPN"), "{}", tls_failure_detail(&err));
+
+    // A server that picks none (a sidecar from before ALPN) is the byte stream too.
+    assert_eq!(modes(&answering(&server, &[]), &client).1, mesh, "the client takes it as zt-mesh/tcp1");
+    // The CA API names none: nothing offered, whatever a client offers is ignored.
+    let ca_settings = ServerSettings { alpn: Alpn::none(), ..settings(nothing(), Resumption::Off) };
+    let ca_server = server_config(&sid, &ca.bundle, &ca_settings).expect("server");
+    assert!(ca_server.config().alpn_protocols.is_empty());
+    assert_eq!(modes(&ca_server, &offering(&client, &["h2"])).0, Ok(None));
 }
