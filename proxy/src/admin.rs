@@ -5,7 +5,8 @@
 //! only GET (and HEAD) are served. Bounded: at most `[limits] max_admin_connections` (64)
 //! connections, a budget of its own that no other listener's flood touches, headers
 //! within [`MAX_HEADER_BYTES`] and [`HEADER_TIMEOUT`], each connection closed after
-//! [`CONNECTION_LIFETIME`]. No private key, token or key material is ever served: `/identity`
+//! [`CONNECTION_LIFETIME`] (the accept loop and the HTTP limits are mesh-runtime's, shared
+//! with every other listener). No private key, token or key material is ever served: `/identity`
 //! describes the certificate, `/config` shows paths, never file contents.
 
 use std::convert::Infallible;
@@ -16,13 +17,12 @@ use std::time::Duration;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
-use hyper::server::conn::http1;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use mesh_runtime::http::HttpLimits;
+use mesh_runtime::serve::{accept_loop, Budget, Tasks};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use crate::events::Sink;
 use crate::run::{IdentityPlan, Plan};
@@ -44,38 +44,36 @@ pub struct Admin {
     pub policy_file: PathBuf,
 }
 
+/// What each admin connection may do (see the module doc).
+const LIMITS: HttpLimits = HttpLimits {
+    header_read_timeout: HEADER_TIMEOUT,
+    max_header_bytes: MAX_HEADER_BYTES,
+    max_headers: 100,
+    keep_alive: true,
+    lifetime: Some(CONNECTION_LIFETIME),
+};
+
+/// Serves the admin endpoints until shutdown, on the shared accept loop, within the admin
+/// budget; connections are tracked with the others and closed gracefully at shutdown.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, admin: Arc<Admin>) {
-    let slots = Arc::new(Semaphore::new(shared.limits.max_admin_connections));
-    loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            _ = shared.shutdown.cancelled() => return,
-        };
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
-            },
-            _ = shared.shutdown.cancelled() => return,
-        };
+    let name = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let budget = Budget::new(shared.limits.max_admin_connections);
+    let tasks = Tasks::from(shared.tracker.clone());
+    let report = crate::listener::report(name, shared.events.clone());
+    let stop = shared.shutdown.clone();
+    accept_loop(listener, budget, tasks, stop, report, move |stream, _peer, slot| {
         let (shared, admin) = (shared.clone(), admin.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
+        async move {
+            let _slot = slot;
+            let stop = shared.shutdown.clone();
             let service = hyper::service::service_fn(move |req| {
                 let answer = answer(&req, &shared, &admin);
                 async move { Ok::<_, Infallible>(answer) }
             });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(MAX_HEADER_BYTES)
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
-        });
-    }
+            LIMITS.serve(stream, &stop, service).await;
+        }
+    })
+    .await
 }
 
 fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

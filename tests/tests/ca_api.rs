@@ -743,3 +743,48 @@ fn serve_needs_the_passphrase_of_an_encrypted_ca() {
     let csr = Csr::p256(ca.tmp.path(), "csr");
     assert_eq!(server.api().enroll(&t, &csr).assert_issued()["spiffe_id"], API_ID);
 }
+
+/// The CA's verifier reads an in-memory revocation set, loaded at start and updated by the
+/// server's revocation poll: a certificate revoked by `mesh-ca revoke` (another process) is
+/// refused inside the TLS handshake, not only by the renew handler's own store check (403).
+/// Fails if the set were never updated (every attempt a 403) or never loaded (the same after
+/// a restart).
+#[test]
+fn a_certificate_revoked_by_the_cli_is_refused_in_the_handshake_while_running_and_after_a_restart() {
+    let s = served();
+    let csr = Csr::p256(s.tmp(), "renew");
+    let a = s.enroll("orders", "api", "a");
+    let b = s.enroll("orders", "api", "b");
+    let before = s.leaves().len();
+    revoke(&s.ca, &["--serial", &a.serial, "--reason", "key-compromise"]).assert_ok();
+    let in_handshake =
+        |r: &Reply| r.tls_alert() && r.error.as_deref().is_some_and(|e| e.to_lowercase().contains("revoked"));
+    // Until the poll has brought the entry in, the handler refuses (403); then the handshake.
+    let revoked = Instant::now();
+    loop {
+        let r = s.api.renew(&a.cert(), &a.key(), &csr);
+        if in_handshake(&r) {
+            break;
+        }
+        assert!(r.status == Some(403) && r.code() == "revoked", "renewal with a revoked certificate: {r:?}");
+        assert!(
+            revoked.elapsed() < Duration::from_secs(10),
+            "not refused in the handshake 10 s after the revocation"
+        );
+    }
+    println!(
+        "the handshake refused the revoked certificate {:?} after `mesh-ca revoke` exited",
+        revoked.elapsed()
+    );
+    s.assert_nothing_issued(before, "renewal with a revoked certificate");
+    // The other certificate of the same identity is not affected.
+    s.api.renew(&b.cert(), &b.key(), &csr).assert_issued();
+
+    // Revoked while the server is down: the set loaded at start refuses it at the first try.
+    let Served { ca, server, .. } = s;
+    drop(server);
+    revoke(&ca, &["--serial", &b.serial, "--reason", "key-compromise"]).assert_ok();
+    let server = CaServer::start(&ca, &["--cert-ttl", "10m"]);
+    let r = server.api().renew(&b.cert(), &b.key(), &csr);
+    assert!(in_handshake(&r), "a certificate revoked before the start: {r:?}");
+}

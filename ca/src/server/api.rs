@@ -9,6 +9,9 @@
 //!   and `more: true` while further pages follow; waits up to S (<= 60) seconds for one when
 //!   there is none yet, for callers with a client certificate only (an anonymous `wait` is
 //!   answered at once), within the long-poll budget (else 503 `busy`: retry with backoff)
+//!
+//! Requests are routed by one table ([`ROUTES`]: method, path, who may call): an unknown path
+//! is 404 `not_found`, a known path with another method 405 `method_not_allowed` with `Allow`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -85,6 +88,102 @@ fn error(status: StatusCode, code: &str, reason: impl Into<String>) -> Response<
     json(status, &ErrorBody { error: code.into(), reason: reason.into() })
 }
 
+/// The methods the API serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    Get,
+    Post,
+}
+
+impl Verb {
+    fn of(m: &Method) -> Option<Self> {
+        match *m {
+            Method::GET => Some(Self::Get),
+            Method::POST => Some(Self::Post),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Post => "POST",
+        }
+    }
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Anyone: a caller with a certificate is told apart by the handler, if it cares.
+    Anyone,
+    /// Only a caller whose client certificate the handshake verified; anyone else is
+    /// answered 401 `no_client_certificate` with this reason.
+    ClientCertificate(&'static str),
+}
+
+/// What a route runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Enroll,
+    Renew,
+    Bundle,
+    Revocations,
+}
+
+/// One line of the API's table.
+#[derive(Debug, PartialEq, Eq)]
+struct Route {
+    verb: Verb,
+    path: &'static str,
+    access: Access,
+    endpoint: Endpoint,
+}
+
+/// Every route. An admin route is one more line here (with its access rule) and one more
+/// [`Endpoint`]; unknown paths are 404, a known path with another method 405 with `Allow`.
+const ROUTES: &[Route] = &[
+    Route { verb: Verb::Post, path: "/v1/enroll", access: Access::Anyone, endpoint: Endpoint::Enroll },
+    Route {
+        verb: Verb::Post,
+        path: "/v1/renew",
+        access: Access::ClientCertificate("renewal needs the current certificate over mutual TLS"),
+        endpoint: Endpoint::Renew,
+    },
+    Route { verb: Verb::Get, path: "/v1/bundle", access: Access::Anyone, endpoint: Endpoint::Bundle },
+    Route {
+        verb: Verb::Get,
+        path: "/v1/revocations",
+        access: Access::Anyone,
+        endpoint: Endpoint::Revocations,
+    },
+];
+
+/// Where a request goes: a route, or why none.
+#[derive(Debug, PartialEq, Eq)]
+enum Routed<'a> {
+    Found(&'a Route),
+    /// The path is known, the method is not one of these.
+    WrongMethod(Vec<Verb>),
+    NotFound,
+}
+
+fn route<'a>(table: &'a [Route], method: &Method, path: &str) -> Routed<'a> {
+    let verb = Verb::of(method);
+    let mut allowed = Vec::new();
+    for r in table.iter().filter(|r| r.path == path) {
+        if Some(r.verb) == verb {
+            return Routed::Found(r);
+        }
+        allowed.push(r.verb);
+    }
+    if allowed.is_empty() {
+        Routed::NotFound
+    } else {
+        Routed::WrongMethod(allowed)
+    }
+}
+
 pub async fn handle(
     shared: Arc<Shared>,
     peer: SocketAddr,
@@ -94,19 +193,42 @@ pub async fn handle(
     if !shared.limiter.allow(peer.ip()) {
         return error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests from this address");
     }
-    let path = req.uri().path().to_owned();
-    let query = req.uri().query().unwrap_or_default().to_owned();
-    match (req.method(), path.as_str()) {
-        (&Method::POST, "/v1/enroll") => match body::<EnrollRequest>(req).await {
+    let r = match route(ROUTES, req.method(), req.uri().path()) {
+        Routed::Found(r) => r,
+        Routed::WrongMethod(allowed) => {
+            let mut resp = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "see the API reference in the README",
+            );
+            let allow = allowed.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", ");
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&allow) {
+                resp.headers_mut().insert(hyper::header::ALLOW, v);
+            }
+            return resp;
+        }
+        Routed::NotFound => {
+            return error(StatusCode::NOT_FOUND, "not_found", "unknown path; the API lives under /v1/")
+        }
+    };
+    let caller = match (r.access, caller) {
+        (Access::ClientCertificate(why), None) => {
+            return error(StatusCode::UNAUTHORIZED, "no_client_certificate", why);
+        }
+        (_, caller) => caller,
+    };
+    match r.endpoint {
+        Endpoint::Enroll => match body::<EnrollRequest>(req).await {
             Ok(b) => enroll(shared, peer, b).await,
             Err(resp) => resp,
         },
-        (&Method::POST, "/v1/renew") => {
+        Endpoint::Renew => {
+            // The table requires a certificate here; without one the request never gets this far.
             let Some(caller) = caller else {
                 return error(
                     StatusCode::UNAUTHORIZED,
                     "no_client_certificate",
-                    "renewal needs the current certificate over mutual TLS",
+                    "a client certificate is needed",
                 );
             };
             match body::<RenewRequest>(req).await {
@@ -114,14 +236,13 @@ pub async fn handle(
                 Err(resp) => resp,
             }
         }
-        (&Method::GET, "/v1/bundle") => {
+        Endpoint::Bundle => {
             json(StatusCode::OK, &BundleBody { sequence: 1, bundle: shared.authority.dir().bundle_pem() })
         }
-        (&Method::GET, "/v1/revocations") => revocations(shared, caller.as_ref(), &query).await,
-        (_, "/v1/enroll" | "/v1/renew" | "/v1/bundle" | "/v1/revocations") => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "see the API reference in the README")
+        Endpoint::Revocations => {
+            let query = req.uri().query().unwrap_or_default();
+            revocations(shared, caller.as_ref(), query).await
         }
-        _ => error(StatusCode::NOT_FOUND, "not_found", "unknown path; the API lives under /v1/"),
     }
 }
 
@@ -338,7 +459,11 @@ async fn revocations(shared: Arc<Shared>, caller: Option<&Caller>, query: &str) 
                 "too many long-polls waiting; retry with backoff",
             );
         };
-        let _ = tokio::time::timeout(Duration::from_secs(wait), seq.wait_for(|s| *s > since)).await;
+        // A server shutting down answers at once with what it has: its drain is not held up.
+        tokio::select! {
+            _ = tokio::time::timeout(Duration::from_secs(wait), seq.wait_for(|s| *s > since)) => {}
+            _ = shared.shutdown.cancelled() => {}
+        }
     }
     let sh = shared.clone();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -374,6 +499,34 @@ fn page_body(page: crate::store::RevocationPage) -> RevocationsBody {
 mod tests {
     use super::*;
     use crate::store::{Revocation, RevocationPage};
+
+    #[test]
+    fn the_route_table_finds_routes_and_says_which_methods_a_known_path_takes() {
+        let found = |m: Method, p| match route(ROUTES, &m, p) {
+            Routed::Found(r) => Some(r.endpoint),
+            _ => None,
+        };
+        assert_eq!(found(Method::POST, "/v1/enroll"), Some(Endpoint::Enroll));
+        assert_eq!(found(Method::POST, "/v1/renew"), Some(Endpoint::Renew));
+        assert_eq!(found(Method::GET, "/v1/bundle"), Some(Endpoint::Bundle));
+        assert_eq!(found(Method::GET, "/v1/revocations"), Some(Endpoint::Revocations));
+        assert_eq!(route(ROUTES, &Method::GET, "/v1/enroll"), Routed::WrongMethod(vec![Verb::Post]));
+        assert_eq!(route(ROUTES, &Method::DELETE, "/v1/bundle"), Routed::WrongMethod(vec![Verb::Get]));
+        assert_eq!(route(ROUTES, &Method::HEAD, "/v1/bundle"), Routed::WrongMethod(vec![Verb::Get]));
+        assert_eq!(route(ROUTES, &Method::GET, "/v1/enroll/"), Routed::NotFound, "exact paths only");
+        assert_eq!(route(ROUTES, &Method::GET, "/"), Routed::NotFound);
+        // Renewal is the one route that needs a client certificate today.
+        let needs: Vec<_> = ROUTES
+            .iter()
+            .filter(|r| matches!(r.access, Access::ClientCertificate(_)))
+            .map(|r| r.path)
+            .collect();
+        assert_eq!(needs, ["/v1/renew"]);
+        // One line per (method, path): a duplicate would shadow the second.
+        for (i, a) in ROUTES.iter().enumerate() {
+            assert!(ROUTES[i + 1..].iter().all(|b| (a.verb, a.path) != (b.verb, b.path)), "{a:?}");
+        }
+    }
 
     #[test]
     fn a_page_of_large_entries_is_cut_by_bytes_and_says_more() {

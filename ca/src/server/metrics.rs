@@ -1,16 +1,17 @@
 //! The CA server's own Prometheus metrics, served on `--metrics-listen` (loopback is the
 //! sensible choice; nothing there changes state). Names follow the sidecar's rules: prefix
 //! `mesh_ca_`, base units, bounded labels (`via` is enroll|renew, `reason` is one of
-//! the API's fixed error codes; never identities or serials).
+//! the API's fixed error codes; never identities or serials). Served on mesh-runtime's
+//! accept loop and HTTP limits, at most 16 scrapers at once.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper::server::conn::http1;
 use hyper::{Method, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use mesh_runtime::http::HttpLimits;
+use mesh_runtime::serve::{accept_loop, Budget, Tasks};
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
@@ -60,42 +61,65 @@ pub fn install() -> Option<PrometheusHandle> {
     Some(handle)
 }
 
-/// Serves `GET /metrics` until shutdown.
-pub async fn serve(listener: TcpListener, handle: PrometheusHandle, shutdown: CancellationToken) {
-    loop {
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
-            },
-            _ = shutdown.cancelled() => return,
-        };
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let handle = handle.clone();
-                async move {
-                    let (status, body) = match (req.method(), req.uri().path()) {
-                        (&Method::GET, "/metrics") => (StatusCode::OK, handle.render()),
-                        (&Method::GET, _) => (StatusCode::NOT_FOUND, "not found: try /metrics\n".to_owned()),
-                        _ => (StatusCode::METHOD_NOT_ALLOWED, "only GET\n".to_owned()),
-                    };
-                    let mut resp = Response::new(Full::new(Bytes::from(body)));
-                    *resp.status_mut() = status;
-                    resp.headers_mut().insert(
-                        hyper::header::CONTENT_TYPE,
-                        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
-                    );
-                    Ok::<_, std::convert::Infallible>(resp)
-                }
-            });
-            let conn = http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(5))
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
-        });
+/// Scrapers served at once; more wait in the kernel backlog.
+const MAX_CONNECTIONS: usize = 16;
+/// What each scrape connection may do: headers within 5 s and 16 KiB, closed after 30 s.
+const LIMITS: HttpLimits = HttpLimits {
+    header_read_timeout: Duration::from_secs(5),
+    max_header_bytes: 16 * 1024,
+    max_headers: 100,
+    keep_alive: true,
+    lifetime: Some(Duration::from_secs(30)),
+};
+
+/// Serves `GET /metrics` until shutdown, on the shared accept loop, its connections tracked in
+/// `tasks` (the server drains them with the API's).
+pub async fn serve(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    tasks: Tasks,
+    shutdown: CancellationToken,
+    events: mesh_runtime::events::Events,
+) {
+    let stop = shutdown.clone();
+    accept_loop(
+        listener,
+        Budget::new(MAX_CONNECTIONS),
+        tasks,
+        shutdown,
+        super::report("metrics", events),
+        move |stream, _peer, slot| {
+            let (handle, stop) = (handle.clone(), stop.clone());
+            async move {
+                let _slot = slot;
+                let service =
+                    hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let handle = handle.clone();
+                        async move { Ok::<_, std::convert::Infallible>(answer(&req, &handle)) }
+                    });
+                LIMITS.serve(stream, &stop, service).await;
+            }
+        },
+    )
+    .await
+}
+
+fn answer(req: &hyper::Request<hyper::body::Incoming>, handle: &PrometheusHandle) -> Response<Full<Bytes>> {
+    let (status, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => (StatusCode::OK, handle.render()),
+        (&Method::GET, _) => (StatusCode::NOT_FOUND, "not found: try /metrics\n".to_owned()),
+        _ => (StatusCode::METHOD_NOT_ALLOWED, "only GET\n".to_owned()),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        resp.headers_mut().insert(hyper::header::ALLOW, hyper::header::HeaderValue::from_static("GET"));
     }
+    resp
 }
 
 /// Binds the metrics listener; its address goes into the `ca.started` event.

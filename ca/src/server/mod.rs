@@ -2,23 +2,32 @@
 //! (`spiffe://<td>/ns/mesh-system/sa/ca`, issued at start, renewed a third into its life and
 //! at once when its serial is revoked); client
 //! certificates are optional (enrollment has none yet) and verified fully when presented,
-//! revocation included. Connections are capped, requests bounded in size and time, and
-//! callers rate-limited. The API itself is in [`api`].
+//! revocation included (from the in-memory [`revoked`] set: no store query inside a
+//! handshake). Connections are capped, requests bounded in size and time, and callers
+//! rate-limited. The API itself is in [`api`].
+//!
+//! Both listeners (the API and `--metrics-listen`) run mesh-runtime's accept loop and HTTP
+//! connection builder; the current TLS config is published on a `watch` (renewal is a pointer
+//! swap) and read once per accepted connection. At shutdown accepting stops at once, live
+//! connections are closed gracefully (long-polls answer at once) for up to [`DRAIN_GRACE`],
+//! then what is left is cut and counted in the `ca.stopped` event.
 
 mod api;
+mod revoked;
 
 pub mod metrics;
 
 pub use mesh_runtime::limits::DEFAULT_RATE;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
 use mesh_config::{SpiffeId, Ttl};
-use tokio::net::TcpListener;
+use mesh_runtime::events::{Ca, Event, Events, Recorder, Severity, Sink};
+use mesh_runtime::http::HttpLimits;
+use mesh_runtime::serve::{accept_loop, AcceptEvent, Budget, Slot, Tasks};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -49,6 +58,21 @@ const AUTHENTICATED_LIFETIME: Duration = Duration::from_secs(api::MAX_WAIT + 30)
 /// How often the revocation log is checked for entries written by other processes
 /// (`mesh-ca revoke` on the same directory).
 const REVOCATION_POLL: Duration = Duration::from_millis(200);
+/// Events the CA's stdout sink may hold waiting (the sidecar's default `queue_size`).
+const EVENT_QUEUE: usize = 8192;
+/// How long a stopping CA waits for its queued events to reach stdout's writer.
+const EVENT_FLUSH: Duration = Duration::from_secs(2);
+/// Time live connections get to finish at shutdown before they are cut.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// What each API connection may send: headers within 5 s and 64 KiB; its lifetime is set per
+/// connection once the handshake shows whether it has a certificate.
+const API_HTTP: HttpLimits = HttpLimits {
+    header_read_timeout: Duration::from_secs(5),
+    max_header_bytes: 64 * 1024,
+    max_headers: 100,
+    keep_alive: true,
+    lifetime: None,
+};
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -73,25 +97,19 @@ pub(crate) struct Shared {
     pub long_polls: Arc<mesh_runtime::limits::PerSource<SpiffeId>>,
     /// Enrollments waiting for the group-commit batcher.
     pub enroll_queue: tokio::sync::mpsc::Sender<api::QueuedEnroll>,
+    /// Revoked serials and identities, what the verifier consults; whatever the server
+    /// revokes itself goes in here too ([`revoked::RevokedSet::record`]).
+    pub revoked: Arc<revoked::RevokedSet>,
+    /// Cancelled when the server begins to stop: long-polls answer at once.
+    pub shutdown: CancellationToken,
+    /// The CA's events (to stdout), through the same bounded, non-blocking sinks as the
+    /// sidecar's: a request never waits for, or fails on, its audit line.
+    pub events: Events,
 }
-
-/// Revocation answers for the server's own verifier, straight from the store. A store error
-/// counts as revoked: fail closed.
-#[derive(Debug)]
-struct StoreRevocations(Arc<std::sync::OnceLock<Arc<Shared>>>);
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Shared")
-    }
-}
-
-impl RevocationCheck for StoreRevocations {
-    fn is_revoked(&self, serial_hex: &str, id: &SpiffeId) -> bool {
-        match self.0.get() {
-            Some(s) => s.authority.store_revoked(Some(serial_hex), id).unwrap_or(true),
-            None => true,
-        }
     }
 }
 
@@ -110,11 +128,14 @@ pub async fn serve(
         TrustBundle::new(td.clone(), vec![authority.dir().root.clone()])
             .map_err(|e| CaError::Crypto(format!("root certificate: {e}")))?,
     );
+    // The log position first, then the whole log: the follower starts from that position, so
+    // an entry committed in between is read twice (harmless), never missed.
     let seq0 = authority.store().revocation_head()?;
     let (seq_tx, seq_rx) = watch::channel(seq0);
-    let cell = Arc::new(std::sync::OnceLock::new());
-    let revoked: Arc<dyn RevocationCheck> = Arc::new(StoreRevocations(cell.clone()));
+    let set = Arc::new(revoked::RevokedSet::load(authority.store())?);
+    let revoked: Arc<dyn RevocationCheck> = set.clone();
     let (enroll_queue, queued) = tokio::sync::mpsc::channel(4096);
+    let (events, sinks) = Events::start(vec![Sink::Stdout], EVENT_QUEUE, Recorder::NONE);
     let shared = Arc::new(Shared {
         authority,
         cert_ttl: opts.cert_ttl,
@@ -122,25 +143,29 @@ pub async fn serve(
         limiter: mesh_runtime::limits::RateLimiter::new(opts.rate_limit),
         long_polls: mesh_runtime::limits::PerSource::new(api::MAX_LONG_POLLS_PER_ID, api::MAX_LONG_POLLS),
         enroll_queue,
+        revoked: set,
+        shutdown: shutdown.clone(),
+        events,
     });
     tokio::spawn(api::batcher(shared.clone(), queued));
-    let _ = cell.set(shared.clone());
 
     let (first, expires, serial) = own_config(&shared, &roots, &revoked)?;
     let own = Arc::new(OwnCertificate { serial: std::sync::Mutex::new(serial), renew_now: Notify::new() });
-    let config = Arc::new(RwLock::new(first));
+    let (config_tx, config) = watch::channel(Arc::new(first));
     tokio::spawn(renew_own_identity(
         shared.clone(),
         roots.clone(),
         revoked.clone(),
-        config.clone(),
+        config_tx,
         expires,
         own.clone(),
         shutdown.clone(),
     ));
     tokio::spawn(follow_revocations(shared.clone(), seq_tx, own, shutdown.clone()));
 
-    let mut started = vec![("listen", local.to_string()), ("trust_domain", td.to_string())];
+    let tasks = Tasks::new();
+    let mut metrics_loop = None;
+    let mut metrics_bound = None;
     if let Some(addr) = opts.metrics_listen {
         let (l, bound) = metrics::bind(addr)
             .await
@@ -156,76 +181,106 @@ pub async fn serve(
         }
         // The server's own certificate, renewed by `renew_own_identity` (which updates it).
         metrics::authority_expiry("server", expires);
-        tokio::spawn(metrics::serve(l, handle, shutdown.clone()));
-        started.push(("metrics", bound.to_string()));
+        let events = shared.events.clone();
+        metrics_loop = Some(tokio::spawn(metrics::serve(l, handle, tasks.clone(), shutdown.clone(), events)));
+        metrics_bound = Some(bound.to_string());
     }
-    let fields: Vec<(&str, &str)> = started.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    api::event("ca.started", &fields);
-    let conns = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let started =
+        Ca::Started { listen: local.to_string(), trust_domain: td.to_string(), metrics: metrics_bound };
+    shared.events.emit(Event::ca(Severity::Info, started));
     let per_source = if opts.rate_limit == 0 { MAX_CONNECTIONS } else { MAX_UNAUTHENTICATED_PER_SOURCE };
-    let unauthenticated = mesh_runtime::limits::PerSource::new(per_source, MAX_CONNECTIONS);
+    // Until its handshake shows a client certificate, a connection counts against its
+    // source's small budget; over it, the connection is closed unread, freeing the slot.
+    let budget = Budget::new(MAX_CONNECTIONS).with_pending(per_source, MAX_CONNECTIONS);
     let anonymous_slots = Arc::new(Semaphore::new(MAX_ANONYMOUS));
-    loop {
-        let permit = tokio::select! {
-            p = conns.clone().acquire_owned() => p.map_err(|_| CaError::Refused("shutting down".into()))?,
-            _ = shutdown.cancelled() => return Ok(()),
-        };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
-            },
-            _ = shutdown.cancelled() => return Ok(()),
-        };
-        // Until its handshake shows a client certificate, a connection counts against its
-        // source's small budget; over it, the connection is closed unread, freeing the slot.
-        let Some(anonymous) = unauthenticated.try_hold(mesh_runtime::limits::SourceKey::of(peer.ip())) else {
-            drop(stream);
-            continue;
-        };
-        let server_tls = config.read().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone());
-        let (shared, anonymous_slots) = (shared.clone(), anonymous_slots.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            // `accept` verifies a resumed session's stored chain again (expiry, revocation):
-            // the handshake itself does not.
-            let (tls, caller) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, server_tls.accept(stream)).await
-            {
-                Ok(Ok(c)) => (c.stream, c.peer.map(api::Caller::from)),
-                Ok(Err(tls::HandshakeError::Peer { error, .. })) => {
-                    let peer = peer.to_string();
-                    let reason = tls::tls_failure_reason(&error);
-                    let detail = tls::tls_failure_detail(&error);
-                    api::event(
-                        "tls.resumption_refused",
-                        &[("peer", &peer), ("reason", reason), ("reason_detail", &detail)],
-                    );
-                    return;
-                }
-                Ok(Err(tls::HandshakeError::Handshake(_))) | Err(_) => return,
-            };
-            // A caller with a certificate leaves the unauthenticated budget; an anonymous one
-            // keeps its unit for as long as the connection lives, which is short, and needs
-            // one of the anonymous slots too (none left: closed).
-            let (lifetime, _anonymous) = match &caller {
-                Some(_) => (AUTHENTICATED_LIFETIME, None),
-                None => match anonymous_slots.try_acquire_owned() {
-                    Ok(slot) => (ANONYMOUS_LIFETIME, Some((anonymous, slot))),
-                    Err(_) => return,
-                },
-            };
-            let service = hyper::service::service_fn(move |req| {
-                let (shared, caller) = (shared.clone(), caller.clone());
-                async move { Ok::<_, std::convert::Infallible>(api::handle(shared, peer, caller, req).await) }
-            });
-            let conn = http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(5))
-                .max_buf_size(64 * 1024)
-                .serve_connection(TokioIo::new(tls), service);
-            let _ = tokio::time::timeout(lifetime, conn).await;
-        });
+    accept_loop(listener, budget, tasks.clone(), shutdown.clone(), report("api", shared.events.clone()), |stream, peer, slot| {
+        // The config current at accept: a renewal swaps it for the connections after this one.
+        let server_tls = config.borrow().clone();
+        connection(shared.clone(), anonymous_slots.clone(), server_tls, stream, peer, slot)
+    })
+    .await;
+    // Stopped accepting (the listener is closed); the metrics listener stops on the same signal.
+    if let Some(m) = metrics_loop {
+        let _ = m.await;
     }
+    let drained = tasks.drain(DRAIN_GRACE).await;
+    let stopped =
+        Ca::Stopped { connections_open: drained.open.to_string(), connections_cut: drained.aborted.to_string() };
+    shared.events.emit(Event::ca(Severity::Info, stopped));
+    // What is queued reaches stdout's writer before serve returns (main then flushes that).
+    shared.events.flush(EVENT_FLUSH).await;
+    sinks.abort();
+    Ok(())
+}
+
+/// How the accept loops' reports become the CA's events (`listener` is api or metrics).
+fn report(listener: &'static str, events: Events) -> impl FnMut(AcceptEvent<'_>) + Send {
+    move |e| match e {
+        AcceptEvent::Failed { error, retry_in } => {
+            let what = Ca::AcceptFailed {
+                listener,
+                reason: error.to_string(),
+                retry_in_ms: retry_in.as_millis().to_string(),
+            };
+            events.emit(Event::ca(Severity::Error, what));
+        }
+        AcceptEvent::Shed { count, latest } => {
+            let what = Ca::ConnectionsShed {
+                listener,
+                reason: "too_many_unauthenticated",
+                count: count.to_string(),
+                latest_source: latest.to_string(),
+            };
+            events.emit(Event::ca(Severity::Warning, what));
+        }
+    }
+}
+
+/// One API connection: the TLS handshake under [`HANDSHAKE_TIMEOUT`], the budgets that depend
+/// on whether the caller has a certificate, then HTTP under [`API_HTTP`].
+async fn connection(
+    shared: Arc<Shared>,
+    anonymous_slots: Arc<Semaphore>,
+    server_tls: Arc<ServerTls>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: Slot,
+) {
+    let Slot { permit: _permit, mut pending } = slot;
+    // `accept` verifies a resumed session's stored chain again (expiry, revocation):
+    // the handshake itself does not.
+    let (tls, caller) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, server_tls.accept(stream)).await {
+        Ok(Ok(c)) => (c.stream, c.peer.map(api::Caller::from)),
+        Ok(Err(tls::HandshakeError::Peer { error, .. })) => {
+            let what = Ca::TlsResumptionRefused {
+                peer: peer.to_string(),
+                reason: tls::tls_failure_reason(&error),
+                reason_detail: tls::tls_failure_detail(&error),
+            };
+            shared.events.emit(Event::ca(Severity::Warning, what));
+            return;
+        }
+        Ok(Err(tls::HandshakeError::Handshake(_))) | Err(_) => return,
+    };
+    // A caller with a certificate leaves the unauthenticated budget; an anonymous one keeps
+    // its unit for as long as the connection lives, which is short, and needs one of the
+    // anonymous slots too (none left: closed).
+    let (lifetime, _anonymous) = match &caller {
+        Some(_) => {
+            pending.authenticated();
+            (AUTHENTICATED_LIFETIME, None)
+        }
+        None => match anonymous_slots.try_acquire_owned() {
+            Ok(slot) => (ANONYMOUS_LIFETIME, Some(slot)),
+            Err(_) => return,
+        },
+    };
+    let stop = shared.shutdown.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let (shared, caller) = (shared.clone(), caller.clone());
+        async move { Ok::<_, std::convert::Infallible>(api::handle(shared, peer, caller, req).await) }
+    });
+    HttpLimits { lifetime: Some(lifetime), ..API_HTTP }.serve(tls, &stop, service).await;
 }
 
 /// The server's current serving certificate, as the revocation follower sees it: when the
@@ -278,7 +333,7 @@ async fn renew_own_identity(
     shared: Arc<Shared>,
     roots: Arc<TrustBundle>,
     revoked: Arc<dyn RevocationCheck>,
-    config: Arc<RwLock<ServerTls>>,
+    config: watch::Sender<Arc<ServerTls>>,
     mut not_after: i64,
     own: Arc<OwnCertificate>,
     shutdown: CancellationToken,
@@ -299,25 +354,31 @@ async fn renew_own_identity(
             let attempt = tokio::task::spawn_blocking(move || own_config(&sh, &r, &v)).await;
             match attempt {
                 Ok(Ok((c, expires, serial))) => {
-                    *config.write().unwrap_or_else(|p| p.into_inner()) = c;
+                    config.send_replace(Arc::new(c));
                     *own.serial.lock().unwrap_or_else(|p| p.into_inner()) = serial;
                     issued_at = time::OffsetDateTime::now_utc().unix_timestamp();
                     not_after = expires;
                     metrics::authority_expiry("server", expires);
-                    api::event("ca.own_certificate_renewed", &[("not_after", &expires.to_string())]);
+                    let what = Ca::OwnCertificateRenewed { not_after: expires.to_string() };
+                    shared.events.emit(Event::ca(Severity::Info, what));
                     break;
                 }
-                Ok(Err(e)) => api::event(
-                    "ca.renew_own_failed",
-                    &[
-        // No application protocol named: whatever a client offers is ignored, as before ALPN.
-        alpn: tls::Alpn::none(),
-                        ("reason", &e.to_string()),
-                        ("retry_in_seconds", &backoff.as_secs().to_string()),
-                        ("not_after", &not_after.to_string()),
-                    ],
-                ),
-                Err(_) => api::event("ca.renew_own_failed", &[("reason", "the renewal task failed")]),
+                Ok(Err(e)) => {
+                    let what = Ca::RenewOwnFailed {
+                        reason: e.to_string(),
+                        retry_in_seconds: Some(backoff.as_secs().to_string()),
+                        not_after: Some(not_after.to_string()),
+                    };
+                    shared.events.emit(Event::ca(Severity::Error, what));
+                }
+                Err(_) => {
+                    let what = Ca::RenewOwnFailed {
+                        reason: "the renewal task failed".into(),
+                        retry_in_seconds: None,
+                        not_after: None,
+                    };
+                    shared.events.emit(Event::ca(Severity::Error, what));
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
@@ -328,7 +389,8 @@ async fn renew_own_identity(
     }
 }
 
-/// Publishes the revocation log's latest position, including entries other processes wrote.
+/// Follows the revocation log, including entries other processes wrote: each new entry goes
+/// into the verifier's set, then the log's latest position is published.
 async fn follow_revocations(
     shared: Arc<Shared>,
     tx: watch::Sender<i64>,
@@ -344,23 +406,25 @@ async fn follow_revocations(
         let sh = shared.clone();
         let latest = tokio::task::spawn_blocking(move || sh.authority.store().revocations_since(after)).await;
         if let Ok(Ok(entries)) = latest {
+            // The verifier's set first, then the position long-polls wait on: a sidecar told
+            // of a revocation finds the CA already refusing that certificate.
+            shared.revoked.record(&entries);
             if let Some(last) = entries.last() {
                 for r in &entries {
-                    api::event(
-                        "cert.revoked",
-                        &[
-                            ("serial", r.serial.as_deref().unwrap_or("-")),
-                            ("spiffe_id", r.spiffe_id.as_deref().unwrap_or("-")),
-                            ("reason", &r.reason),
-                        ],
-                    );
+                    let what = Ca::CertRevoked {
+                        serial: r.serial.as_ref().map_or_else(|| "-".to_owned(), |s| s.to_string()),
+                        spiffe_id: r.spiffe_id.as_ref().map_or_else(|| "-".to_owned(), |s| s.to_string()),
+                        reason: r.reason.clone(),
+                    };
+                    shared.events.emit(Event::ca(Severity::Warning, what));
                     let mine = r
                         .serial
                         .as_deref()
                         .is_some_and(|s| s == own.serial.lock().unwrap_or_else(|p| p.into_inner()).as_str());
                     if mine {
                         let serial = r.serial.as_deref().unwrap_or("-");
-                        api::event("ca.own_certificate_revoked", &[("serial", serial)]);
+                        let what = Ca::OwnCertificateRevoked { serial: serial.to_string() };
+                        shared.events.emit(Event::ca(Severity::Warning, what));
                         own.renew_now.notify_one();
                     }
                 }
