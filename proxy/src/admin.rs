@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::events::Sink;
-use crate::run::{IdentityPlan, Plan};
+use crate::plan::{IdentityPlan, Plan};
 use crate::state::Shared;
 use crate::tls::Resumption;
 
@@ -211,9 +211,9 @@ pub fn config_json(plan: &Plan) -> Value {
     json!({
         "policy": plan.policy.display().to_string(),
         "identity": identity,
-        "inbound": plan.inbound.as_ref().map(|(listen, fwd)| json!({ "listen": listen.to_string(), "forward": fwd })),
-        "outbound": plan.outbound.iter().map(|(listen, connect, server)| json!({
-            "listen": listen.to_string(), "connect": connect, "server": server.to_string(),
+        "inbound": plan.inbound.as_ref().map(|i| json!({ "listen": i.listen.to_string(), "forward": i.forward.to_string() })),
+        "outbound": plan.outbound.iter().map(|o| json!({
+            "listen": o.listen.to_string(), "connect": o.connect.to_string(), "server": o.server.to_string(),
         })).collect::<Vec<_>>(),
         "admin": plan.admin.map(|a| json!({ "listen": a.to_string() })),
         "events": { "sinks": sinks, "queue_size": plan.event_queue },

@@ -93,7 +93,7 @@ impl RevocationCheck for Revocations {
     }
 }
 
-fn read_token(path: &std::path::Path) -> Result<Token, String> {
+pub(crate) fn read_token(path: &std::path::Path) -> Result<Token, String> {
     let raw = mesh_identity::fsutil::read_bounded(path, 4096).map_err(|e| format!("token_file: {e}"))?;
     let text = String::from_utf8(raw).map_err(|_| format!("token_file {}: not text", path.display()))?;
     Token::from_presented(&text)

@@ -215,3 +215,42 @@ fn explain_cites_the_deciding_rule_and_exits_by_the_decision() {
     assert_eq!(got, Some(0), "{out}");
     assert!(out.contains(" by allow[0] "), "{out}");
 }
+
+/// `check` is `run`'s own preparation, so it refuses what `run` refuses: here a token file
+/// whose bytes are not text. `check` used to read it leniently (invalid bytes replaced) and
+/// pass, while every enrollment attempt of `run` refused it ("not text"). Now both refuse it
+/// up front with the same error; a token file that holds a token passes `check`.
+#[test]
+fn check_and_run_refuse_the_same_token_file() {
+    let mesh = Mesh::new();
+    let dir = mesh.path("enroll");
+    std::fs::create_dir_all(&dir).expect("creating a config dir");
+    std::fs::write(dir.join("policy.toml"), POLICY).expect("writing policy.toml");
+    std::fs::copy(mesh.ca.dir.join("root.pem"), dir.join("ca.pem")).expect("copying the CA's root");
+    let config = dir.join("sidecar.toml");
+    std::fs::write(
+        &config,
+        // Port 9 (discard): nothing here may reach a CA; neither command gets that far.
+        "policy = \"policy.toml\"\n\n[identity]\nca_url = \"https://127.0.0.1:9\"\nca_bundle = \"ca.pem\"\n\
+         token_file = \"token\"\n\n[inbound]\nlisten = \"127.0.0.1:0\"\nforward = \"127.0.0.1:8080\"\n",
+    )
+    .expect("writing sidecar.toml");
+    let token = dir.join("token");
+    let config = config.display().to_string();
+
+    std::fs::write(&token, b"ztm1_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n").expect("writing the token");
+    let o = mesh_proxy(&["check", "--config", &config]);
+    assert!(o.success(), "a token file holding a token is refused:\n{o}");
+
+    std::fs::write(&token, b"ztm1_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\xff\n")
+        .expect("writing the token");
+    let checked = mesh_proxy(&["check", "--config", &config]);
+    assert_eq!(checked.code(), Some(1), "check accepted a token file run cannot read:\n{checked}");
+    checked.assert_error_naming(&[&token.display().to_string()]);
+    assert!(checked.stderr_lines()[0].ends_with("not text"), "{checked}");
+    let ran = mesh_proxy(&["run", "--config", &config]);
+    assert_eq!(ran.code(), Some(3), "run started with a token file it cannot read:\n{ran}");
+    ran.assert_error_naming(&[&token.display().to_string()]);
+    assert!(ran.stderr_lines()[0].ends_with("not text"), "{ran}");
+    assert_eq!(ran.stdout, "", "run printed events before refusing:\n{ran}");
+}
