@@ -22,10 +22,12 @@ use crate::fsutil::{self, OutFile};
 use crate::keys::{self, Passphrase};
 use crate::settings::{Settings, CA_TTL_CEILING};
 use crate::store::{
-    CertKind, CertRecord, CertStatus, NewToken, Redemption, SqliteStore, Store, StoreError, TokenRejection,
+    self, CertKind, CertRecord, CertStatus, NewToken, Redemption, Store, StoreConfig, StoreError,
+    TokenRejection,
 };
 use mesh_identity::pem;
 use mesh_identity::token::{Token, MAX_TOKEN_TTL, MAX_TOKEN_USES};
+use mesh_identity::Serial;
 
 /// Names of the files in a CA directory.
 const SETTINGS: &str = "ca.toml";
@@ -66,7 +68,7 @@ pub struct Authority {
 pub struct IssuedLeaf {
     pub id: SpiffeId,
     pub der: CertificateDer<'static>,
-    pub serial: String,
+    pub serial: Serial,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
 }
@@ -97,13 +99,13 @@ impl CaDir {
         &self.path
     }
 
-    /// Opens the certificate store (never creating it: a CA without one is broken).
-    pub fn store(&self) -> Result<SqliteStore, CaError> {
-        let p = self.path.join(STORE);
-        if !p.exists() {
-            return Err(CaError::CaDir(format!("{}: the certificate store is missing", p.display())));
-        }
-        Ok(SqliteStore::open(&p, false)?)
+    /// Opens the certificate store `ca.toml` names (never creating it: a CA without one is
+    /// broken).
+    pub fn store(&self) -> Result<Box<dyn Store>, CaError> {
+        store::open(&self.settings.store.in_dir(&self.path)).map_err(|e| match e {
+            StoreError::Missing(what) => CaError::CaDir(what),
+            e => e.into(),
+        })
     }
 
     /// The trust bundle: the certificates a peer must trust, as PEM.
@@ -141,10 +143,15 @@ impl Authority {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| CaError::io(dir, e))?;
         let result = init_files(dir, opts, pass);
         if result.is_err() {
-            for name in
-                [SETTINGS, ROOT_CERT, ROOT_KEY, INTER_CERT, INTER_KEY, STORE, "store.db-wal", "store.db-shm"]
-            {
+            for name in [SETTINGS, ROOT_CERT, ROOT_KEY, INTER_CERT, INTER_KEY] {
                 let _ = fs::remove_file(dir.join(name));
+            }
+            // The store file and the two SQLite adds beside it.
+            let StoreConfig::Sqlite(db) = opts.settings.store.in_dir(dir);
+            for suffix in ["", "-wal", "-shm"] {
+                let mut name = db.clone().into_os_string();
+                name.push(suffix);
+                let _ = fs::remove_file(name);
             }
             if created {
                 let _ = fs::remove_dir_all(dir);
@@ -168,7 +175,7 @@ impl Authority {
         let issuer = Issuer::from_ca_cert_der(&dir.intermediate, key).map_err(|e| {
             CaError::bad_file(&dir.path.join(INTER_CERT), &format!("unusable as issuer: {e}"))
         })?;
-        let store = Box::new(dir.store()?);
+        let store = dir.store()?;
         Ok(Self { dir, issuer, issuer_not_before, issuer_not_after, store })
     }
 
@@ -190,8 +197,9 @@ impl Authority {
         public_key: &impl PublicKeyData,
         actor: &str,
     ) -> Result<IssuedLeaf, CaError> {
-        let (leaf, record) = self.build_leaf(id, ttl, dns, public_key, LeafKind::Workload)?;
-        self.store.record_issued(&record, actor)?;
+        let now = OffsetDateTime::now_utc();
+        let (leaf, record) = self.build_leaf(id, ttl, dns, public_key, LeafKind::Workload, now)?;
+        self.store.record_issued(&record, actor, now.unix_timestamp())?;
         Ok(leaf)
     }
 
@@ -200,8 +208,9 @@ impl Authority {
     pub fn issue_ca_server(&self, public_key: &impl PublicKeyData) -> Result<IssuedLeaf, CaError> {
         let id = ca_server_id(&self.settings().trust_domain);
         let ttl = Some(self.settings().max_leaf_ttl);
-        let (leaf, record) = self.build_leaf(&id, ttl, &[], public_key, LeafKind::CaServer)?;
-        self.store.record_issued(&record, "serve")?;
+        let now = OffsetDateTime::now_utc();
+        let (leaf, record) = self.build_leaf(&id, ttl, &[], public_key, LeafKind::CaServer, now)?;
+        self.store.record_issued(&record, "serve", now.unix_timestamp())?;
         Ok(leaf)
     }
 
@@ -226,6 +235,7 @@ impl Authority {
     /// enrollments share one sync to disk instead of paying one each. Results are in order.
     pub fn enroll_batch(&self, jobs: Vec<EnrollJob>) -> Vec<Result<IssuedLeaf, EnrollError>> {
         let n = jobs.len();
+        let now = OffsetDateTime::now_utc();
         // Per job: the leaf the closure signed, or why it could not.
         let mut signed: Vec<Option<IssuedLeaf>> = (0..n).map(|_| None).collect();
         let mut failed: Vec<Option<CaError>> = (0..n).map(|_| None).collect();
@@ -247,7 +257,7 @@ impl Authority {
                                 return None;
                             }
                         };
-                        match self.build_leaf(&id, job.ttl, &[], &job.public_key, LeafKind::Workload) {
+                        match self.build_leaf(&id, job.ttl, &[], &job.public_key, LeafKind::Workload, now) {
                             Ok((leaf, record)) => {
                                 *leaf_slot = Some(leaf);
                                 Some(record)
@@ -260,17 +270,12 @@ impl Authority {
                     }),
                 });
             }
-            self.store.redeem_tokens(OffsetDateTime::now_utc().unix_timestamp(), &mut batch)
+            self.store.redeem_tokens(now.unix_timestamp(), &mut batch)
         };
         let outcomes = match outcomes {
             Ok(o) => o,
             // The transaction failed as a whole: nothing was recorded, so nothing is handed out.
-            Err(e) => {
-                let msg = e.to_string();
-                return (0..n)
-                    .map(|_| Err(EnrollError::Ca(CaError::Store(StoreError::Corrupt(msg.clone())))))
-                    .collect();
-            }
+            Err(e) => return (0..n).map(|_| Err(EnrollError::Ca(CaError::Store(e.clone())))).collect(),
         };
         outcomes
             .into_iter()
@@ -293,7 +298,7 @@ impl Authority {
     pub fn renew(
         &self,
         id: &SpiffeId,
-        serial: &str,
+        serial: &Serial,
         csr: &[u8],
         ttl: Option<Ttl>,
         actor: &str,
@@ -318,15 +323,17 @@ impl Authority {
                 ))))
             }
         }
+        let at = OffsetDateTime::from_unix_timestamp(now)
+            .map_err(|_| EnrollError::Ca(CaError::Refused(format!("renewal time {now} is out of range"))))?;
         let (leaf, record) =
-            self.build_leaf(id, ttl, &[], &public_key, LeafKind::Workload).map_err(EnrollError::Ca)?;
-        self.store.record_issued(&record, actor).map_err(|e| EnrollError::Ca(e.into()))?;
+            self.build_leaf(id, ttl, &[], &public_key, LeafKind::Workload, at).map_err(EnrollError::Ca)?;
+        self.store.record_issued(&record, actor, now).map_err(|e| EnrollError::Ca(e.into()))?;
         Ok(leaf)
     }
 
     /// Whether a serial (if given) or the identity is on the revocation list.
-    pub fn store_revoked(&self, serial: Option<&str>, id: &SpiffeId) -> Result<bool, CaError> {
-        Ok(self.store.is_revoked(serial.unwrap_or(""), &id.to_string())?)
+    pub fn store_revoked(&self, serial: Option<&Serial>, id: &SpiffeId) -> Result<bool, CaError> {
+        Ok(self.store.is_revoked(serial, &id.to_string())?)
     }
 
     pub fn store(&self) -> &dyn Store {
@@ -340,6 +347,7 @@ impl Authority {
         dns: &[String],
         public_key: &impl PublicKeyData,
         kind: LeafKind,
+        now: OffsetDateTime,
     ) -> Result<(IssuedLeaf, CertRecord), CaError> {
         let settings = self.settings();
         if id.trust_domain() != &settings.trust_domain {
@@ -354,7 +362,6 @@ impl Authority {
             return Err(CaError::Refused(reserved_zone_refusal(id.zone())));
         }
         let ttl = settings.leaf_ttl(ttl)?;
-        let now = OffsetDateTime::now_utc();
         let not_before = (now - NOT_BEFORE_BACKDATE).max(self.issuer_not_before);
         let mut not_after = now + ttl.as_duration();
         if not_after > self.issuer_not_after {
@@ -372,7 +379,7 @@ impl Authority {
         let cert = params
             .signed_by(public_key, &self.issuer)
             .map_err(|e| CaError::Crypto(format!("signing the leaf: {e}")))?;
-        let serial = mesh_identity::random::hex(&serial);
+        let serial = Serial::from_der(&serial);
         let record = CertRecord {
             serial: serial.clone(),
             kind: CertKind::Leaf,
@@ -431,11 +438,12 @@ impl CaDir {
             )));
         }
         let token = Token::generate()?;
+        let now = OffsetDateTime::now_utc().unix_timestamp();
         // Checked although the TTL is bounded above: an expiry that wrapped would be in the past
         // (a token refused at once) or, worse, far in the future.
         let expires_at = i64::try_from(ttl.as_secs())
             .ok()
-            .and_then(|s| OffsetDateTime::now_utc().unix_timestamp().checked_add(s))
+            .and_then(|s| now.checked_add(s))
             .ok_or_else(|| CaError::Refused(format!("--ttl {ttl} is out of range")))?;
         self.store()?.create_token(
             &NewToken {
@@ -446,6 +454,7 @@ impl CaDir {
                 uses,
             },
             "cli",
+            now,
         )?;
         Ok(token)
     }
@@ -468,6 +477,7 @@ impl CaDir {
             return Err(CaError::Refused("nothing to revoke".into()));
         }
         let store = self.store()?;
+        let now = OffsetDateTime::now_utc().unix_timestamp();
         let ids: Vec<Option<String>> = targets
             .iter()
             .map(|t| match t {
@@ -487,7 +497,7 @@ impl CaDir {
                     Some(c) if c.kind != CertKind::Leaf => {
                         return Err(CaError::Refused(ca_cert_refusal(serial, c.kind)))
                     }
-                    Some(_) => rows.push((Some(serial.as_str()), None)),
+                    Some(_) => rows.push((Some(serial), None)),
                 },
                 // Every certificate the CA server will ever present has this identity, and
                 // identity revocations are forever: revoking it would cut every sidecar off
@@ -503,13 +513,13 @@ impl CaDir {
                 RevokeTarget::Identity(_) => rows.push((None, id.as_deref())),
             }
         }
-        Ok(store.revoke_batch(&rows, reason, "cli")?)
+        Ok(store.revoke_batch(&rows, reason, "cli", now)?)
     }
 }
 
 /// Why `revoke` will not take a CA certificate: what it is, that nothing happened, and what
 /// to do instead.
-fn ca_cert_refusal(serial: &str, kind: CertKind) -> String {
+fn ca_cert_refusal(serial: &Serial, kind: CertKind) -> String {
     let what = if kind == CertKind::Root { "the root" } else { "the intermediate" };
     format!(
         "--serial {serial} is {what} CA certificate, which the revocation list cannot take out of \
@@ -529,18 +539,18 @@ pub struct EnrollJob {
 /// What `revoke` takes out of service.
 #[derive(Debug, Clone)]
 pub enum RevokeTarget {
-    /// A serial in the store's form ([`RevokeTarget::serial`] makes one from what was typed).
-    Serial(String),
+    /// One certificate ([`RevokeTarget::serial`] makes one from what was typed).
+    Serial(Serial),
     Identity(SpiffeId),
 }
 
 impl RevokeTarget {
     /// The certificate with the serial `typed`, written as `list` shows it or as other tools
-    /// print it (see [`mesh_identity::random::canonical_serial`]).
+    /// print it (see [`Serial::parse`]).
     pub fn serial(typed: &str) -> Result<Self, CaError> {
-        mesh_identity::random::canonical_serial(typed)
+        Serial::parse(typed)
             .map(Self::Serial)
-            .ok_or_else(|| CaError::Refused(format!("--serial {typed}: not a hexadecimal serial number")))
+            .map_err(|_| CaError::Refused(format!("--serial {typed}: not a hexadecimal serial number")))
     }
 }
 
@@ -576,7 +586,7 @@ fn ca_params(td: &TrustDomain, cn: &str, ttl: Ttl, path_len: u8) -> Result<Certi
 fn ca_record(der: &CertificateDer<'_>, kind: CertKind, td: &TrustDomain) -> Result<CertRecord, CaError> {
     let cert = mesh_identity::profile::parse(der).map_err(|v| CaError::Crypto(v.to_string()))?;
     Ok(CertRecord {
-        serial: mesh_identity::random::hex(cert.raw_serial()),
+        serial: Serial::from_der(cert.raw_serial()),
         kind,
         spiffe_id: td.id_uri(),
         not_before: cert.validity().not_before.timestamp(),
@@ -597,9 +607,10 @@ fn init_files(dir: &Path, opts: &InitOptions, pass: Option<&Passphrase>) -> Resu
         .signed_by(&inter_key, &root_issuer)
         .map_err(|e| CaError::Crypto(format!("intermediate: {e}")))?;
 
-    let store = SqliteStore::open(&dir.join(STORE), true)?;
-    store.record_issued(&ca_record(root.der(), CertKind::Root, td)?, "init")?;
-    store.record_issued(&ca_record(inter.der(), CertKind::Intermediate, td)?, "init")?;
+    let store = store::create(&opts.settings.store.in_dir(dir))?;
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    store.record_issued(&ca_record(root.der(), CertKind::Root, td)?, "init", now)?;
+    store.record_issued(&ca_record(inter.der(), CertKind::Intermediate, td)?, "init", now)?;
     drop(store);
 
     let root_key_pem = keys::to_pem(&root_key, pass)?;
@@ -774,6 +785,42 @@ mod tests {
         // The arithmetic itself is checked too, for a caller that skips the bound.
         let td: TrustDomain = "example.org".parse().expect("td");
         assert!(ca_params(&td, "x", Ttl::from_secs(u64::MAX / 4), 0).is_err());
+    }
+
+    /// `ca.toml` names the store: `init` writes the default, a directory from before the
+    /// line opens as before, a moved store is found where the line says, and a scheme this
+    /// build does not have is refused before anything is opened.
+    #[test]
+    fn the_store_is_where_ca_toml_says() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("ca");
+        drop(new_ca(&dir));
+        let settings = dir.join(SETTINGS);
+        let written = fs::read_to_string(&settings).expect("ca.toml");
+        assert!(written.contains("store = \"sqlite:store.db\""), "{written}");
+        let without: String =
+            written.lines().filter(|l| !l.starts_with("store")).map(|l| format!("{l}\n")).collect();
+
+        fs::write(&settings, &without).expect("write");
+        assert_eq!(
+            CaDir::open(&dir).expect("open").store().expect("store").certificates().expect("list").len(),
+            2
+        );
+
+        fs::rename(dir.join(STORE), dir.join("moved.db")).expect("move the store");
+        let e = CaDir::open(&dir).expect("open").store().map(|_| ()).expect_err("the default is gone");
+        assert!(matches!(&e, CaError::CaDir(m) if m.contains("missing")), "{e}");
+        assert!(!dir.join(STORE).exists(), "opening never creates a store");
+        fs::write(&settings, format!("{without}store = \"sqlite:moved.db\"\n")).expect("write");
+        assert_eq!(
+            CaDir::open(&dir).expect("open").store().expect("store").certificates().expect("list").len(),
+            2
+        );
+
+        fs::write(&settings, format!("{without}store = \"postgres://ca:pw@db/ca\"\n")).expect("write");
+        let e = CaDir::open(&dir).map(|_| ()).expect_err("no PostgreSQL in this build");
+        assert!(matches!(&e, CaError::BadFile { what, .. } if what.contains("not in this build yet")), "{e}");
+        assert_eq!(e.exit_code(), 5);
     }
 
     #[test]

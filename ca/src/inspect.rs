@@ -10,6 +10,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use mesh_identity::profile::{self, Violation};
+use mesh_identity::Serial;
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -17,7 +18,7 @@ pub struct Report {
     pub trust_domain: Option<String>,
     pub zone: Option<String>,
     pub workload: Option<String>,
-    pub serial: String,
+    pub serial: Serial,
     pub subject: String,
     pub issuer: String,
     pub not_before: String,
@@ -93,7 +94,7 @@ pub fn inspect(certs: &[CertificateDer<'_>]) -> Result<Report, Violation> {
         zone: parsed.as_ref().map(|p| p.zone().to_string()),
         workload: parsed.as_ref().map(|p| p.workload().to_string()),
         spiffe_id,
-        serial: mesh_identity::random::hex(cert.raw_serial()),
+        serial: Serial::from_der(cert.raw_serial()),
         subject: cert.subject().to_string(),
         issuer: cert.issuer().to_string(),
         not_before: rfc3339(validity.not_before.to_datetime()),
@@ -161,6 +162,7 @@ impl Report {
     pub fn to_text(&self) -> String {
         let mut s = String::new();
         let none = "-".to_string();
+        let serial = self.serial.to_string();
         let left = if self.seconds_left >= 0 {
             humantime::format_duration(std::time::Duration::from_secs(self.seconds_left as u64)).to_string()
         } else {
@@ -174,7 +176,7 @@ impl Report {
             ("trust domain", self.trust_domain.as_ref().unwrap_or(&none)),
             ("zone", self.zone.as_ref().unwrap_or(&none)),
             ("workload", self.workload.as_ref().unwrap_or(&none)),
-            ("serial", &self.serial),
+            ("serial", &serial),
             ("subject", &self.subject),
             ("issuer", &self.issuer),
             ("not before", &self.not_before),

@@ -11,7 +11,7 @@ use mesh_ca::fsutil::OutFile;
 use mesh_ca::keys::{self, Passphrase};
 use mesh_ca::server::ServeOptions;
 use mesh_ca::settings::Settings;
-use mesh_ca::store::{CertKind, CertStatus, Store};
+use mesh_ca::store::{CertKind, CertStatus};
 use mesh_ca::{bundle, inspect, CaError};
 use mesh_config::{SpiffeId, TrustDomain, Ttl, Workload, Zone};
 use mesh_identity::pem;
@@ -454,7 +454,7 @@ struct ListJson {
 
 #[derive(Serialize)]
 struct CertJson {
-    serial: String,
+    serial: mesh_identity::Serial,
     kind: &'static str,
     spiffe_id: String,
     not_before: i64,

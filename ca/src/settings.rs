@@ -6,6 +6,7 @@ use mesh_config::{TrustDomain, Ttl};
 use serde::{Deserialize, Serialize};
 
 use crate::error::CaError;
+use crate::store::StoreConfig;
 
 /// Hard bounds of the mesh: no leaf lives less than a minute or more than a day, whatever
 /// an operator configures (DESIGN.md, Identity).
@@ -27,6 +28,9 @@ pub struct Settings {
     pub max_leaf_ttl: Ttl,
     /// TTL used when a caller does not ask for one.
     pub default_leaf_ttl: Ttl,
+    /// Where the certificate store is (`store = "sqlite:store.db"`; that is also what a
+    /// `ca.toml` without the line means, so CA directories made before it keep working).
+    pub store: StoreConfig,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -36,6 +40,8 @@ struct SettingsFile {
     min_leaf_ttl: String,
     max_leaf_ttl: String,
     default_leaf_ttl: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    store: Option<String>,
 }
 
 impl Settings {
@@ -51,7 +57,13 @@ impl Settings {
                 "--default-leaf-ttl {default} must lie within --min-leaf-ttl {min} and --max-leaf-ttl {max}"
             )));
         }
-        Ok(Self { trust_domain, min_leaf_ttl: min, max_leaf_ttl: max, default_leaf_ttl: default })
+        Ok(Self {
+            trust_domain,
+            min_leaf_ttl: min,
+            max_leaf_ttl: max,
+            default_leaf_ttl: default,
+            store: StoreConfig::default(),
+        })
     }
 
     /// The TTL to issue for a request, or a refusal naming the allowed range.
@@ -72,6 +84,7 @@ impl Settings {
             min_leaf_ttl: self.min_leaf_ttl.to_string(),
             max_leaf_ttl: self.max_leaf_ttl.to_string(),
             default_leaf_ttl: self.default_leaf_ttl.to_string(),
+            store: Some(self.store.to_string()),
         };
         let body = toml::to_string(&file).unwrap_or_default();
         format!("# zt-mesh CA settings, written by `mesh-ca init`.\n{body}")
@@ -86,12 +99,64 @@ impl Settings {
         };
         let td =
             file.trust_domain.parse().map_err(|e| CaError::bad_file(path, &format!("trust_domain {e}")))?;
-        Self::new(
+        let store = match &file.store {
+            None => StoreConfig::default(),
+            Some(v) => v.parse().map_err(|e| CaError::bad_file(path, &format!("store: {e}")))?,
+        };
+        let settings = Self::new(
             td,
             parse_ttl("min_leaf_ttl", &file.min_leaf_ttl)?,
             parse_ttl("max_leaf_ttl", &file.max_leaf_ttl)?,
             parse_ttl("default_leaf_ttl", &file.default_leaf_ttl)?,
         )
-        .map_err(|e| CaError::bad_file(path, &e.to_string()))
+        .map_err(|e| CaError::bad_file(path, &e.to_string()))?;
+        Ok(Self { store, ..settings })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, body: &str) -> std::path::PathBuf {
+        let p = dir.join("ca.toml");
+        std::fs::write(&p, body).expect("write");
+        p
+    }
+
+    const BASE: &str = "trust_domain = \"example.org\"\nmin_leaf_ttl = \"1m\"\nmax_leaf_ttl = \"24h\"\ndefault_leaf_ttl = \"1h\"\n";
+
+    #[test]
+    fn store_defaults_to_sqlite_store_db_and_is_written_by_init() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = Settings::load(&write(dir.path(), BASE)).expect("a ca.toml from before the store line");
+        assert_eq!(old.store, StoreConfig::Sqlite("store.db".into()));
+        assert!(old.to_toml().contains("store = \"sqlite:store.db\""), "{}", old.to_toml());
+        let again = Settings::load(&write(dir.path(), &old.to_toml())).expect("round trip");
+        assert_eq!(again.store, old.store);
+        let elsewhere =
+            Settings::load(&write(dir.path(), &format!("{BASE}store = \"sqlite:/var/lib/ca.db\"\n")))
+                .expect("an absolute path");
+        assert_eq!(elsewhere.store.in_dir(dir.path()), StoreConfig::Sqlite("/var/lib/ca.db".into()));
+        assert_eq!(old.store.in_dir(Path::new("/ca")), StoreConfig::Sqlite("/ca/store.db".into()));
+    }
+
+    #[test]
+    fn unknown_and_postgres_stores_are_refused_with_what_is_supported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (value, says) in [
+            ("mysql://db/ca", "unknown store scheme \"mysql\""),
+            ("store.db", "no store scheme"),
+            ("sqlite:", "sqlite:PATH"),
+            ("postgres://ca:secret@db/ca", "not in this build yet"),
+            ("postgresql://db/ca", "not in this build yet"),
+        ] {
+            let e =
+                Settings::load(&write(dir.path(), &format!("{BASE}store = {value:?}\n"))).expect_err(value);
+            let msg = e.to_string();
+            assert!(msg.contains("ca.toml: store: ") && msg.contains(says), "{value}: {msg}");
+            assert!(msg.contains("sqlite:PATH"), "names what is supported: {msg}");
+            assert!(!msg.contains("secret"), "never echoes a URL's password: {msg}");
+        }
     }
 }

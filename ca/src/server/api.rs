@@ -65,7 +65,7 @@ impl From<Revocation> for RevocationJson {
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub id: SpiffeId,
-    pub serial: String,
+    pub serial: mesh_identity::Serial,
 }
 
 impl From<mesh_identity::tls::Peer> for Caller {

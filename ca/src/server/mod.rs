@@ -301,7 +301,7 @@ fn own_config(
     let key = crate::keys::generate()?;
     let leaf = shared.authority.issue_ca_server(&key)?;
     let not_after = leaf.not_after.unix_timestamp();
-    let serial = leaf.serial.clone();
+    let serial = leaf.serial.to_string();
     let identity = Identity {
         chain: vec![leaf.der, shared.authority.dir().intermediate.clone()],
         key: rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),

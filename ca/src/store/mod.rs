@@ -2,11 +2,98 @@
 //! handed out, with an audit record of each operation.
 //!
 //! A small trait so that a PostgreSQL store can stand beside the embedded SQLite one when
-//! several CA replicas share one address. The store knows nothing of X.509 or keys.
+//! several CA replicas share one address; [`open`] picks the backend `ca.toml` names
+//! ([`StoreConfig`]). The store knows nothing of X.509 or keys, and no type of a database
+//! crate appears outside the backend's own module.
 
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use mesh_identity::Serial;
+
+#[cfg(any(test, feature = "test-util"))]
+pub mod contract;
 mod sqlite;
 
 pub use sqlite::SqliteStore;
+
+/// Which store a CA uses and where, as `ca.toml`'s `store` names it: `sqlite:PATH` (PATH
+/// relative to the CA directory unless absolute). A PostgreSQL URL is reserved for a later
+/// build; nothing else is a store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// One SQLite file.
+    Sqlite(PathBuf),
+}
+
+/// The store a CA directory without a `store` line has used all along.
+pub const DEFAULT_STORE: &str = "sqlite:store.db";
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self::Sqlite(PathBuf::from("store.db"))
+    }
+}
+
+impl StoreConfig {
+    /// The same store with a relative path taken from `dir`, the CA directory.
+    pub fn in_dir(&self, dir: &Path) -> Self {
+        match self {
+            Self::Sqlite(p) => Self::Sqlite(dir.join(p)),
+        }
+    }
+}
+
+/// `value` as written in `ca.toml`; the error says what would be valid.
+impl FromStr for StoreConfig {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        const SUPPORTED: &str = "the supported store is \"sqlite:PATH\" (PATH relative to the CA directory)";
+        if let Some(path) = value.strip_prefix("sqlite:") {
+            if path.is_empty() || path.starts_with("//") {
+                return Err(format!("{value:?}: write sqlite:PATH with a file path, e.g. {DEFAULT_STORE:?}"));
+            }
+            return Ok(Self::Sqlite(PathBuf::from(path)));
+        }
+        if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+            // Never echo the URL: it may carry a password.
+            return Err(format!("a PostgreSQL store is not in this build yet; {SUPPORTED}"));
+        }
+        // Only the scheme is echoed, and only its plain characters: the rest may be a secret.
+        let Some((scheme, _)) = value.split_once(':') else {
+            return Err(format!("no store scheme (scheme:...); {SUPPORTED}"));
+        };
+        let scheme: String = scheme.chars().take(32).filter(|c| c.is_ascii_alphanumeric()).collect();
+        Err(format!("unknown store scheme {scheme:?}; {SUPPORTED}"))
+    }
+}
+
+/// The form `ca.toml` holds.
+impl fmt::Display for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
+        }
+    }
+}
+
+/// Opens the store `config` names (its paths already resolved, see [`StoreConfig::in_dir`])
+/// and brings its schema up to date. Never creates one: a CA without its store is broken
+/// ([`StoreError::Missing`]).
+pub fn open(config: &StoreConfig) -> Result<Box<dyn Store>, StoreError> {
+    match config {
+        StoreConfig::Sqlite(path) => Ok(Box::new(SqliteStore::open(path, false)?)),
+    }
+}
+
+/// Creates the store `config` names, for a new CA (`mesh-ca init`).
+pub fn create(config: &StoreConfig) -> Result<Box<dyn Store>, StoreError> {
+    match config {
+        StoreConfig::Sqlite(path) => Ok(Box::new(SqliteStore::open(path, true)?)),
+    }
+}
 
 /// What kind of certificate a record describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,8 +113,8 @@ pub enum CertStatus {
 /// One issued certificate as the store keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertRecord {
-    /// Lowercase hex serial; unique across the store (the primary key).
-    pub serial: String,
+    /// Unique across the store (the primary key).
+    pub serial: Serial,
     pub kind: CertKind,
     /// SPIFFE ID of the subject (`spiffe://<td>` for CA certificates).
     pub spiffe_id: String,
@@ -37,16 +124,43 @@ pub struct CertRecord {
     pub status: CertStatus,
 }
 
-#[derive(Debug, thiserror::Error)]
+/// How a store failed, in kinds every backend can produce (SQLite today, PostgreSQL later):
+/// the backend's own error is turned into one of these where it happens, so nothing above the
+/// store depends on a database crate. No variant carries a token or key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
+    /// The store cannot be reached, or stayed busy past its timeout: nothing was written, and
+    /// the same call may succeed later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The write would reuse what must be unique (a certificate serial): nothing was written
+    /// and what is stored is unchanged.
     #[error("{0}")]
-    Db(#[from] rusqlite::Error),
-    #[error("serial {0} is already recorded; refusing to reuse it")]
-    DuplicateSerial(String),
+    Conflict(String),
+    /// The store is not there (a CA directory without its store is broken).
+    #[error("{0}")]
+    Missing(String),
+    /// The store's schema is newer than this mesh-ca.
     #[error("the store's schema version {found} is newer than this mesh-ca understands ({supported})")]
     TooNew { found: i64, supported: i64 },
+    /// A stored record is not one this mesh-ca wrote.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// Any other failure of the backend (I/O, disk full, a refused statement).
+    #[error("{0}")]
+    Backend(String),
+}
+
+/// One entry of the audit trail: what was done, by whom, when (the `now` its write was given).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Position in the trail, strictly increasing in write order.
+    pub seq: i64,
+    /// Unix seconds.
+    pub at: i64,
+    pub op: String,
+    pub actor: String,
+    pub detail: String,
 }
 
 /// A join token as stored: never the token itself, only its SHA-256.
@@ -113,7 +227,7 @@ pub type RedeemOutcome = Result<Result<CertRecord, TokenRejection>, StoreError>;
 pub struct Revocation {
     /// Position in the log; sidecars ask for everything after the last one they saw.
     pub seq: i64,
-    pub serial: Option<String>,
+    pub serial: Option<Serial>,
     pub spiffe_id: Option<String>,
     pub reason: String,
     pub revoked_at: i64,
@@ -130,34 +244,42 @@ pub struct RevocationPage {
     pub more: bool,
 }
 
-/// The operations the CA needs from its store. Every write is durable when it returns.
+/// The operations the CA needs from its store. Every write is durable when it returns, and
+/// takes the time it happens at (`now`, Unix seconds) from its caller: the store never reads
+/// a clock, so replicas and tests agree on what time a record carries.
+/// [`contract::store_contract`] is what every backend must pass.
 pub trait Store: Send + Sync {
-    /// Records an issued certificate and its audit entry in one transaction.
-    fn record_issued(&self, rec: &CertRecord, actor: &str) -> Result<(), StoreError>;
+    /// Records an issued certificate and its audit entry in one transaction. A serial already
+    /// recorded is refused with [`StoreError::Conflict`], leaving the first record as it was.
+    fn record_issued(&self, rec: &CertRecord, actor: &str, now: i64) -> Result<(), StoreError>;
     /// Every certificate, oldest first.
     fn certificates(&self) -> Result<Vec<CertRecord>, StoreError>;
     /// Every join token (never its hash), oldest first.
     fn tokens(&self) -> Result<Vec<TokenInfo>, StoreError>;
     /// Appends an audit entry for an operation that issued nothing.
-    fn audit(&self, op: &str, actor: &str, detail: &str) -> Result<(), StoreError>;
+    fn audit(&self, op: &str, actor: &str, detail: &str, now: i64) -> Result<(), StoreError>;
+    /// The audit trail after position `seq`, oldest first.
+    fn audit_since(&self, seq: i64) -> Result<Vec<AuditEntry>, StoreError>;
     /// Stores a new join token (its hash).
-    fn create_token(&self, token: &NewToken, actor: &str) -> Result<(), StoreError>;
+    fn create_token(&self, token: &NewToken, actor: &str, now: i64) -> Result<(), StoreError>;
     /// Redeems a batch of tokens in one transaction (group commit: one sync to disk for the
-    /// whole batch), each redemption isolated in a savepoint. For each: checks the token, calls
-    /// its `issue` with the token's zone and workload, and if that yields a certificate for an
-    /// identity that is not revoked, spends one use and records the certificate. Redemptions
-    /// of one token serialise on the write lock and within the batch: a one-use token is
-    /// spent exactly once. Nothing is durable, or returned as issued, before the commit.
+    /// whole batch), each redemption isolated in a savepoint. For each: checks the token
+    /// (unknown, expired at `now`, used up), calls its `issue` with the token's zone and
+    /// workload, and if that yields a certificate for an identity that is not revoked, spends
+    /// one use and records the certificate. Redemptions of one token serialise on the write
+    /// lock and within the batch: a one-use token is spent exactly once, however many callers
+    /// race. Nothing is durable, or returned as issued, before the commit.
     fn redeem_tokens(&self, now: i64, batch: &mut [Redemption<'_>])
         -> Result<Vec<RedeemOutcome>, StoreError>;
     /// Revokes one certificate (`serial`) or every certificate of an identity (`spiffe_id`),
     /// past and future. Returns the new log position.
     fn revoke(
         &self,
-        serial: Option<&str>,
+        serial: Option<&Serial>,
         spiffe_id: Option<&str>,
         reason: &str,
         actor: &str,
+        now: i64,
     ) -> Result<i64, StoreError>;
     /// Log entries after `seq`, oldest first: the whole log, compacted entries included (for
     /// `list` and the audit). Sidecars are served [`Store::revocation_page`] instead.
@@ -166,9 +288,10 @@ pub trait Store: Send + Sync {
     /// transaction: all are logged, or none. Returns the first and last new log positions.
     fn revoke_batch(
         &self,
-        targets: &[(Option<&str>, Option<&str>)],
+        targets: &[(Option<&Serial>, Option<&str>)],
         reason: &str,
         actor: &str,
+        now: i64,
     ) -> Result<(i64, i64), StoreError>;
     /// The latest log position (0 for an empty log), compacted entries included.
     fn revocation_head(&self) -> Result<i64, StoreError>;
@@ -177,8 +300,8 @@ pub trait Store: Send + Sync {
     /// expired certificate is refused anyway; identity revocations are always served).
     /// `sequence` in the answer covers the compacted entries too, so it only ever grows.
     fn revocation_page(&self, since: i64, now: i64, limit: usize) -> Result<RevocationPage, StoreError>;
-    /// Whether a certificate, or its whole identity, has been revoked.
-    fn is_revoked(&self, serial: &str, spiffe_id: &str) -> Result<bool, StoreError>;
+    /// Whether a certificate (if a serial is given), or its whole identity, has been revoked.
+    fn is_revoked(&self, serial: Option<&Serial>, spiffe_id: &str) -> Result<bool, StoreError>;
     /// The certificate with this serial, if the CA issued it.
-    fn certificate(&self, serial: &str) -> Result<Option<CertRecord>, StoreError>;
+    fn certificate(&self, serial: &Serial) -> Result<Option<CertRecord>, StoreError>;
 }

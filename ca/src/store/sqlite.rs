@@ -1,6 +1,9 @@
 //! The embedded store: one SQLite file in the CA directory, WAL mode with full sync, so a
 //! record is on disk before the answer that depends on it is given, and readers (`list`) never
 //! block the issuer. Migrations are numbered and tracked with `PRAGMA user_version`.
+//!
+//! This is the only module that knows rusqlite: its errors become [`StoreError`] kinds here
+//! (`From<rusqlite::Error>`), and serials are stored as their lowercase hex text.
 
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
@@ -8,11 +11,12 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use mesh_identity::Serial;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{
-    CertKind, CertRecord, CertStatus, NewToken, RedeemOutcome, Redemption, Revocation, RevocationPage, Store,
-    StoreError, TokenInfo, TokenRejection,
+    AuditEntry, CertKind, CertRecord, CertStatus, NewToken, RedeemOutcome, Redemption, Revocation,
+    RevocationPage, Store, StoreError, TokenInfo, TokenRejection,
 };
 
 /// Each entry upgrades the schema by one version. Never edit a released entry: add one.
@@ -64,6 +68,9 @@ pub struct SqliteStore {
     unknown_tokens: AtomicU64,
     /// When the first of the uncounted unknown tokens arrived (Unix seconds; 0 when none).
     unknown_since: AtomicI64,
+    /// When the latest of them arrived: the time of a summary written on drop, when no
+    /// caller's `now` is at hand.
+    unknown_last: AtomicI64,
 }
 
 /// Store files hold every issued certificate, token hash and the audit trail: owner only.
@@ -75,6 +82,9 @@ impl SqliteStore {
     /// database is created 0600 before SQLite opens it (SQLite gives the files it adds later
     /// the database's mode), and wider modes left by older versions are narrowed on every open.
     pub fn open(path: &Path, create: bool) -> Result<Self, StoreError> {
+        if !create && !path.exists() {
+            return Err(StoreError::Missing(format!("{}: the certificate store is missing", path.display())));
+        }
         let flags = if create {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
         } else {
@@ -86,7 +96,7 @@ impl SqliteStore {
                 .create_new(true)
                 .mode(STORE_FILE_MODE)
                 .open(path)
-                .map_err(|e| StoreError::Corrupt(format!("creating {}: {e}", path.display())))?;
+                .map_err(|e| StoreError::Backend(format!("creating {}: {e}", path.display())))?;
         }
         private_modes(path);
         let conn = Connection::open_with_flags(path, flags)?;
@@ -101,28 +111,28 @@ impl SqliteStore {
             conn: Mutex::new(conn),
             unknown_tokens: AtomicU64::new(0),
             unknown_since: AtomicI64::new(0),
+            unknown_last: AtomicI64::new(0),
         })
     }
 
-    /// Counts `n` unknown tokens for the next summary row (see `unknown_tokens`).
-    fn count_unknown(&self, n: u64) {
+    /// Counts `n` unknown tokens, presented at `now`, for the next summary row (see
+    /// `unknown_tokens`).
+    fn count_unknown(&self, n: u64, now: i64) {
         if n == 0 {
             return;
         }
-        let _ = self.unknown_since.compare_exchange(0, now(), Ordering::Relaxed, Ordering::Relaxed);
+        let _ = self.unknown_since.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        self.unknown_last.fetch_max(now, Ordering::Relaxed);
         self.unknown_tokens.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Writes the summary of unknown tokens counted so far inside `tx`, a transaction about
-    /// to commit; returns how many it covers, to forget once the commit succeeded.
-    fn summarise_unknown(&self, tx: &Connection, actor: &str) -> Result<u64, StoreError> {
+    /// to commit at `now`; returns how many it covers, to forget once the commit succeeded.
+    fn summarise_unknown(&self, tx: &Connection, actor: &str, now: i64) -> Result<u64, StoreError> {
         let n = self.unknown_tokens.load(Ordering::Relaxed);
         if n > 0 {
             let since = self.unknown_since.load(Ordering::Relaxed);
-            tx.execute(
-                "INSERT INTO audit (at, op, actor, detail) VALUES (?1, 'token.rejected', ?2, ?3)",
-                params![now(), actor, format!("unknown count={n} since={since}")],
-            )?;
+            append_audit(tx, now, "token.rejected", actor, &unknown_summary(n, since))?;
         }
         Ok(n)
     }
@@ -155,12 +165,10 @@ impl Drop for SqliteStore {
         let Ok(tx) = conn.unchecked_transaction() else { return };
         let n = self.unknown_tokens.load(Ordering::Relaxed);
         let since = self.unknown_since.load(Ordering::Relaxed);
-        let _ = tx
-            .execute(
-                "INSERT INTO audit (at, op, actor, detail) VALUES (?1, 'token.rejected', 'enroll', ?2)",
-                params![now(), format!("unknown count={n} since={since}")],
-            )
-            .and_then(|_| tx.commit());
+        let at = self.unknown_last.load(Ordering::Relaxed);
+        if append_audit(&tx, at, "token.rejected", "enroll", &unknown_summary(n, since)).is_ok() {
+            let _ = tx.commit();
+        }
     }
 }
 
@@ -198,8 +206,69 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
+/// The one way a row enters the audit trail, inside the caller's transaction.
+fn append_audit(conn: &Connection, at: i64, op: &str, actor: &str, detail: &str) -> Result<(), StoreError> {
+    conn.prepare_cached("INSERT INTO audit (at, op, actor, detail) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![at, op, actor, detail])?;
+    Ok(())
+}
+
+fn unknown_summary(n: u64, since: i64) -> String {
+    format!("unknown count={n} since={since}")
+}
+
+fn revocation_detail(seq: i64, serial: Option<&Serial>, spiffe_id: Option<&str>, reason: &str) -> String {
+    format!(
+        "seq={seq} serial={} id={} reason={reason}",
+        serial.map_or("-", Serial::as_str),
+        spiffe_id.unwrap_or("-")
+    )
+}
+
+/// rusqlite's errors as the store's kinds: busy or locked past the timeout, or a file that
+/// cannot be opened, is unavailable; a primary-key or unique violation is a conflict; a file
+/// that is not a database, or a value of the wrong type, is corrupt.
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ffi;
+        use rusqlite::ErrorCode as C;
+        let text = e.to_string();
+        if let rusqlite::Error::SqliteFailure(f, _) = &e {
+            match f.code {
+                C::DatabaseBusy | C::DatabaseLocked | C::CannotOpen => return Self::Unavailable(text),
+                C::ConstraintViolation
+                    if matches!(
+                        f.extended_code,
+                        ffi::SQLITE_CONSTRAINT_PRIMARYKEY | ffi::SQLITE_CONSTRAINT_UNIQUE
+                    ) =>
+                {
+                    return Self::Conflict(text)
+                }
+                C::NotADatabase | C::DatabaseCorrupt => return Self::Corrupt(text),
+                _ => {}
+            }
+        }
+        match e {
+            rusqlite::Error::FromSqlConversionFailure(..) | rusqlite::Error::InvalidColumnType(..) => {
+                Self::Corrupt(text)
+            }
+            _ => Self::Backend(text),
+        }
+    }
+}
+
+/// A serial as stored (its lowercase hex text), read back.
+fn serial_column(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Serial> {
+    let text: String = r.get(i)?;
+    text.parse()
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e)))
+}
+
+fn serial_column_opt(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<Serial>> {
+    match r.get_ref(i)? {
+        rusqlite::types::ValueRef::Null => Ok(None),
+        _ => serial_column(r, i).map(Some),
+    }
 }
 
 fn kind_str(k: CertKind) -> &'static str {
@@ -217,13 +286,13 @@ fn status_str(s: CertStatus) -> &'static str {
     }
 }
 
-type CertRow = (String, String, String, i64, i64, String);
+type CertRow = (Serial, String, String, i64, i64, String);
 
 /// One revocation log entry, from `SELECT seq, serial, spiffe_id, reason, revoked_at`.
 fn revocation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Revocation> {
     Ok(Revocation {
         seq: r.get(0)?,
-        serial: r.get(1)?,
+        serial: serial_column_opt(r, 1)?,
         spiffe_id: r.get(2)?,
         reason: r.get(3)?,
         revoked_at: r.get(4)?,
@@ -231,7 +300,7 @@ fn revocation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Revocation> {
 }
 
 fn cert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertRow> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+    Ok((serial_column(r, 0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
 }
 
 fn cert_record(row: CertRow) -> Result<CertRecord, StoreError> {
@@ -251,19 +320,21 @@ fn cert_record(row: CertRow) -> Result<CertRecord, StoreError> {
 }
 
 /// Inserts a certificate row and its audit entry inside an open transaction.
-fn insert_cert(tx: &Connection, rec: &CertRecord, actor: &str, op: &str) -> Result<(), StoreError> {
+fn insert_cert(tx: &Connection, rec: &CertRecord, actor: &str, op: &str, at: i64) -> Result<(), StoreError> {
     let exists: Option<i64> = tx
-        .query_row("SELECT 1 FROM certificates WHERE serial = ?1", [&rec.serial], |r| r.get(0))
+        .query_row("SELECT 1 FROM certificates WHERE serial = ?1", [rec.serial.as_str()], |r| r.get(0))
         .optional()?;
     if exists.is_some() {
-        return Err(StoreError::DuplicateSerial(rec.serial.clone()));
+        return Err(StoreError::Conflict(format!(
+            "serial {} is already recorded; refusing to reuse it",
+            rec.serial
+        )));
     }
-    let at = now();
     tx.execute(
         "INSERT INTO certificates (serial, kind, spiffe_id, not_before, not_after, status, issued_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
-            rec.serial,
+            rec.serial.as_str(),
             kind_str(rec.kind),
             rec.spiffe_id,
             rec.not_before,
@@ -273,11 +344,7 @@ fn insert_cert(tx: &Connection, rec: &CertRecord, actor: &str, op: &str) -> Resu
         ],
     )?;
     let detail = format!("{} serial={} id={}", kind_str(rec.kind), rec.serial, rec.spiffe_id);
-    tx.execute(
-        "INSERT INTO audit (at, op, actor, detail) VALUES (?1, ?2, ?3, ?4)",
-        params![at, op, actor, detail],
-    )?;
-    Ok(())
+    append_audit(tx, at, op, actor, &detail)
 }
 
 const CERT_COLUMNS: &str = "serial, kind, spiffe_id, not_before, not_after, status";
@@ -302,10 +369,7 @@ fn redeem_in(
         Some(_) => None,
     };
     let reject = |why: TokenRejection, detail: String| -> RedeemOutcome {
-        conn.execute(
-            "INSERT INTO audit (at, op, actor, detail) VALUES (?1, 'token.rejected', ?2, ?3)",
-            params![now(), actor, detail],
-        )?;
+        append_audit(conn, now_s, "token.rejected", actor, &detail)?;
         Ok(Err(why))
     };
     match rejection {
@@ -326,16 +390,16 @@ fn redeem_in(
         return reject(TokenRejection::IdentityRevoked, format!("identity_revoked id={}", rec.spiffe_id));
     }
     conn.execute("UPDATE tokens SET uses_left = uses_left - 1 WHERE hash = ?1", [hash])?;
-    insert_cert(conn, &rec, actor, "token.used")?;
+    insert_cert(conn, &rec, actor, "token.used", now_s)?;
     Ok(Ok(rec))
 }
 
 impl Store for SqliteStore {
-    fn record_issued(&self, rec: &CertRecord, actor: &str) -> Result<(), StoreError> {
+    fn record_issued(&self, rec: &CertRecord, actor: &str, now: i64) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        insert_cert(&tx, rec, actor, "cert.issued")?;
-        let summarised = self.summarise_unknown(&tx, "enroll")?;
+        insert_cert(&tx, rec, actor, "cert.issued", now)?;
+        let summarised = self.summarise_unknown(&tx, "enroll", now)?;
         tx.commit()?;
         self.summarised(summarised);
         Ok(())
@@ -366,32 +430,28 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn certificate(&self, serial: &str) -> Result<Option<CertRecord>, StoreError> {
+    fn certificate(&self, serial: &Serial) -> Result<Option<CertRecord>, StoreError> {
         let conn = self.conn();
         let row = conn
             .query_row(
                 &format!("SELECT {CERT_COLUMNS} FROM certificates WHERE serial = ?1"),
-                [serial],
+                [serial.as_str()],
                 cert_row,
             )
             .optional()?;
         row.map(cert_record).transpose()
     }
 
-    fn create_token(&self, t: &NewToken, actor: &str) -> Result<(), StoreError> {
+    fn create_token(&self, t: &NewToken, actor: &str, now: i64) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let at = now();
         tx.execute(
             "INSERT INTO tokens (hash, zone, workload, expires_at, uses_left, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![t.hash, t.zone, t.workload, t.expires_at, t.uses, at],
+            params![t.hash, t.zone, t.workload, t.expires_at, t.uses, now],
         )?;
         let detail =
             format!("zone={} workload={} uses={} expires_at={}", t.zone, t.workload, t.uses, t.expires_at);
-        tx.execute(
-            "INSERT INTO audit (at, op, actor, detail) VALUES (?1, 'token.created', ?2, ?3)",
-            params![at, actor, detail],
-        )?;
+        append_audit(&tx, now, "token.created", actor, &detail)?;
         tx.commit()?;
         Ok(())
     }
@@ -416,7 +476,7 @@ impl Store for SqliteStore {
             }
         }
         let unknown = out.iter().filter(|o| o.is_some()).count();
-        self.count_unknown(unknown as u64);
+        self.count_unknown(unknown as u64, now_s);
         if unknown < batch.len() {
             let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             for (r, slot) in batch.iter_mut().zip(out.iter_mut()) {
@@ -430,11 +490,11 @@ impl Store for SqliteStore {
                     sp.commit()?;
                 }
                 if matches!(res, Ok(Err(TokenRejection::Unknown))) {
-                    self.count_unknown(1);
+                    self.count_unknown(1, now_s);
                 }
                 *slot = Some(res);
             }
-            let summarised = self.summarise_unknown(&tx, "enroll")?;
+            let summarised = self.summarise_unknown(&tx, "enroll", now_s)?;
             tx.commit()?;
             self.summarised(summarised);
         }
@@ -443,32 +503,25 @@ impl Store for SqliteStore {
 
     fn revoke(
         &self,
-        serial: Option<&str>,
+        serial: Option<&Serial>,
         spiffe_id: Option<&str>,
         reason: &str,
         actor: &str,
+        now: i64,
     ) -> Result<i64, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let at = now();
+        let serial_text = serial.map(Serial::as_str);
         tx.execute(
             "INSERT INTO revocations (serial, spiffe_id, reason, revoked_at) VALUES (?1, ?2, ?3, ?4)",
-            params![serial, spiffe_id, reason, at],
+            params![serial_text, spiffe_id, reason, now],
         )?;
         let seq = tx.last_insert_rowid();
         tx.execute(
             "UPDATE certificates SET status = 'revoked' WHERE serial = ?1 OR spiffe_id = ?2",
-            params![serial, spiffe_id],
+            params![serial_text, spiffe_id],
         )?;
-        let detail = format!(
-            "seq={seq} serial={} id={} reason={reason}",
-            serial.unwrap_or("-"),
-            spiffe_id.unwrap_or("-")
-        );
-        tx.execute(
-            "INSERT INTO audit (at, op, actor, detail) VALUES (?1, 'cert.revoked', ?2, ?3)",
-            params![at, actor, detail],
-        )?;
+        append_audit(&tx, now, "cert.revoked", actor, &revocation_detail(seq, serial, spiffe_id, reason))?;
         tx.commit()?;
         Ok(seq)
     }
@@ -484,13 +537,13 @@ impl Store for SqliteStore {
 
     fn revoke_batch(
         &self,
-        targets: &[(Option<&str>, Option<&str>)],
+        targets: &[(Option<&Serial>, Option<&str>)],
         reason: &str,
         actor: &str,
+        now: i64,
     ) -> Result<(i64, i64), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let at = now();
         let (mut first, mut last) = (0, 0);
         {
             let mut log = tx.prepare(
@@ -499,27 +552,26 @@ impl Store for SqliteStore {
             let mut mark = tx.prepare("UPDATE certificates SET status = 'revoked' WHERE serial = ?1")?;
             let mut mark_id =
                 tx.prepare("UPDATE certificates SET status = 'revoked' WHERE spiffe_id = ?1")?;
-            let mut audit =
-                tx.prepare("INSERT INTO audit (at, op, actor, detail) VALUES (?1, 'cert.revoked', ?2, ?3)")?;
-            for (serial, spiffe_id) in targets {
-                log.execute(params![serial, spiffe_id, reason, at])?;
+            for &(serial, spiffe_id) in targets {
+                log.execute(params![serial.map(Serial::as_str), spiffe_id, reason, now])?;
                 let seq = tx.last_insert_rowid();
                 if first == 0 {
                     first = seq;
                 }
                 last = seq;
                 if let Some(s) = serial {
-                    mark.execute([s])?;
+                    mark.execute([s.as_str()])?;
                 }
                 if let Some(id) = spiffe_id {
                     mark_id.execute([id])?;
                 }
-                let detail = format!(
-                    "seq={seq} serial={} id={} reason={reason}",
-                    serial.unwrap_or("-"),
-                    spiffe_id.unwrap_or("-")
-                );
-                audit.execute(params![at, actor, detail])?;
+                append_audit(
+                    &tx,
+                    now,
+                    "cert.revoked",
+                    actor,
+                    &revocation_detail(seq, serial, spiffe_id, reason),
+                )?;
             }
         }
         tx.commit()?;
@@ -556,24 +608,36 @@ impl Store for SqliteStore {
         Ok(RevocationPage { entries, sequence, more })
     }
 
-    fn is_revoked(&self, serial: &str, spiffe_id: &str) -> Result<bool, StoreError> {
+    fn is_revoked(&self, serial: Option<&Serial>, spiffe_id: &str) -> Result<bool, StoreError> {
         let conn = self.conn();
         let hit: Option<i64> = conn
             .query_row(
                 "SELECT 1 FROM revocations WHERE serial = ?1 OR spiffe_id = ?2 LIMIT 1",
-                params![serial, spiffe_id],
+                params![serial.map(Serial::as_str), spiffe_id],
                 |r| r.get(0),
             )
             .optional()?;
         Ok(hit.is_some())
     }
 
-    fn audit(&self, op: &str, actor: &str, detail: &str) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO audit (at, op, actor, detail) VALUES (?1, ?2, ?3, ?4)",
-            params![now(), op, actor, detail],
-        )?;
-        Ok(())
+    fn audit(&self, op: &str, actor: &str, detail: &str, now: i64) -> Result<(), StoreError> {
+        append_audit(&self.conn(), now, op, actor, detail)
+    }
+
+    fn audit_since(&self, seq: i64) -> Result<Vec<AuditEntry>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT seq, at, op, actor, detail FROM audit WHERE seq > ?1 ORDER BY seq")?;
+        let rows = stmt.query_map([seq], |r| {
+            Ok(AuditEntry {
+                seq: r.get(0)?,
+                at: r.get(1)?,
+                op: r.get(2)?,
+                actor: r.get(3)?,
+                detail: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }
 
@@ -581,9 +645,12 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
 
+    /// What the tests here write at (Unix seconds).
+    const NOW: i64 = 1_700_000_000;
+
     fn rec(serial: &str) -> CertRecord {
         CertRecord {
-            serial: serial.into(),
+            serial: serial.parse().expect("a hex serial"),
             kind: CertKind::Leaf,
             spiffe_id: "spiffe://example.org/ns/a/sa/b".into(),
             not_before: 1,
@@ -592,64 +659,54 @@ mod tests {
         }
     }
 
+    /// The contract every backend must pass, on file-backed SQLite stores.
     #[test]
-    fn records_and_refuses_duplicate_serials() {
+    fn sqlite_passes_the_store_contract() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("s.db"), true).expect("open");
-        store.record_issued(&rec("0a"), "test").expect("first");
-        assert!(matches!(store.record_issued(&rec("0a"), "test"), Err(StoreError::DuplicateSerial(_))));
-        store.record_issued(&rec("0b"), "test").expect("second");
-        let all = store.certificates().expect("list");
-        assert_eq!(all.iter().map(|r| r.serial.as_str()).collect::<Vec<_>>(), ["0a", "0b"]);
+        let opened = std::cell::Cell::new(0);
+        super::super::contract::store_contract(&|| {
+            opened.set(opened.get() + 1);
+            let path = dir.path().join(format!("contract-{}.db", opened.get()));
+            Box::new(SqliteStore::open(&path, true).expect("open"))
+        });
+    }
+
+    #[test]
+    fn records_survive_reopening_and_a_missing_store_is_not_created() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("s.db");
+        let store = SqliteStore::open(&db, true).expect("open");
+        store.record_issued(&rec("0a"), "test", NOW).expect("first");
+        store.record_issued(&rec("0b"), "test", NOW).expect("second");
         // Reopening keeps the records and does not re-run migrations.
         drop(store);
-        let store = SqliteStore::open(&dir.path().join("s.db"), false).expect("reopen");
-        assert_eq!(store.certificates().expect("list").len(), 2);
-    }
-
-    fn leaf(serial: &str, not_after: i64) -> CertRecord {
-        CertRecord { not_after, ..rec(serial) }
+        let store = SqliteStore::open(&db, false).expect("reopen");
+        let all = store.certificates().expect("list");
+        assert_eq!(all.iter().map(|r| r.serial.as_str()).collect::<Vec<_>>(), ["0a", "0b"]);
+        let missing = dir.path().join("none.db");
+        assert!(matches!(SqliteStore::open(&missing, false), Err(StoreError::Missing(_))));
+        assert!(!missing.exists(), "opening never creates a store");
     }
 
     #[test]
-    fn revocation_pages_are_bounded_and_compacted_with_a_growing_sequence() {
+    fn sqlite_errors_become_backend_neutral_kinds() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqliteStore::open(&dir.path().join("s.db"), true).expect("open");
-        let now = 1_000;
-        store.record_issued(&leaf("0e", now - 1), "test").expect("expired leaf");
-        store.record_issued(&leaf("0f", now + 60), "test").expect("live leaf");
-        assert_eq!(store.revocation_head().expect("head"), 0);
-        let empty = store.revocation_page(0, now, 10).expect("page");
-        assert_eq!((empty.entries.len(), empty.sequence, empty.more), (0, 0, false));
-
-        // 1: an expired certificate's serial, 2: a live one, 3..=7: identities, 8: expired again.
-        store.revoke(Some("0e"), None, "r", "test").expect("revoke");
-        store.revoke(Some("0f"), None, "r", "test").expect("revoke");
-        let ids: Vec<String> = (0..5).map(|i| format!("spiffe://example.org/ns/z/sa/w{i}")).collect();
-        let targets: Vec<(Option<&str>, Option<&str>)> =
-            ids.iter().map(|i| (None, Some(i.as_str()))).collect();
-        assert_eq!(store.revoke_batch(&targets, "bulk", "test").expect("batch"), (3, 7));
-        store.revoke(Some("0e"), None, "again", "test").expect("revoke");
-        assert_eq!(store.revocation_head().expect("head"), 8);
-
-        let seqs = |p: &RevocationPage| p.entries.iter().map(|r| r.seq).collect::<Vec<_>>();
-        let p1 = store.revocation_page(0, now, 3).expect("page 1");
-        assert_eq!((seqs(&p1), p1.sequence, p1.more), (vec![2, 3, 4], 4, true));
-        // Entry 8 is compacted away: the page holds 5..=7, and its sequence moves past 8.
-        let p2 = store.revocation_page(p1.sequence, now, 3).expect("page 2");
-        assert_eq!((seqs(&p2), p2.sequence, p2.more), (vec![5, 6, 7], 8, false));
-        let p3 = store.revocation_page(7, now, 3).expect("only compacted entries left");
-        assert_eq!((seqs(&p3), p3.sequence, p3.more), (vec![], 8, false));
-        assert_eq!(store.revocation_page(8, now, 3).expect("caught up").sequence, 8);
-        // Before the certificate expired, its revocation was served; the full log keeps all.
-        assert_eq!(
-            seqs(&store.revocation_page(0, now - 10, 100).expect("earlier")),
-            (1..=8).collect::<Vec<_>>()
+        let dup = store.conn().execute(
+            "INSERT INTO tokens (hash, zone, workload, expires_at, uses_left, created_at) VALUES ('h', 'a', 'b', 1, 1, 1), ('h', 'a', 'b', 1, 1, 1)",
+            [],
         );
-        assert_eq!(store.revocations_since(0).expect("log").len(), 8);
-        // The batch marked nothing it did not name, and the single revocation did.
-        let status = |s: &str| store.certificate(s).expect("read").map(|c| c.status);
-        assert_eq!(status("0f"), Some(CertStatus::Revoked));
+        let e = StoreError::from(dup.expect_err("a duplicate primary key"));
+        assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+        let check = store.conn().execute(
+            "INSERT INTO tokens (hash, zone, workload, expires_at, uses_left, created_at) VALUES ('i', 'a', 'b', 1, -1, 1)",
+            [],
+        );
+        assert!(matches!(StoreError::from(check.expect_err("a CHECK")), StoreError::Backend(_)));
+        std::fs::write(dir.path().join("junk.db"), [0x55u8; 4096]).expect("write");
+        let e =
+            SqliteStore::open(&dir.path().join("junk.db"), false).map(|_| ()).expect_err("not a database");
+        assert!(matches!(e, StoreError::Corrupt(_)), "{e:?}");
     }
 
     #[test]
@@ -690,12 +747,12 @@ mod tests {
             expires_at: i64::MAX,
             uses: 1,
         };
-        store.create_token(&token, "test").expect("token");
+        store.create_token(&token, "test", NOW).expect("token");
         let wal = std::fs::read(dir.path().join("s.db-wal")).expect("wal");
         let audit = audit_rows(&store);
 
         let mut batch: Vec<_> = (0..5).map(|i| redemption(&format!("{i:064x}"), "01")).collect();
-        let out = store.redeem_tokens(now(), &mut batch).expect("redeem");
+        let out = store.redeem_tokens(NOW, &mut batch).expect("redeem");
         assert!(out.iter().all(|o| matches!(o, Ok(Err(TokenRejection::Unknown)))), "{out:?}");
         assert_eq!(
             std::fs::read(dir.path().join("s.db-wal")).expect("wal"),
@@ -708,7 +765,7 @@ mod tests {
         // A real redemption, in a batch with one more unknown token: durable as before, and the
         // six unknown ones are summarised in the same commit.
         let mut batch = vec![redemption(&token.hash, "02"), redemption(&"bb".repeat(32), "03")];
-        let out = store.redeem_tokens(now(), &mut batch).expect("redeem");
+        let out = store.redeem_tokens(NOW, &mut batch).expect("redeem");
         assert!(matches!(out[0], Ok(Ok(_))) && matches!(out[1], Ok(Err(TokenRejection::Unknown))), "{out:?}");
         let after = audit_rows(&store);
         assert!(after.iter().any(|(op, _)| op == "token.used"), "{after:?}");
@@ -720,9 +777,24 @@ mod tests {
         assert!(summaries[0].1.starts_with("unknown count=6 "), "{after:?}");
         // Spent, expired and used-up tokens are real tokens: their rejections stay durable.
         let mut batch = vec![redemption(&token.hash, "04")];
-        let out = store.redeem_tokens(now(), &mut batch).expect("redeem");
+        let out = store.redeem_tokens(NOW, &mut batch).expect("redeem");
         assert!(matches!(out[0], Ok(Err(TokenRejection::UsedUp))), "{out:?}");
         assert!(audit_rows(&store).iter().any(|(op, d)| op == "token.rejected" && d == "used_up"));
+    }
+
+    #[test]
+    fn unknown_tokens_still_counted_are_summarised_on_drop_at_the_time_they_came() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("s.db");
+        let store = SqliteStore::open(&db, true).expect("open");
+        let mut batch: Vec<_> = (0..2).map(|i| redemption(&format!("{i:064x}"), "01")).collect();
+        store.redeem_tokens(NOW + 5, &mut batch).expect("redeem");
+        assert!(store.audit_since(0).expect("audit").is_empty(), "nothing written yet");
+        drop(store);
+        let trail = SqliteStore::open(&db, false).expect("reopen").audit_since(0).expect("audit");
+        let got: Vec<_> = trail.iter().map(|e| (e.at, e.op.as_str(), e.detail.as_str())).collect();
+        let detail = format!("unknown count=2 since={}", NOW + 5);
+        assert_eq!(got, [(NOW + 5, "token.rejected", detail.as_str())]);
     }
 
     #[test]
@@ -732,7 +804,7 @@ mod tests {
         let db = dir.path().join("s.db");
         let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
         let store = SqliteStore::open(&db, true).expect("open");
-        store.record_issued(&rec("0a"), "test").expect("record");
+        store.record_issued(&rec("0a"), "test", NOW).expect("record");
         for f in ["s.db", "s.db-wal", "s.db-shm"] {
             assert_eq!(mode(&dir.path().join(f)), 0o600, "{f}");
         }
