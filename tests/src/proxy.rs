@@ -170,6 +170,7 @@ impl Mesh {
         if let Some(on) = spec.resumption {
             t.push_str(&format!("\n[tls]\nresumption = {on}\n"));
         }
+        t.push_str(&spec.extra);
         let path = dir.join("sidecar.toml");
         std::fs::write(&path, t).expect("writing sidecar.toml");
         path
@@ -199,6 +200,8 @@ pub struct SidecarSpec<'a> {
     pub resumption: Option<bool>,
     /// `TOKIO_WORKER_THREADS` for the process, when set (1: the current-thread runtime).
     pub workers: Option<usize>,
+    /// More TOML tables (`[admin]`, `[events]`), appended as they are.
+    pub extra: String,
 }
 
 impl<'a> SidecarSpec<'a> {
@@ -212,6 +215,7 @@ impl<'a> SidecarSpec<'a> {
             limits: Vec::new(),
             resumption: None,
             workers: None,
+            extra: String::new(),
         }
     }
     pub fn inbound(mut self, app: SocketAddr) -> Self {
@@ -233,6 +237,172 @@ impl<'a> SidecarSpec<'a> {
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = Some(n);
         self
+    }
+    /// Appends `toml` (whole tables) to the sidecar.toml.
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra.push('\n');
+        self.extra.push_str(toml);
+        self
+    }
+}
+
+/// The sidecar pair most tests need: a server sidecar for `orders/api` in front of an echo
+/// [`App`], and a client sidecar for `frontend/web` with one outbound to the server's inbound.
+/// `Pair::with_policy(policy).start()`; [`PairSpec`]'s methods set what differs.
+pub struct Pair {
+    pub mesh: Mesh,
+    pub api: Identity,
+    pub web: Identity,
+    pub app: App,
+    pub server: Sidecar,
+    pub client: Sidecar,
+    /// The policy files the server and the client follow (the same file unless
+    /// [`PairSpec::server_policy`] gave the server its own).
+    pub server_policy: PathBuf,
+    pub client_policy: PathBuf,
+}
+
+/// What to start a [`Pair`] with.
+pub struct PairSpec {
+    mesh: Option<Mesh>,
+    policy: String,
+    server_policy: Option<Option<String>>,
+    server_limits: Vec<(String, String)>,
+    client_limits: Vec<(String, String)>,
+    client_outbound: Vec<(SocketAddr, String)>,
+    client_to_server: Vec<String>,
+    server_extra: String,
+    client_extra: String,
+    server_workers: Option<usize>,
+}
+
+impl Pair {
+    /// Both sidecars follow one `policy.toml` holding `policy`.
+    pub fn with_policy(policy: &str) -> PairSpec {
+        PairSpec {
+            mesh: None,
+            policy: policy.to_owned(),
+            server_policy: None,
+            server_limits: Vec::new(),
+            client_limits: Vec::new(),
+            client_outbound: Vec::new(),
+            client_to_server: Vec::new(),
+            server_extra: String::new(),
+            client_extra: String::new(),
+            server_workers: None,
+        }
+    }
+
+    /// A spec like the server's (orders/api in front of the app, its policy file), named `name`.
+    pub fn server_spec<'a>(&'a self, name: &'a str) -> SidecarSpec<'a> {
+        SidecarSpec::new(name, &self.api, &self.server_policy).inbound(self.app.addr)
+    }
+
+    /// A spec like the client's (frontend/web, its policy file) with one outbound to `inbound`.
+    pub fn client_spec_to<'a>(&'a self, name: &'a str, inbound: SocketAddr) -> SidecarSpec<'a> {
+        SidecarSpec::new(name, &self.web, &self.client_policy).outbound(inbound, &self.api.id)
+    }
+
+    /// Another client like the pair's, to the pair's server.
+    pub fn client_spec<'a>(&'a self, name: &'a str) -> SidecarSpec<'a> {
+        self.client_spec_to(name, self.server.inbound.expect("the server sidecar has an inbound"))
+    }
+}
+
+impl PairSpec {
+    /// In `mesh` (a CA made beforehand) instead of a new one.
+    pub fn mesh(mut self, mesh: Mesh) -> Self {
+        self.mesh = Some(mesh);
+        self
+    }
+    /// The server follows a file of its own, `server-policy.toml` (missing if `None`), and
+    /// the client `client-policy.toml` with the pair's policy, so one side can change alone.
+    pub fn server_policy(mut self, text: Option<&str>) -> Self {
+        self.server_policy = Some(text.map(str::to_owned));
+        self
+    }
+    pub fn server_limit(mut self, key: &str, value: &str) -> Self {
+        self.server_limits.push((key.to_owned(), value.to_owned()));
+        self
+    }
+    pub fn client_limit(mut self, key: &str, value: &str) -> Self {
+        self.client_limits.push((key.to_owned(), value.to_owned()));
+        self
+    }
+    /// One more outbound on the client, after the one to the server: `(connect, server)`.
+    pub fn client_outbound(mut self, connect: SocketAddr, server: &str) -> Self {
+        self.client_outbound.push((connect, server.to_owned()));
+        self
+    }
+    /// One more outbound on the client to the server's inbound, expecting `server` (another
+    /// identity than the server's: for refusals), after those of [`PairSpec::client_outbound`].
+    pub fn client_outbound_to_server(mut self, server: &str) -> Self {
+        self.client_to_server.push(server.to_owned());
+        self
+    }
+    /// TOML tables (`[admin]`, `[events]`) appended to the server's sidecar.toml.
+    pub fn server_config(mut self, toml: &str) -> Self {
+        self.server_extra.push_str(toml);
+        self
+    }
+    /// TOML tables appended to the client's sidecar.toml.
+    pub fn client_config(mut self, toml: &str) -> Self {
+        self.client_extra.push_str(toml);
+        self
+    }
+    /// `TOKIO_WORKER_THREADS` for the server process.
+    pub fn server_workers(mut self, n: usize) -> Self {
+        self.server_workers = Some(n);
+        self
+    }
+
+    /// Issues both identities, writes the policy file(s), starts the app, the server (waiting
+    /// for its inbound port) and the client.
+    pub fn start(self) -> Pair {
+        let mesh = self.mesh.unwrap_or_default();
+        let api = mesh.identity("orders", "api");
+        let web = mesh.identity("frontend", "web");
+        let (server_policy, client_policy) = match &self.server_policy {
+            None => {
+                let p = mesh.write_file("policy.toml", &self.policy);
+                (p.clone(), p)
+            }
+            Some(own) => {
+                let server = match own {
+                    Some(text) => mesh.write_file("server-policy.toml", text),
+                    None => mesh.path("server-policy.toml"),
+                };
+                (server, mesh.write_file("client-policy.toml", &self.policy))
+            }
+        };
+        let app = App::start();
+        let mut spec = SidecarSpec::new("server", &api, &server_policy).inbound(app.addr);
+        for (k, v) in &self.server_limits {
+            spec = spec.limit(k, v);
+        }
+        if let Some(n) = self.server_workers {
+            spec = spec.workers(n);
+        }
+        if !self.server_extra.is_empty() {
+            spec = spec.extra(&self.server_extra);
+        }
+        let server = mesh.sidecar(spec);
+        let inbound = server.inbound.expect("the server sidecar announces its inbound port");
+        let mut spec = SidecarSpec::new("client", &web, &client_policy).outbound(inbound, &api.id);
+        for (connect, server) in &self.client_outbound {
+            spec = spec.outbound(*connect, server);
+        }
+        for server in &self.client_to_server {
+            spec = spec.outbound(inbound, server);
+        }
+        for (k, v) in &self.client_limits {
+            spec = spec.limit(k, v);
+        }
+        if !self.client_extra.is_empty() {
+            spec = spec.extra(&self.client_extra);
+        }
+        let client = mesh.sidecar(spec);
+        Pair { mesh, api, web, app, server, client, server_policy, client_policy }
     }
 }
 

@@ -31,22 +31,19 @@ fn conn_event_counts(sc: &Sidecar) -> BTreeMap<String, usize> {
 #[test]
 fn counters_move_as_connections_are_allowed_denied_and_refused() {
     let mesh = Mesh::new();
-    let api = mesh.identity("orders", "api");
-    let web = mesh.identity("frontend", "web");
     let charge = mesh.identity("payments", "charge");
     // A valid certificate from our CA, for a zone the policy never declares.
     let intruder = mesh.identity("intruder", "x");
-    let policy = mesh.write_file("policy.toml", POLICY);
-    let app = App::start();
-    let server = sidecar_with(&mesh, SidecarSpec::new("server", &api, &policy).inbound(app.addr), ADMIN);
-    let inbound = server.inbound.expect("inbound port");
     // outbound[0] is allowed (frontend -> orders); outbound[1] expects payments/charge, which
     // the policy refuses before any connection is made.
-    let client = sidecar_with(
-        &mesh,
-        SidecarSpec::new("client", &web, &policy).outbound(inbound, &api.id).outbound(inbound, &charge.id),
-        ADMIN,
-    );
+    let p = Pair::with_policy(POLICY)
+        .mesh(mesh)
+        .server_config(ADMIN)
+        .client_config(ADMIN)
+        .client_outbound_to_server(&charge.id)
+        .start();
+    let (api, server, client) = (&p.api, &p.server, &p.client);
+    let inbound = server.inbound.expect("inbound port");
     let (s_admin, c_admin) = (admin_addr(&server), admin_addr(&client));
 
     let s0 = scrape(s_admin);

@@ -17,36 +17,16 @@ from = "frontend"
 to = "orders"
 "#;
 
-/// A server sidecar (orders/api, with `events` as its extra config) and a client sidecar
-/// (frontend/web, stdout only) calling it.
-struct Pair {
-    mesh: Mesh,
-    _app: App,
-    server: Sidecar,
-    client: Sidecar,
+/// The [`Pair`] these tests use: the server (orders/api) has an admin listener and `events`
+/// as its extra config; the client (frontend/web) prints to stdout only.
+fn start(mesh: Mesh, events: &str) -> Pair {
+    Pair::with_policy(POLICY).mesh(mesh).server_config(&format!("{ADMIN}{events}")).start()
 }
 
-impl Pair {
-    fn start(mesh: Mesh, events: &str) -> Self {
-        let api = mesh.identity("orders", "api");
-        let web = mesh.identity("frontend", "web");
-        let policy = mesh.write_file("policy.toml", POLICY);
-        let app = App::start();
-        let server = sidecar_with(
-            &mesh,
-            SidecarSpec::new("server", &api, &policy).inbound(app.addr),
-            &format!("{ADMIN}{events}"),
-        );
-        let inbound = server.inbound.expect("inbound port");
-        let client = mesh.sidecar(SidecarSpec::new("client", &web, &policy).outbound(inbound, &api.id));
-        Self { mesh, _app: app, server, client }
-    }
-
-    /// One echo through both sidecars; whether it came back whole.
-    fn call(&self, seed: u8) -> bool {
-        let data = payload(2000, seed);
-        exchange(self.client.outbound[0], &data) == data
-    }
+/// One echo through both sidecars; whether it came back whole.
+fn call(p: &Pair, seed: u8) -> bool {
+    let data = payload(2000, seed);
+    exchange(p.client.outbound[0], &data) == data
 }
 
 /// The server's stdout events that every sink receives (all but the per-sink drop notices).
@@ -66,10 +46,10 @@ fn stdout_rsyslog_udp_tcp_and_https_receive_the_same_events() {
         collector.url(),
         collector.ca.display()
     );
-    let p = Pair::start(mesh, &events);
+    let p = start(mesh, &events);
     const N: u8 = 6;
     for i in 0..N {
-        assert!(p.call(i), "call {i}");
+        assert!(call(&p, i), "call {i}");
     }
     p.server.wait_count("the connection events", N.into(), |e| e["event"] == "connection");
     let want = shared_events(&p.server);
@@ -137,10 +117,10 @@ fn a_dead_collector_slows_no_connection_and_its_losses_are_counted_and_announced
         collector.url(),
         collector.ca.display()
     );
-    let p = Pair::start(mesh, &events);
+    let p = start(mesh, &events);
     let admin = admin_addr(&p.server);
     for i in 0..3 {
-        assert!(p.call(i), "call {i} with the collector up");
+        assert!(call(&p, i), "call {i} with the collector up");
     }
     p.server.wait_count("3 connection events", 3, |e| e["event"] == "connection");
     // Everything so far has arrived (so no POST is in flight when the collector dies).
@@ -150,7 +130,7 @@ fn a_dead_collector_slows_no_connection_and_its_losses_are_counted_and_announced
 
     collector.kill();
     const N: u8 = 60;
-    let ok = (0..N).filter(|i| p.call(*i)).count();
+    let ok = (0..N).filter(|i| call(&p, *i)).count();
     assert_eq!(ok, usize::from(N), "{ok} of {N} connections succeeded while the collector was dead");
     p.server.wait_count("every connection event", 3 + usize::from(N), |e| e["event"] == "connection");
     let dropped = poll("drops to be counted", DEADLINE, || {
@@ -162,7 +142,7 @@ fn a_dead_collector_slows_no_connection_and_its_losses_are_counted_and_announced
 
     collector.restart();
     for i in 0..3 {
-        assert!(p.call(100 + i), "call {i} after the restart");
+        assert!(call(&p, 100 + i), "call {i} after the restart");
     }
     // Once it delivers again, the sink says what it lost, and every event is accounted for:
     // delivered to the collector, or counted as dropped (announced in events.dropped).
@@ -204,8 +184,8 @@ fn a_dead_collector_slows_no_connection_and_its_losses_are_counted_and_announced
 fn file_sink_follows_logrotate_rename_and_sighup() {
     let mesh = Mesh::new();
     let log = mesh.path("events.log");
-    let p = Pair::start(mesh, &format!("[events]\nsink = [\"stdout\", \"file:{}\"]\n", log.display()));
-    assert!(p.call(1));
+    let p = start(mesh, &format!("[events]\nsink = [\"stdout\", \"file:{}\"]\n", log.display()));
+    assert!(call(&p, 1));
     p.server.wait_count("a connection event", 1, |e| e["event"] == "connection");
     poll("the event in the file", DEADLINE, || {
         json_lines(&log).iter().any(|e| e["event"] == "connection").then_some(())
@@ -216,7 +196,7 @@ fn file_sink_follows_logrotate_rename_and_sighup() {
     p.server.signal("HUP");
     // SIGHUP also re-reads the policy: its event says the signal was handled.
     p.server.next_named(mark, "policy.reloaded");
-    assert!(p.call(2));
+    assert!(call(&p, 2));
     p.server.wait_count("two connection events", 2, |e| e["event"] == "connection");
     let fresh = poll("a new file at the configured path", DEADLINE, || {
         let v = json_lines(&log);

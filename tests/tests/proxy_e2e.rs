@@ -26,32 +26,3 @@ fn assert_fields(sc: &Sidecar, e: &Value, want: &[(&str, &str)]) {
         assert_eq!(field(e, k), *v, "field {k} of {e}\n{}", sc.transcript());
     }
 }
-
-/// A server sidecar for `orders/api` in front of an echo app, and a client sidecar for
-/// `frontend/web` with one outbound to it; both follow `policy`.
-struct Pair {
-    mesh: Mesh,
-    api: Identity,
-    web: Identity,
-    app: App,
-    server: Sidecar,
-    client: Sidecar,
-}
-
-impl Pair {
-    fn start(policy: &str, server_limits: &[(&'static str, &'static str)]) -> Self {
-        let mesh = Mesh::new();
-        let api = mesh.identity("orders", "api");
-        let web = mesh.identity("frontend", "web");
-        let policy = mesh.write_file("policy.toml", policy);
-        let app = App::start();
-        let mut spec = SidecarSpec::new("server", &api, &policy).inbound(app.addr);
-        for (k, v) in server_limits {
-            spec = spec.limit(k, v);
-        }
-        let server = mesh.sidecar(spec);
-        let inbound = server.inbound.expect("the server sidecar announces its inbound port");
-        let client = mesh.sidecar(SidecarSpec::new("client", &web, &policy).outbound(inbound, &api.id));
-        Self { mesh, api, web, app, server, client }
-    }
-}

@@ -55,7 +55,7 @@ fn assert_refused(p: &Pair, what: &str, probe: Probe, reasons: &[&str], detail: 
 
 #[test]
 fn inbound_refuses_every_bad_peer_and_still_serves_good_ones() {
-    let p = Pair::start(ALLOW_FRONTEND_TO_ORDERS, &[("handshake_timeout", "2s")]);
+    let p = Pair::with_policy(ALLOW_FRONTEND_TO_ORDERS).server_limit("handshake_timeout", "2s").start();
     let inbound = p.server.inbound.expect("inbound port");
     let mut names: Vec<&str> = BAD_CERTS.iter().map(|b| b.0).collect();
     names.push("good");
@@ -140,7 +140,7 @@ fn calls(p: &Pair, client: &Sidecar, server: &Sidecar, n: usize) -> Vec<(bool, b
 /// `[tls] resumption = false` on either side, every connection is a full handshake.
 #[test]
 fn sessions_resume_by_default_and_never_where_resumption_is_off() {
-    let p = Pair::start(ALLOW_FRONTEND_TO_ORDERS, &[]);
+    let p = Pair::with_policy(ALLOW_FRONTEND_TO_ORDERS).start();
     let inbound = p.server.inbound.expect("inbound port");
     let full_then_resumed = vec![(false, false), (true, true), (true, true)];
     assert_eq!(calls(&p, &p.client, &p.server, 3), full_then_resumed, "{}", p.server.transcript());
@@ -152,20 +152,15 @@ fn sessions_resume_by_default_and_never_where_resumption_is_off() {
     assert_eq!(field(&r["again"], "received"), "again?", "{r}");
 
     // Server side off: it issues no tickets and keeps no cache, so nothing resumes.
-    let spec = SidecarSpec::new("server-full", &p.api, &p.mesh.path("policy.toml")).inbound(p.app.addr);
-    let server = p.mesh.sidecar(spec.resumption(false));
+    let server = p.mesh.sidecar(p.server_spec("server-full").resumption(false));
     let to = server.inbound.expect("inbound port");
-    let client = p
-        .mesh
-        .sidecar(SidecarSpec::new("client-2", &p.web, &p.mesh.path("policy.toml")).outbound(to, &p.api.id));
+    let client = p.mesh.sidecar(p.client_spec_to("client-2", to));
     assert_eq!(calls(&p, &client, &server, 3), vec![(false, false); 3], "{}", server.transcript());
     let r = Probe::to(to).identity(&p.web).verify(&p.api.bundle()).send("again?").again().run();
     assert_eq!((&r["resumed"], &r["again"]["resumed"]), (&false.into(), &false.into()), "{r}");
     assert_eq!(field(&r["again"], "received"), "again?", "{r}");
 
     // Client side off, towards the resuming server: the client never offers a session.
-    let spec =
-        SidecarSpec::new("client-full", &p.web, &p.mesh.path("policy.toml")).outbound(inbound, &p.api.id);
-    let client = p.mesh.sidecar(spec.resumption(false));
+    let client = p.mesh.sidecar(p.client_spec_to("client-full", inbound).resumption(false));
     assert_eq!(calls(&p, &client, &p.server, 3), vec![(false, false); 3], "{}", client.transcript());
 }

@@ -44,23 +44,13 @@ fn rewrite_unnoticeably(path: &Path, text: &str) {
 /// frontend -> orders. `server_workers` sets the server's TOKIO_WORKER_THREADS. Returns the
 /// pair and the paths of the server's and the client's policy.
 fn split_pair(server_policy: Option<&str>, server_workers: Option<usize>) -> (Pair, PathBuf, PathBuf) {
-    let mesh = Mesh::new();
-    let api = mesh.identity("orders", "api");
-    let web = mesh.identity("frontend", "web");
-    let app = App::start();
-    let server_path = match server_policy {
-        Some(text) => mesh.write_file("server-policy.toml", text),
-        None => mesh.path("server-policy.toml"),
-    };
-    let client_path = mesh.write_file("client-policy.toml", ALLOW_FRONTEND_TO_ORDERS);
-    let mut spec = SidecarSpec::new("server", &api, &server_path).inbound(app.addr);
+    let mut spec = Pair::with_policy(ALLOW_FRONTEND_TO_ORDERS).server_policy(server_policy);
     if let Some(n) = server_workers {
-        spec = spec.workers(n);
+        spec = spec.server_workers(n);
     }
-    let server = mesh.sidecar(spec);
-    let inbound = server.inbound.expect("inbound port");
-    let client = mesh.sidecar(SidecarSpec::new("client", &web, &client_path).outbound(inbound, &api.id));
-    (Pair { mesh, api, web, app, server, client }, server_path, client_path)
+    let p = spec.start();
+    let (server, client) = (p.server_policy.clone(), p.client_policy.clone());
+    (p, server, client)
 }
 
 #[test]
@@ -138,7 +128,7 @@ fn policy_changes_apply_to_new_connections_and_broken_ones_are_refused() {
 
 #[test]
 fn certificate_rotation_keeps_open_connections_and_serves_the_new_certificate() {
-    let p = Pair::start(ALLOW_FRONTEND_TO_ORDERS, &[]);
+    let p = Pair::with_policy(ALLOW_FRONTEND_TO_ORDERS).start();
     let inbound = p.server.inbound.expect("inbound port");
     let presented = || {
         let r = Probe::to(inbound).identity(&p.web).verify(&p.api.bundle()).send("who").run();

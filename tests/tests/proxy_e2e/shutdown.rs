@@ -19,18 +19,12 @@ fn refused(addr: SocketAddr) -> bool {
 
 #[test]
 fn sigterm_drains_open_connections_then_exits_zero() {
-    let mesh = Mesh::new();
-    let api = mesh.identity("orders", "api");
-    let web = mesh.identity("frontend", "web");
-    let policy = mesh.write_file("policy.toml", ALLOW_FRONTEND_TO_ORDERS);
-    let app = App::start();
-    let mut server = mesh
-        .sidecar(SidecarSpec::new("server", &api, &policy).inbound(app.addr).limit("drain_timeout", "60s"));
-    let inbound = server.inbound.expect("inbound port");
-    let mut hasty = mesh.sidecar(
-        SidecarSpec::new("hasty", &web, &policy).outbound(inbound, &api.id).limit("drain_timeout", "2s"),
-    );
-    let patient = mesh.sidecar(SidecarSpec::new("patient", &web, &policy).outbound(inbound, &api.id));
+    let p = Pair::with_policy(ALLOW_FRONTEND_TO_ORDERS)
+        .server_limit("drain_timeout", "60s")
+        .client_limit("drain_timeout", "2s")
+        .start();
+    let patient = p.mesh.sidecar(p.client_spec("patient"));
+    let (app, web, mut server, mut hasty) = (&p.app, &p.web, p.server, p.client);
 
     // 1. A connection that outlives drain_timeout: served during the drain, then cut, exit 0.
     let mut c1 = Client::connect(hasty.outbound[0]);

@@ -5,7 +5,7 @@ use super::*;
 
 #[test]
 fn allowed_pair_echoes_end_to_end_with_one_connection_event_per_side() {
-    let p = Pair::start(ALLOW_FRONTEND_TO_ORDERS, &[]);
+    let p = Pair::with_policy(ALLOW_FRONTEND_TO_ORDERS).start();
     let (server, client) = (&p.server, &p.client);
     assert_eq!(server.id, p.api.id, "proxy.started src_id\n{}", server.transcript());
     assert_eq!(client.id, p.web.id, "proxy.started src_id\n{}", client.transcript());
@@ -117,16 +117,9 @@ fn assert_denied(sc: &Sidecar, e: &Value, direction: &str, src: &str, dst: &str,
 #[test]
 fn policy_refuses_forbidden_pairs_on_both_sides() {
     let mesh = Mesh::new();
-    let api = mesh.identity("orders", "api");
-    let web = mesh.identity("frontend", "web");
-    let policy = mesh.write_file("policy.toml", REFUSALS_POLICY);
-    let app = App::start();
     // Where every forbidden outbound points: egress is refused before connecting, so it must
     // never see a connection.
     let trap = App::start();
-    let server = mesh.sidecar(SidecarSpec::new("server", &api, &policy).inbound(app.addr));
-    let inbound = server.inbound.expect("inbound port");
-
     // (server identity the outbound insists on, the deny rule that must decide)
     let forbidden: [(String, Option<&str>); 6] = [
         (mesh.id("orders2", "api"), None),      // zone near-miss of orders
@@ -136,11 +129,12 @@ fn policy_refuses_forbidden_pairs_on_both_sides() {
         (mesh.id("frontend", "other"), None), // intra-zone: denied without a rule
         (mesh.id("orders", "admin"), Some("deny[1]")), // allowed by allow[0], denied by deny[1]
     ];
-    let mut spec = SidecarSpec::new("client", &web, &policy).outbound(inbound, &api.id);
+    let mut spec = Pair::with_policy(REFUSALS_POLICY).mesh(mesh);
     for (server_id, _) in &forbidden {
-        spec = spec.outbound(trap.addr, server_id);
+        spec = spec.client_outbound(trap.addr, server_id);
     }
-    let client = mesh.sidecar(spec);
+    let Pair { mesh, api, web, app, server, client, .. } = spec.start();
+    let inbound = server.inbound.expect("inbound port");
 
     // Control: the allowed outbound works, so the refusals below are the policy's doing.
     assert_eq!(exchange(client.outbound[0], b"allowed"), b"allowed");
