@@ -19,7 +19,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use mesh_runtime::http::HttpLimits;
-use mesh_runtime::serve::{accept_loop, Budget, Tasks};
+use mesh_runtime::serve::{accept_loop, Budget};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -58,7 +58,7 @@ const LIMITS: HttpLimits = HttpLimits {
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, admin: Arc<Admin>) {
     let name = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let budget = Budget::new(shared.limits.max_admin_connections);
-    let tasks = Tasks::from(shared.tracker.clone());
+    let tasks = shared.tasks.clone();
     let report = crate::listener::report(name, shared.events.clone());
     let stop = shared.shutdown.clone();
     accept_loop(listener, budget, tasks, stop, report, move |stream, _peer, slot| {

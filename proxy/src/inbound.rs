@@ -93,11 +93,11 @@ mod tests {
     use mesh_config::policy::Policy;
     use mesh_config::SpiffeId;
     use mesh_identity::testing::TestPki;
+    use mesh_runtime::serve::Tasks;
     use serde_json::Value;
     use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
     use tokio::sync::watch;
     use tokio_util::sync::CancellationToken;
-    use tokio_util::task::TaskTracker;
 
     use super::*;
     use crate::credentials::Credential;
@@ -135,7 +135,7 @@ to = "orders"
             events,
             limits: Limits::default(),
             shutdown: CancellationToken::new(),
-            tracker: TaskTracker::new(),
+            tasks: Tasks::new(),
             own_addrs: std::sync::OnceLock::new(),
             revocations: None,
         }

@@ -18,7 +18,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use mesh_runtime::serve::{self, AcceptEvent, Tasks};
+use mesh_runtime::serve::{self, AcceptEvent};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -36,7 +36,7 @@ pub fn pending_table(per_source: usize, total: usize) -> PendingTable {
 }
 
 /// Serves `listener` until shutdown, within `budget` (and `pending`, when given), running
-/// `handle` for each connection as a task on the sidecar's tracker.
+/// `handle` for each connection as a task in the sidecar's [`Shared::tasks`].
 pub async fn serve<F, Fut>(
     listener: TcpListener,
     shared: Arc<Shared>,
@@ -50,7 +50,7 @@ pub async fn serve<F, Fut>(
     let name = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let events = shared.events.clone();
     let budget = serve::Budget { connections: budget, pending };
-    let tasks = Tasks::from(shared.tracker.clone());
+    let tasks = shared.tasks.clone();
     serve::accept_loop(listener, budget, tasks, shared.shutdown.clone(), report(name, events), handle).await
 }
 

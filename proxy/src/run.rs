@@ -26,7 +26,6 @@ use mesh_identity::tls::{NothingRevoked, RevocationCheck};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::credentials::Credential;
 use crate::enroll::{self, RevocationSet};
@@ -303,18 +302,16 @@ pub async fn serve(bound: Bound, shutdown: impl Future<Output = ()>) -> Result<(
         events: events.clone(),
         limits: plan.limits,
         shutdown: stop.clone(),
-        tracker: TaskTracker::new(),
+        tasks: Default::default(),
         own_addrs: std::sync::OnceLock::new(),
         revocations: follow.as_ref().map(|(_, _, _, rx)| rx.clone()),
     });
     let _ = shared.own_addrs.set(addrs.all().into_iter().map(|(_, a)| a).collect());
 
-    // Past the drain, connections still open are cut: their tasks end, closing both sides.
-    let cut = CancellationToken::new();
     let mut tasks = Vec::new();
     if let (Some(l), Some(i), Some(local)) = (inbound_l, &plan.inbound, addrs.inbound) {
         let fwd = Arc::<str>::from(i.forward.to_string());
-        let (sh, cut) = (shared.clone(), cut.clone());
+        let sh = shared.clone();
         // Budgets per listener: a flood on the inbound cannot take the outbounds' or the
         // admin's slots; and on the inbound, unauthenticated connections are capped per source.
         let budget = Arc::new(Semaphore::new(plan.limits.max_connections));
@@ -325,10 +322,10 @@ pub async fn serve(bound: Bound, shutdown: impl Future<Output = ()>) -> Result<(
             budget,
             Some(pending),
             move |stream, peer, slot| {
-                let (sh, fwd, cut) = (sh.clone(), fwd.clone(), cut.clone());
+                let (sh, fwd) = (sh.clone(), fwd.clone());
                 async move {
                     let listener::Slot { permit, pending } = slot;
-                    cut.run_until_cancelled(inbound::handle(sh, local, fwd, stream, peer, pending)).await;
+                    inbound::handle(sh, local, fwd, stream, peer, pending).await;
                     drop(permit);
                 }
             },
@@ -338,7 +335,7 @@ pub async fn serve(bound: Bound, shutdown: impl Future<Output = ()>) -> Result<(
         outbound_l.into_iter().zip(&plan.outbound).zip(addrs.outbound.clone()).enumerate()
     {
         let route = Arc::new(Route { index: i, connect: o.connect.to_string(), server: o.server.clone() });
-        let (sh, cut) = (shared.clone(), cut.clone());
+        let sh = shared.clone();
         let budget = Arc::new(Semaphore::new(plan.limits.max_connections));
         tasks.push(tokio::spawn(listener::serve(
             l,
@@ -346,9 +343,9 @@ pub async fn serve(bound: Bound, shutdown: impl Future<Output = ()>) -> Result<(
             budget,
             None,
             move |stream, peer, slot| {
-                let (sh, route, cut) = (sh.clone(), route.clone(), cut.clone());
+                let (sh, route) = (sh.clone(), route.clone());
                 async move {
-                    cut.run_until_cancelled(outbound::handle(sh, local, route, stream, peer)).await;
+                    outbound::handle(sh, local, route, stream, peer).await;
                     drop(slot);
                 }
             },
@@ -417,23 +414,17 @@ pub async fn serve(bound: Bound, shutdown: impl Future<Output = ()>) -> Result<(
     if !stopping {
         shutdown.await;
     }
+    // Nothing is accepted from here on; live connections have the grace period, then are cut.
     stop.cancel();
-    shared.tracker.close();
-    let live = shared.tracker.len();
-    events.emit(
-        Event::new(EventKind::ProxyStopping, Severity::Info).detail(format!(
-            "draining {live} connection(s) for up to {}s",
-            plan.limits.drain_timeout.as_secs()
-        )),
-    );
-    if tokio::time::timeout(plan.limits.drain_timeout, shared.tracker.wait()).await.is_err() {
-        events.emit(
-            Event::new(EventKind::ProxyDrainTimeout, Severity::Warning)
-                .detail(format!("{} connection(s) still open; closing them", shared.tracker.len())),
-        );
-        cut.cancel();
-        // Cut tasks end at their next poll; bounded all the same.
-        let _ = tokio::time::timeout(Duration::from_secs(2), shared.tracker.wait()).await;
+    shared.tasks.close();
+    let grace = plan.limits.drain_timeout;
+    let live = shared.tasks.len();
+    let stopping = format!("draining {live} connection(s) for up to {}s", grace.as_secs());
+    events.emit(Event::new(EventKind::ProxyStopping, Severity::Info).detail(stopping));
+    let drained = shared.tasks.drain(grace).await;
+    if drained.aborted > 0 {
+        let cut = format!("{} connection(s) still open; closed them", drained.aborted);
+        events.emit(Event::new(EventKind::ProxyDrainTimeout, Severity::Warning).detail(cut));
     }
     for t in tasks {
         t.abort();

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use mesh_config::policy::Policy;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::credentials::Credential;
 use crate::events::Events;
@@ -36,8 +35,8 @@ impl Tls {
             let settings = tls::ServerSettings {
                 client_auth: ClientAuth::Required,
                 resumption: shape.resumption,
-                alpn: tls::Alpn::mesh(),
                 access: access.clone(),
+                alpn: tls::Alpn::mesh(),
             };
             Some(tls::server_config(&cred.identity, &cred.bundle, &settings)?)
         } else {
@@ -51,8 +50,8 @@ impl Tls {
                     expected: s.clone(),
                     kind: PeerKind::Workload,
                     resumption: shape.resumption,
-                    alpn: tls::Alpn::mesh(),
                     access: access.clone(),
+                    alpn: tls::Alpn::mesh(),
                 };
                 tls::client_config(Some(&cred.identity), &cred.bundle, &settings)
             })
@@ -71,7 +70,9 @@ pub struct Shared {
     pub events: Events,
     pub limits: Limits,
     pub shutdown: CancellationToken,
-    pub tracker: TaskTracker,
+    /// Every listener's connection tasks: the shutdown drain waits for them, then aborts the
+    /// rest.
+    pub tasks: mesh_runtime::serve::Tasks,
     /// Addresses this sidecar listens on, so a hop that would connect back to itself (an
     /// outbound or forward pointed at our own port) is refused instead of looping.
     pub own_addrs: std::sync::OnceLock<Vec<std::net::SocketAddr>>,
