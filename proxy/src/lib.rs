@@ -9,8 +9,10 @@
 //! `forward` copies bytes; `outcome` writes the one event and the metrics per connection;
 //! `events` is `mesh_runtime::events` (the typed events and their sinks: stdout, files,
 //! syslog, HTTPS), shared with the CA; `metrics` names every metric and maps each event kind
-//! to the metric it feeds; `reload` follows files; `admin` serves probes, metrics, identity and config; `run`
-//! assembles it all; `plan` turns `sidecar.toml` into what `run` needs.
+//! to the metric it feeds; `reload` follows files; `admin` serves probes, metrics, identity
+//! and config; `plan` turns `sidecar.toml` into a typed plan; `run` assembles it all in three
+//! steps (`prepare`: read and check every file; `bind`: every listener; `serve`: until a
+//! shutdown future resolves, then drain), and `mesh-proxy check` is `prepare` plus printing.
 
 pub mod admin;
 pub mod authorize;
