@@ -310,6 +310,8 @@ fn own_config(
         client_auth: ClientAuth::Optional,
         resumption: tls::Resumption::Allowed,
         access: revoked.clone(),
+        // No application protocol named: whatever a client offers is ignored, as before ALPN.
+        alpn: tls::Alpn::none(),
     };
     let config =
         tls::server_config(&identity, roots, &settings).map_err(|e| CaError::Crypto(e.to_string()))?;
