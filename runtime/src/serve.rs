@@ -134,13 +134,6 @@ pub struct Drained {
     pub aborted: usize,
 }
 
-impl From<TaskTracker> for Tasks {
-    /// Tasks on an existing tracker (so whoever waits on it sees them), with their own abort.
-    fn from(tracker: TaskTracker) -> Self {
-        Self { tracker, abort: CancellationToken::new() }
-    }
-}
-
 impl Tasks {
     pub fn new() -> Self {
         Self::default()
