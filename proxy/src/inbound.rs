@@ -80,7 +80,7 @@ pub async fn serve<IO, AppIo>(
         Ok(s) => s,
         Err(e) => return rec.upstream_failed(e),
     };
-    let stop = stop::watch(shared, Direction::Inbound, peer.serial, peer.id, current.cred.id.clone());
+    let stop = stop::watch(shared, &permit, &peer);
     let (end, counts) = forward::forward(permit, tls_stream, app, limits.idle_timeout, stop).await;
     rec.closed(end, counts);
 }

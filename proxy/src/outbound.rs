@@ -63,7 +63,7 @@ pub async fn handle(
             Err(f) => return rec.handshake_failed(f),
         };
     rec.handshake_ok(resumed);
-    let stop = stop::watch(&shared, Direction::Outbound, peer.serial, peer.id, current.cred.id.clone());
+    let stop = stop::watch(&shared, &permit, &peer);
     let (end, counts) = forward::forward(permit, app, remote, limits.idle_timeout, stop).await;
     rec.closed(end, counts);
 }

@@ -1,7 +1,8 @@
 //! Why an open connection must end now although it was allowed when it began: its peer was
 //! revoked (the CA's revocation list), or a reloaded policy no longer allows its (from, to)
-//! pair. One future per connection, [`watch`], is the stop signal `forward::splice` is
-//! given; it resolves with the typed reason, which the outcome record reports.
+//! pair. One future per connection, [`watch`], is the stop signal `forward::forward` is
+//! given, made from the connection's `Permit`; it resolves with the typed reason, which the
+//! outcome record reports.
 //!
 //! Not here: the idle timeout (the forwarder's), the shutdown drain (`run`'s), and the
 //! decision for a new connection (`inbound`/`outbound` decide before forwarding).
@@ -12,9 +13,10 @@ use std::sync::Arc;
 use mesh_config::policy::{Policy, Request};
 use mesh_config::SpiffeId;
 
+use crate::authorize::Permit;
 use crate::enroll;
-use crate::outcome::Direction;
 use crate::state::Shared;
+use crate::tls::Peer;
 
 /// Why a connection was stopped from outside.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,24 +51,14 @@ impl From<()> for Stop {
     }
 }
 
-/// Resolves when the connection between this sidecar (`own`) and its verified peer must end:
-/// the peer (`peer_serial`, `peer_id`) is revoked, or the policy on `shared.policy` denies the
-/// pair (`peer -> own` inbound, `own -> peer` outbound). The policy is decided once when first
+/// Resolves when the connection `permit` allowed must end: its verified `peer` (the caller
+/// inbound, the server outbound) is revoked, or the policy on `shared.policy` now denies the
+/// permit's pair (exactly the pair that was authorized). The policy is decided once when first
 /// polled (a reload may have landed between the connection's decision and now) and again on
 /// every reload; never otherwise, so a connection costs nothing while the policy is unchanged.
-pub fn watch(
-    shared: &Shared,
-    direction: Direction,
-    peer_serial: mesh_identity::Serial,
-    peer_id: SpiffeId,
-    own: SpiffeId,
-) -> impl Future<Output = Stop> + Send + 'static {
-    let revoked = enroll::revoked(shared.revocations.clone(), peer_serial, peer_id.clone());
-    let (from, to) = match direction {
-        Direction::Inbound => (peer_id, own),
-        Direction::Outbound => (own, peer_id),
-    };
-    let denied = policy_denies(shared.policy.clone(), from, to);
+pub fn watch(shared: &Shared, permit: &Permit, peer: &Peer) -> impl Future<Output = Stop> + Send + 'static {
+    let revoked = enroll::revoked(shared.revocations.clone(), peer.serial.clone(), peer.id.clone());
+    let denied = policy_denies(shared.policy.clone(), permit.from().clone(), permit.to().clone());
     async move {
         tokio::select! {
             biased;
