@@ -4,16 +4,23 @@
 //! A leaf is built only from typed, checked values (identity, TTL within bounds, DNS names);
 //! nothing a requester sends is copied into a certificate. Every issued certificate is
 //! recorded durably in the store before it is returned.
+//!
+//! Time comes from the directory's [`Clock`] (the system clock unless a test injects one with
+//! [`CaDir::with_clock`] or [`Authority::open_with_clock`]), read once per operation: the
+//! leaf's validity, the token and expiry checks and the store's audit times of one operation
+//! all use that one reading.
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use mesh_config::{SpiffeId, TrustDomain, Ttl, Workload, Zone};
 use rcgen::{CertificateParams, Issuer, KeyPair, PublicKeyData};
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
+use mesh_identity::clock::{Clock, SystemClock};
 use mesh_identity::profile::{ca_server_id, is_reserved_zone};
 use mesh_identity::template::{self, LeafKind, NOT_BEFORE_BACKDATE};
 
@@ -52,6 +59,8 @@ pub struct CaDir {
     pub settings: Settings,
     pub root: CertificateDer<'static>,
     pub intermediate: CertificateDer<'static>,
+    /// Where every operation on this directory reads the time.
+    clock: Arc<dyn Clock>,
 }
 
 /// A CA directory opened with its intermediate key: it can issue.
@@ -92,7 +101,17 @@ impl CaDir {
         let settings = Settings::load(&settings_path)?;
         let root = pem::read_one_cert(&path.join(ROOT_CERT))?;
         let intermediate = pem::read_one_cert(&path.join(INTER_CERT))?;
-        Ok(Self { path: path.to_owned(), settings, root, intermediate })
+        Ok(Self { path: path.to_owned(), settings, root, intermediate, clock: Arc::new(SystemClock) })
+    }
+
+    /// The same directory, reading the time from `clock` (tests move it instead of sleeping).
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
+        Self { clock, ..self }
+    }
+
+    /// The clock this directory's operations read.
+    pub fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
     }
 
     pub fn path(&self) -> &Path {
@@ -118,6 +137,17 @@ impl Authority {
     /// Creates a new trust domain in `dir`: root and intermediate keys and certificates, the
     /// settings file and the store. Refuses an existing CA. On error, removes what it made.
     pub fn init(dir: &Path, opts: &InitOptions, pass: Option<&Passphrase>) -> Result<CaDir, CaError> {
+        Self::init_with_clock(dir, opts, pass, Arc::new(SystemClock))
+    }
+
+    /// [`Authority::init`] with the CA certificates' validity starting at `clock`'s now; the
+    /// directory returned reads that clock.
+    pub fn init_with_clock(
+        dir: &Path,
+        opts: &InitOptions,
+        pass: Option<&Passphrase>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<CaDir, CaError> {
         if dir.join(SETTINGS).exists() || dir.join(ROOT_CERT).exists() || dir.join(STORE).exists() {
             return Err(CaError::CaDir(format!(
                 "{}: already holds a CA; refusing to overwrite it (use another --dir)",
@@ -141,7 +171,7 @@ impl Authority {
         // 0700 whatever the umask, and also for a directory that existed before (mkdir and
         // its parents' defaults would leave it 0755): it holds the keys and the store.
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| CaError::io(dir, e))?;
-        let result = init_files(dir, opts, pass);
+        let result = init_files(dir, opts, pass, clock.now());
         if result.is_err() {
             for name in [SETTINGS, ROOT_CERT, ROOT_KEY, INTER_CERT, INTER_KEY] {
                 let _ = fs::remove_file(dir.join(name));
@@ -158,10 +188,20 @@ impl Authority {
             }
         }
         result?;
-        CaDir::open(dir)
+        Ok(CaDir::open(dir)?.with_clock(clock))
     }
 
-    /// Opens a CA directory for issuing: decrypts the intermediate key.
+    /// [`Authority::open`] reading the time from `clock` instead of the directory's.
+    pub fn open_with_clock(
+        dir: CaDir,
+        pass: Option<&Passphrase>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, CaError> {
+        Self::open(dir.with_clock(clock), pass)
+    }
+
+    /// Opens a CA directory for issuing: decrypts the intermediate key. Time is read from the
+    /// directory's clock.
     pub fn open(dir: CaDir, pass: Option<&Passphrase>) -> Result<Self, CaError> {
         let key_path = dir.path.join(INTER_KEY);
         let key = keys::read(&key_path, pass)?;
@@ -187,6 +227,11 @@ impl Authority {
         &self.dir.settings
     }
 
+    /// The clock the authority reads (once per operation).
+    pub fn clock(&self) -> &dyn Clock {
+        self.dir.clock()
+    }
+
     /// Issues and records a leaf X.509-SVID for `id` over `public_key`.
     /// `actor` names who asked, for the audit trail.
     pub fn issue(
@@ -197,7 +242,7 @@ impl Authority {
         public_key: &impl PublicKeyData,
         actor: &str,
     ) -> Result<IssuedLeaf, CaError> {
-        let now = OffsetDateTime::now_utc();
+        let now = self.clock().now();
         let (leaf, record) = self.build_leaf(id, ttl, dns, public_key, LeafKind::Workload, now)?;
         self.store.record_issued(&record, actor, now.unix_timestamp())?;
         Ok(leaf)
@@ -208,7 +253,7 @@ impl Authority {
     pub fn issue_ca_server(&self, public_key: &impl PublicKeyData) -> Result<IssuedLeaf, CaError> {
         let id = ca_server_id(&self.settings().trust_domain);
         let ttl = Some(self.settings().max_leaf_ttl);
-        let now = OffsetDateTime::now_utc();
+        let now = self.clock().now();
         let (leaf, record) = self.build_leaf(&id, ttl, &[], public_key, LeafKind::CaServer, now)?;
         self.store.record_issued(&record, "serve", now.unix_timestamp())?;
         Ok(leaf)
@@ -235,7 +280,7 @@ impl Authority {
     /// enrollments share one sync to disk instead of paying one each. Results are in order.
     pub fn enroll_batch(&self, jobs: Vec<EnrollJob>) -> Vec<Result<IssuedLeaf, EnrollError>> {
         let n = jobs.len();
-        let now = OffsetDateTime::now_utc();
+        let now = self.clock().now();
         // Per job: the leaf the closure signed, or why it could not.
         let mut signed: Vec<Option<IssuedLeaf>> = (0..n).map(|_| None).collect();
         let mut failed: Vec<Option<CaError>> = (0..n).map(|_| None).collect();
@@ -292,7 +337,7 @@ impl Authority {
 
     /// Renewal: the caller proved `id` and `serial` with its current certificate over mutual
     /// TLS; it gets a new certificate for the same identity over a new key. The current
-    /// certificate must be on record, active and unexpired at `now` (Unix seconds): an
+    /// certificate must be on record, active and unexpired now (the authority's clock): an
     /// expired one is refused however the connection was made (a resumed TLS session, for
     /// one, carries no fresh proof of validity).
     pub fn renew(
@@ -302,8 +347,9 @@ impl Authority {
         csr: &[u8],
         ttl: Option<Ttl>,
         actor: &str,
-        now: i64,
     ) -> Result<IssuedLeaf, EnrollError> {
+        let at = self.clock().now();
+        let now = at.unix_timestamp();
         let public_key = mesh_identity::csr::public_key(csr).map_err(EnrollError::Csr)?;
         if self.store_revoked(Some(serial), id).map_err(EnrollError::Ca)? {
             return Err(EnrollError::Revoked);
@@ -323,8 +369,6 @@ impl Authority {
                 ))))
             }
         }
-        let at = OffsetDateTime::from_unix_timestamp(now)
-            .map_err(|_| EnrollError::Ca(CaError::Refused(format!("renewal time {now} is out of range"))))?;
         let (leaf, record) =
             self.build_leaf(id, ttl, &[], &public_key, LeafKind::Workload, at).map_err(EnrollError::Ca)?;
         self.store.record_issued(&record, actor, now).map_err(|e| EnrollError::Ca(e.into()))?;
@@ -438,7 +482,7 @@ impl CaDir {
             )));
         }
         let token = Token::generate()?;
-        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let now = self.clock.unix();
         // Checked although the TTL is bounded above: an expiry that wrapped would be in the past
         // (a token refused at once) or, worse, far in the future.
         let expires_at = i64::try_from(ttl.as_secs())
@@ -477,7 +521,7 @@ impl CaDir {
             return Err(CaError::Refused("nothing to revoke".into()));
         }
         let store = self.store()?;
-        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let now = self.clock.unix();
         let ids: Vec<Option<String>> = targets
             .iter()
             .map(|t| match t {
@@ -570,8 +614,13 @@ fn check_ca_ttls(opts: &InitOptions) -> Result<(), CaError> {
     Ok(())
 }
 
-fn ca_params(td: &TrustDomain, cn: &str, ttl: Ttl, path_len: u8) -> Result<CertificateParams, CaError> {
-    let now = OffsetDateTime::now_utc();
+fn ca_params(
+    td: &TrustDomain,
+    cn: &str,
+    ttl: Ttl,
+    path_len: u8,
+    now: OffsetDateTime,
+) -> Result<CertificateParams, CaError> {
     // Checked: `check_ca_ttls` bounds the TTL, and this keeps a caller that skipped it from
     // panicking in `time`'s arithmetic.
     let not_after = time::Duration::try_from(ttl.as_duration())
@@ -595,22 +644,27 @@ fn ca_record(der: &CertificateDer<'_>, kind: CertKind, td: &TrustDomain) -> Resu
     })
 }
 
-fn init_files(dir: &Path, opts: &InitOptions, pass: Option<&Passphrase>) -> Result<(), CaError> {
+fn init_files(
+    dir: &Path,
+    opts: &InitOptions,
+    pass: Option<&Passphrase>,
+    now: OffsetDateTime,
+) -> Result<(), CaError> {
     let td = &opts.settings.trust_domain;
     check_ca_ttls(opts)?;
     let root_key = keys::generate()?;
-    let root_params = ca_params(td, &format!("{td} zt-mesh root CA"), opts.root_ttl, 1)?;
+    let root_params = ca_params(td, &format!("{td} zt-mesh root CA"), opts.root_ttl, 1, now)?;
     let root = root_params.self_signed(&root_key).map_err(|e| CaError::Crypto(format!("root: {e}")))?;
     let root_issuer = Issuer::new(root_params, &root_key);
     let inter_key = keys::generate()?;
-    let inter = ca_params(td, &format!("{td} zt-mesh intermediate CA"), opts.intermediate_ttl, 0)?
+    let inter = ca_params(td, &format!("{td} zt-mesh intermediate CA"), opts.intermediate_ttl, 0, now)?
         .signed_by(&inter_key, &root_issuer)
         .map_err(|e| CaError::Crypto(format!("intermediate: {e}")))?;
 
     let store = store::create(&opts.settings.store.in_dir(dir))?;
-    let now = OffsetDateTime::now_utc().unix_timestamp();
-    store.record_issued(&ca_record(root.der(), CertKind::Root, td)?, "init", now)?;
-    store.record_issued(&ca_record(inter.der(), CertKind::Intermediate, td)?, "init", now)?;
+    let at = now.unix_timestamp();
+    store.record_issued(&ca_record(root.der(), CertKind::Root, td)?, "init", at)?;
+    store.record_issued(&ca_record(inter.der(), CertKind::Intermediate, td)?, "init", at)?;
     drop(store);
 
     let root_key_pem = keys::to_pem(&root_key, pass)?;
@@ -631,6 +685,7 @@ fn init_files(dir: &Path, opts: &InitOptions, pass: Option<&Passphrase>) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mesh_identity::clock::ManualClock;
     use mesh_identity::profile;
 
     fn new_ca(dir: &Path) -> Authority {
@@ -646,23 +701,158 @@ mod tests {
         Authority::open(ca, None).expect("open")
     }
 
-    /// Renewal checks the current certificate's notAfter itself: however the caller's TLS
-    /// session was made, an expired certificate buys no new one.
+    /// A CA whose every operation reads `clock`, standing at the wall clock's present second
+    /// when created (the CA certificates start there).
+    fn ca_with_clock(dir: &Path) -> (Authority, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::at_system_now());
+        let td: TrustDomain = "example.org".parse().expect("td");
+        let settings = Settings::new(td, Ttl::from_secs(60), Ttl::from_secs(86400), Ttl::from_secs(3600))
+            .expect("settings");
+        let opts = InitOptions {
+            settings,
+            root_ttl: Ttl::from_secs(86400 * 3650),
+            intermediate_ttl: Ttl::from_secs(86400 * 365),
+        };
+        let made = Authority::init_with_clock(dir, &opts, None, clock.clone()).expect("init");
+        // Reopened from disk as the server does, with the clock injected at open.
+        drop(made);
+        let ca = Authority::open_with_clock(CaDir::open(dir).expect("open dir"), None, clock.clone())
+            .expect("open");
+        (ca, clock)
+    }
+
+    fn secs(n: i64) -> time::Duration {
+        time::Duration::seconds(n)
+    }
+
+    fn csr() -> String {
+        mesh_identity::csr::request_for(&keys::generate().expect("key")).expect("csr")
+    }
+
+    /// A join token is good until one second before its expiry and refused from its expiry on,
+    /// at the authority's clock; the refused enrollment spends nothing and records nothing.
     #[test]
-    fn renewal_refuses_an_expired_certificate() {
+    fn a_token_expires_at_the_clocks_time_and_an_expired_one_spends_nothing() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let ca = new_ca(&tmp.path().join("ca"));
+        let (ca, clock) = ca_with_clock(&tmp.path().join("ca"));
+        let (z, w): (Zone, Workload) =
+            ("payments".parse().expect("zone"), "charge".parse().expect("workload"));
+        let created = clock.unix();
+        let early = ca.dir().create_token(&z, &w, Ttl::from_secs(60), 1).expect("token");
+        let late = ca.dir().create_token(&z, &w, Ttl::from_secs(60), 1).expect("token");
+        let tokens = ca.store().tokens().expect("tokens");
+        assert!(tokens.iter().all(|t| t.expires_at == created + 60 && t.created_at == created), "{tokens:?}");
+
+        clock.advance(secs(59));
+        let leaf = ca.enroll(&early, csr().as_bytes(), None, "test").expect("valid one second before expiry");
+        assert_eq!(leaf.not_before, clock.now() - NOT_BEFORE_BACKDATE);
+
+        clock.advance(secs(1));
+        let e = ca.enroll(&late, csr().as_bytes(), None, "test").map(|l| l.serial);
+        assert!(matches!(e, Err(EnrollError::Token(TokenRejection::Expired))), "{e:?}");
+        let uses: Vec<i64> = ca.store().tokens().expect("tokens").iter().map(|t| t.uses_left).collect();
+        assert_eq!(uses.iter().filter(|&&u| u == 1).count(), 1, "the expired token kept its use: {uses:?}");
+        assert_eq!(ca.store().certificates().expect("list").len(), 2 + 1, "only the first enrollment issued");
+    }
+
+    /// Renewal checks the current certificate's notAfter against the authority's clock:
+    /// however the caller's TLS session was made, an expired certificate buys no new one.
+    #[test]
+    fn renewal_refuses_a_certificate_past_its_not_after_at_the_clocks_time() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (ca, clock) = ca_with_clock(&tmp.path().join("ca"));
         let id: SpiffeId = "spiffe://example.org/ns/payments/sa/charge".parse().expect("id");
         let key = keys::generate().expect("key");
         let leaf = ca.issue(&id, Some(Ttl::from_secs(120)), &[], &key, "test").expect("issue");
-        let csr = mesh_identity::csr::request_for(&keys::generate().expect("key")).expect("csr");
-        let now = OffsetDateTime::now_utc().unix_timestamp();
+        clock.set(leaf.not_after);
         let renewed =
-            ca.renew(&id, &leaf.serial, csr.as_bytes(), None, "test", now).expect("renews while valid");
+            ca.renew(&id, &leaf.serial, csr().as_bytes(), None, "test").expect("renews at notAfter");
         assert_eq!(renewed.id, id);
-        let after_expiry = leaf.not_after.unix_timestamp() + 1;
-        let e = ca.renew(&id, &leaf.serial, csr.as_bytes(), None, "test", after_expiry).map(|l| l.serial);
+        assert_eq!(
+            renewed.not_before,
+            leaf.not_after - NOT_BEFORE_BACKDATE,
+            "the new leaf starts at the clock"
+        );
+        clock.advance(secs(1));
+        let e = ca.renew(&id, &leaf.serial, csr().as_bytes(), None, "test").map(|l| l.serial);
         assert!(matches!(e, Err(EnrollError::Expired)), "{e:?}");
+    }
+
+    /// Every path that issues takes the leaf's validity from the clock: here a day after the
+    /// CA was made, which a wall-clock read would miss by that day.
+    #[test]
+    fn leaf_validity_follows_the_clock() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (ca, clock) = ca_with_clock(&tmp.path().join("ca"));
+        clock.advance(secs(86400));
+        let now = clock.now();
+        let id: SpiffeId = "spiffe://example.org/ns/payments/sa/charge".parse().expect("id");
+        let key = keys::generate().expect("key");
+        let issued = ca.issue(&id, Some(Ttl::from_secs(600)), &[], &key, "test").expect("issue");
+        let token = ca
+            .dir()
+            .create_token(
+                &"payments".parse().expect("zone"),
+                &"charge".parse().expect("workload"),
+                Ttl::from_secs(60),
+                1,
+            )
+            .expect("token");
+        let enrolled =
+            ca.enroll(&token, csr().as_bytes(), Some(Ttl::from_secs(600)), "test").expect("enroll");
+        let renewed = ca
+            .renew(&id, &issued.serial, csr().as_bytes(), Some(Ttl::from_secs(600)), "test")
+            .expect("renew");
+        let own = ca.issue_ca_server(&key).expect("the CA's own certificate");
+        for (what, leaf, ttl) in [
+            ("issue", &issued, 600),
+            ("enroll", &enrolled, 600),
+            ("renew", &renewed, 600),
+            ("own", &own, 86400),
+        ] {
+            assert_eq!(leaf.not_before, now - NOT_BEFORE_BACKDATE, "{what}");
+            assert_eq!(leaf.not_after, now + secs(ttl), "{what}");
+            let parsed = profile::parse(&leaf.der).expect("parse");
+            assert_eq!(
+                parsed.validity().not_before.timestamp(),
+                (now - NOT_BEFORE_BACKDATE).unix_timestamp(),
+                "{what}"
+            );
+            assert_eq!(parsed.validity().not_after.timestamp(), (now + secs(ttl)).unix_timestamp(), "{what}");
+            let rec = ca.store().certificate(&leaf.serial).expect("read").expect("recorded");
+            assert_eq!(
+                (rec.not_before, rec.not_after),
+                (parsed.validity().not_before.timestamp(), parsed.validity().not_after.timestamp()),
+                "{what}"
+            );
+        }
+    }
+
+    /// Near the intermediate's end a leaf is cut to end with it, and once less than the
+    /// shortest leaf TTL is left the CA refuses ("rotate it") rather than issue a stub.
+    #[test]
+    fn issuing_stops_when_the_intermediate_is_about_to_expire() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (ca, clock) = ca_with_clock(&tmp.path().join("ca"));
+        let inter = profile::parse(&ca.dir().intermediate).expect("intermediate");
+        let inter_end = inter.validity().not_after.to_datetime();
+        let id: SpiffeId = "spiffe://example.org/ns/payments/sa/charge".parse().expect("id");
+        let key = keys::generate().expect("key");
+
+        clock.set(inter_end - secs(2 * 3600));
+        let cut = ca.issue(&id, Some(Ttl::from_secs(86400)), &[], &key, "test").expect("issued, cut short");
+        assert_eq!(cut.not_after, inter_end);
+
+        clock.set(inter_end - secs(61));
+        ca.issue(&id, Some(Ttl::from_secs(60)), &[], &key, "test").expect("a minimum-TTL leaf still fits");
+        clock.advance(secs(2));
+        let e = ca.issue(&id, Some(Ttl::from_secs(60)), &[], &key, "test").map(|l| l.serial);
+        assert!(
+            matches!(&e, Err(CaError::Refused(m)) if m.contains("rotate it before issuing more")),
+            "{e:?}"
+        );
+        let e = ca.renew(&id, &cut.serial, csr().as_bytes(), None, "test").map(|l| l.serial);
+        assert!(matches!(&e, Err(EnrollError::Ca(CaError::Refused(m))) if m.contains("rotate it")), "{e:?}");
     }
 
     /// The CA's own identity: refused to workloads by every path, and the CA server's own
@@ -784,7 +974,7 @@ mod tests {
         }
         // The arithmetic itself is checked too, for a caller that skips the bound.
         let td: TrustDomain = "example.org".parse().expect("td");
-        assert!(ca_params(&td, "x", Ttl::from_secs(u64::MAX / 4), 0).is_err());
+        assert!(ca_params(&td, "x", Ttl::from_secs(u64::MAX / 4), 0, OffsetDateTime::now_utc()).is_err());
     }
 
     /// `ca.toml` names the store: `init` writes the default, a directory from before the

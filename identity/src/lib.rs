@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod client;
+pub mod clock;
 pub mod csr;
 pub mod error;
 pub mod fsutil;

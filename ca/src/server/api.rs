@@ -387,15 +387,7 @@ async fn renew(shared: Arc<Shared>, caller: Caller, b: RenewRequest) -> Response
     let c = caller.clone();
     let started = std::time::Instant::now();
     let result = tokio::task::spawn_blocking(move || {
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        sh.authority.renew(
-            &c.id,
-            &c.serial,
-            b.csr.as_bytes(),
-            sh.cert_ttl,
-            &format!("renew by {}", c.id),
-            now,
-        )
+        sh.authority.renew(&c.id, &c.serial, b.csr.as_bytes(), sh.cert_ttl, &format!("renew by {}", c.id))
     })
     .await;
     super::metrics::issue_duration(started.elapsed());
