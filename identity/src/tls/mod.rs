@@ -197,8 +197,9 @@ pub struct Connected<S> {
     pub peer: Option<Peer>,
     /// Whether the handshake resumed an earlier session (and was verified again).
     pub resumed: bool,
-    /// The negotiated mode: the ALPN protocol agreed, or the config's mode for a peer that
-    /// named none; `None` for a config without ALPN ([`Alpn::none`]).
+    /// The negotiated mode: the ALPN protocol agreed, or, for a peer that named none, the
+    /// last (oldest) protocol of the config's list; `None` for a config without ALPN
+    /// ([`Alpn::none`]).
     pub protocol: Option<Protocol>,
 }
 

@@ -430,3 +430,48 @@ fn alpn_names_the_mesh_stream_accepts_none_and_refuses_unknown_protocols() {
     assert!(ca_server.config().alpn_protocols.is_empty());
     assert_eq!(modes(&ca_server, &offering(&client, &["h2"])).0, Ok(None));
 }
+
+/// Reason codes are a bounded set of distinct snake_case labels, and every way ALPN can fail
+/// (refused by us as a server, refused by the server we called, a server picking a protocol
+/// we did not offer) is `unknown_alpn`.
+#[test]
+fn failure_reasons_are_distinct_labels_and_alpn_failures_are_unknown_alpn() {
+    use rustls::{AlertDescription, PeerMisbehaved};
+    use FailureReason as R;
+    let all = [
+        R::Eof,
+        R::Timeout,
+        R::Protocol,
+        R::Io,
+        R::NoCertificate,
+        R::UnknownCa,
+        R::Expired,
+        R::NotYetValid,
+        R::BadSignature,
+        R::Revoked,
+        R::BadPurpose,
+        R::WrongIdentity,
+        R::NotTheCa,
+        R::WrongTrustDomain,
+        R::BadSvid,
+        R::BadCertificate,
+        R::AlertReceived,
+        R::Incompatible,
+        R::UnknownAlpn,
+        R::TlsError,
+    ];
+    let labels: std::collections::BTreeSet<&str> = all.iter().map(|r| r.as_str()).collect();
+    assert_eq!(labels.len(), all.len(), "{labels:?}");
+    assert!(labels.iter().all(|l| l.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')), "{labels:?}");
+    for e in [
+        rustls::Error::NoApplicationProtocol,
+        rustls::Error::AlertReceived(AlertDescription::NoApplicationProtocol),
+        rustls::Error::PeerMisbehaved(PeerMisbehaved::SelectedUnofferedApplicationProtocol),
+    ] {
+        assert_eq!(FailureReason::of(&e), R::UnknownAlpn, "{e:?}");
+    }
+    assert_eq!(
+        FailureReason::of(&rustls::Error::AlertReceived(AlertDescription::BadCertificate)),
+        R::AlertReceived
+    );
+}
