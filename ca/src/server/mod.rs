@@ -193,19 +193,28 @@ pub async fn serve(
     // source's small budget; over it, the connection is closed unread, freeing the slot.
     let budget = Budget::new(MAX_CONNECTIONS).with_pending(per_source, MAX_CONNECTIONS);
     let anonymous_slots = Arc::new(Semaphore::new(MAX_ANONYMOUS));
-    accept_loop(listener, budget, tasks.clone(), shutdown.clone(), report("api", shared.events.clone()), |stream, peer, slot| {
-        // The config current at accept: a renewal swaps it for the connections after this one.
-        let server_tls = config.borrow().clone();
-        connection(shared.clone(), anonymous_slots.clone(), server_tls, stream, peer, slot)
-    })
+    accept_loop(
+        listener,
+        budget,
+        tasks.clone(),
+        shutdown.clone(),
+        report("api", shared.events.clone()),
+        |stream, peer, slot| {
+            // The config current at accept: a renewal swaps it for the connections after this one.
+            let server_tls = config.borrow().clone();
+            connection(shared.clone(), anonymous_slots.clone(), server_tls, stream, peer, slot)
+        },
+    )
     .await;
     // Stopped accepting (the listener is closed); the metrics listener stops on the same signal.
     if let Some(m) = metrics_loop {
         let _ = m.await;
     }
     let drained = tasks.drain(DRAIN_GRACE).await;
-    let stopped =
-        Ca::Stopped { connections_open: drained.open.to_string(), connections_cut: drained.aborted.to_string() };
+    let stopped = Ca::Stopped {
+        connections_open: drained.open.to_string(),
+        connections_cut: drained.aborted.to_string(),
+    };
     shared.events.emit(Event::ca(Severity::Info, stopped));
     // What is queued reaches stdout's writer before serve returns (main then flushes that).
     shared.events.flush(EVENT_FLUSH).await;
