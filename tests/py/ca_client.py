@@ -354,7 +354,7 @@ def answer(resp: http.client.HTTPResponse) -> dict:
         body = json.loads(text)
     except ValueError:
         body = None
-    return {"status": resp.status, "json": body, "text": text[:2000], "error": None}
+    return {"status": resp.status, "json": body, "text": text[:2000], "error": None, "allow": resp.getheader("Allow")}
 
 
 def one_request(conn, method: str, path: str, body: bytes | None, announce: bool = False) -> dict:

@@ -339,6 +339,8 @@ pub struct Reply {
     pub error: Option<String>,
     /// Statuses of every request when one was repeated.
     pub statuses: Vec<u16>,
+    /// The `Allow` header, if the answer had one (a 405 names the methods the path takes).
+    pub allow: Option<String>,
 }
 
 impl Reply {
@@ -348,6 +350,7 @@ impl Reply {
             json: v["json"].clone(),
             text: v["text"].as_str().unwrap_or("").to_owned(),
             error: v["error"].as_str().map(str::to_owned),
+            allow: v["allow"].as_str().map(str::to_owned),
             statuses: v["statuses"]
                 .as_array()
                 .map(|a| a.iter().filter_map(|s| s.as_u64().and_then(|s| u16::try_from(s).ok())).collect())

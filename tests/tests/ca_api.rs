@@ -357,8 +357,13 @@ fn garbage_and_oversized_bodies_unknown_paths_methods_and_floods_are_refused() {
     let f = body_file("at-limit.json", &pad(64 * 1024));
     s.api.request("POST", "/v1/enroll", &["--body-file", &f]).assert_refused(400, "csr_too_large");
 
-    s.api.request("GET", "/v1/enroll", &[]).assert_refused(405, "method_not_allowed");
-    s.api.request("DELETE", "/v1/bundle", &[]).assert_refused(405, "method_not_allowed");
+    // A known path with another method: 405, and `Allow` names the one it takes.
+    let r = s.api.request("GET", "/v1/enroll", &[]);
+    r.assert_refused(405, "method_not_allowed");
+    assert_eq!(r.allow.as_deref(), Some("POST"), "{r:?}");
+    let r = s.api.request("DELETE", "/v1/bundle", &[]);
+    r.assert_refused(405, "method_not_allowed");
+    assert_eq!(r.allow.as_deref(), Some("GET"), "{r:?}");
     s.api.request("GET", "/v2/enroll", &[]).assert_refused(404, "not_found");
     s.api.request("GET", "/", &[]).assert_refused(404, "not_found");
     assert_eq!(s.leaves().len(), before, "refused bodies issued something: {:#?}", s.leaves());
