@@ -86,7 +86,7 @@ pub async fn serve<IO, AppIo>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
 
@@ -106,26 +106,27 @@ mod tests {
     use crate::state::{Limits, Tls};
     use crate::tls::{client_config, Alpn, ClientSettings, ClientTls, NothingRevoked, PeerKind, Resumption};
 
-    const POLICY: &str = r#"trust_domain = "example.org"
+    pub(crate) const POLICY: &str = r#"trust_domain = "example.org"
 zones = ["frontend", "orders", "payments"]
 
 [[allow]]
 from = "frontend"
 to = "orders"
 "#;
-    const LIMIT: Duration = Duration::from_secs(10);
+    pub(crate) const LIMIT: Duration = Duration::from_secs(10);
 
-    fn id(s: &str) -> SpiffeId {
+    pub(crate) fn id(s: &str) -> SpiffeId {
         s.parse().expect("a valid SPIFFE ID")
     }
 
-    /// A sidecar's shared state for `own` (inbound only, files mode), with no event sink:
-    /// events are read through a subscription.
-    fn sidecar(pki: &TestPki, own: &SpiffeId) -> Shared {
+    /// A sidecar's shared state for `own` (files mode; an inbound, and one outbound per
+    /// identity in `servers`), following [`POLICY`], with no event sink: events are read
+    /// through a subscription. The outbound tests use it too.
+    pub(crate) fn sidecar(pki: &TestPki, own: &SpiffeId, servers: Vec<SpiffeId>) -> Shared {
         let ident = pki.identity(own);
         let cred =
             Credential::from_parts(ident.chain, ident.key, vec![pki.root().clone()]).expect("credential");
-        let shape = TlsShape { inbound: true, servers: Vec::new(), resumption: Resumption::Off };
+        let shape = TlsShape { inbound: true, servers, resumption: Resumption::Off };
         let tls = Tls::build(cred, &shape, Arc::new(NothingRevoked)).expect("TLS configs");
         let policy = Policy::from_str_named(POLICY, "policy.toml").expect("policy");
         let (events, _sinks) = Events::start(Vec::new(), 16, Recorder::NONE);
@@ -187,7 +188,7 @@ to = "orders"
         let pki = TestPki::new();
         let (api, web) =
             (id("spiffe://example.org/ns/orders/sa/api"), id("spiffe://example.org/ns/frontend/sa/web"));
-        let shared = sidecar(&pki, &api);
+        let shared = sidecar(&pki, &api, Vec::new());
         let client = peer(&pki, &web, &api);
         let (app_near, mut app_far) = duplex(64 * 1024);
         let app_side = async move {
@@ -232,7 +233,7 @@ to = "orders"
         let pki = TestPki::new();
         let api = id("spiffe://example.org/ns/orders/sa/api");
         let charge = id("spiffe://example.org/ns/payments/sa/charge");
-        let shared = sidecar(&pki, &api);
+        let shared = sidecar(&pki, &api, Vec::new());
         let client = peer(&pki, &charge, &api);
         let (app_near, mut app_far) = duplex(64 * 1024);
         let (event, connected) = one_connection(&shared, app_near, |io| async move {
