@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use crate::authorize::{Denial, Permit};
 use crate::connect::ConnectError;
 
-use crate::events::{Event, Events, Severity};
+use crate::events::{Connection, Event, EventKind, Events, Severity};
 use crate::forward::{Counts, End};
 use crate::handshake::Failure;
 use crate::metrics;
@@ -124,22 +124,27 @@ impl Outcome {
         );
     }
 
-    /// Ends the record: closes its metrics with `outcome` and returns its event.
-    fn finish(&mut self, outcome: &'static str, name: &'static str, severity: Severity) -> Event {
+    /// Ends the record: closes its metrics with `outcome` and returns its event's fields.
+    fn finish(&mut self, outcome: &'static str) -> Connection {
         self.finished = true;
         let lasted = self.start.elapsed();
         metrics::connection_closed(self.direction.as_str(), outcome, lasted);
-        let mut e = Event::new(name, severity);
-        e.direction = Some(self.direction.as_str());
-        e.listener = Some(self.listener.to_string());
-        e.src_addr = Some(self.src_addr.to_string());
-        e.dst_addr = self.dst_addr.take();
-        e.src_id = self.src_id.take().map(|i| i.to_string());
-        e.dst_id = self.dst_id.take().map(|i| i.to_string());
-        e.rule = self.rule.take();
-        e.duration_ms = Some(lasted.as_millis() as u64);
-        e.tls_resumed = self.resumed;
-        e
+        Connection {
+            direction: self.direction.as_str(),
+            listener: self.listener.to_string(),
+            src_addr: self.src_addr.to_string(),
+            dst_addr: self.dst_addr.take(),
+            src_id: self.src_id.take().map(|i| i.to_string()),
+            dst_id: self.dst_id.take().map(|i| i.to_string()),
+            rule: self.rule.take(),
+            duration_ms: lasted.as_millis() as u64,
+            tls_resumed: self.resumed,
+            ..Connection::default()
+        }
+    }
+
+    fn emit(&self, kind: EventKind, severity: Severity, c: Connection) {
+        self.events.emit(Event::connection(kind, severity, c));
     }
 
     /// The handshake failed or timed out (or could not start: no valid own certificate).
@@ -147,25 +152,28 @@ impl Outcome {
         let (reason, detail) = (failure.as_str(), failure.detail());
         let took = self.handshake_start.map(|t| t.elapsed());
         metrics::handshake(self.direction.as_str(), Some(reason), took);
-        let e = self.finish("handshake_failed", "tls.handshake_failed", Severity::Warning);
-        self.events.emit(e.reason(reason, detail));
+        let mut c = self.finish("handshake_failed");
+        c.reason(reason, detail);
+        self.emit(EventKind::TlsHandshakeFailed, Severity::Warning, c);
     }
 
     /// The policy refused the connection.
     pub fn denied(mut self, d: Denial) {
         self.decision_metric(false, d.from(), d.to());
         let rule = d.rule().map(|r| r.text().to_owned());
-        let mut e = self.finish("denied", "policy.deny", Severity::Warning);
-        e.decision = Some("deny");
-        e.rule = rule;
-        self.events.emit(e.reason(d.reason().as_str(), d.detail().to_owned()));
+        let mut c = self.finish("denied");
+        c.decision = Some("deny");
+        c.rule = rule;
+        c.reason(d.reason().as_str(), d.detail());
+        self.emit(EventKind::PolicyDeny, Severity::Warning, c);
     }
 
     /// The next hop (local app, or remote sidecar) could not be reached.
     pub fn upstream_failed(mut self, err: ConnectError) {
-        let mut e = self.finish("upstream_failed", "upstream.connect_failed", Severity::Error);
-        e.decision = Some("allow");
-        self.events.emit(e.reason(err.reason.as_str(), err.detail));
+        let mut c = self.finish("upstream_failed");
+        c.decision = Some("allow");
+        c.reason(err.reason.as_str(), err.detail);
+        self.emit(EventKind::UpstreamConnectFailed, Severity::Error, c);
     }
 
     /// An allowed connection ended. `counts.a_to_b` is bytes from the connecting side onward.
@@ -179,18 +187,19 @@ impl Outcome {
             Severity::Info
         };
         let allowed_by = self.rule.clone();
-        let mut e = self.finish(end.as_str(), "connection", severity);
-        e.decision = Some("allow");
-        e.reason = Some(end.as_str());
+        let reason = end.as_str();
+        let mut c = self.finish(reason);
+        c.decision = Some("allow");
+        c.reason = Some(reason);
         if let End::Stopped(Stop::PolicyRevoked { rule, detail }) = end {
-            e.decision = Some("deny");
-            e.rule = rule;
+            c.decision = Some("deny");
+            c.rule = rule;
             let was = allowed_by.map(|r| format!("; it was allowed by {r}")).unwrap_or_default();
-            e.reason_detail = Some(crate::events::truncate(format!("policy reloaded: {detail}{was}")));
+            c.reason(reason, format!("policy reloaded: {detail}{was}"));
         }
-        e.bytes_in = Some(counts.a_to_b);
-        e.bytes_out = Some(counts.b_to_a);
-        self.events.emit(e);
+        c.bytes_in = Some(counts.a_to_b);
+        c.bytes_out = Some(counts.b_to_a);
+        self.emit(EventKind::Connection, severity, c);
     }
 }
 
