@@ -371,16 +371,24 @@ fn garbage_and_oversized_bodies_unknown_paths_methods_and_floods_are_refused() {
     // The token is still unspent: the refusals above never reached it.
     assert_eq!(s.api.enroll(&t, &good).assert_issued()["spiffe_id"], API_ID);
 
-    // A flood from one address: 50 requests/s with a burst of 100, then 429.
-    let r = s.api.request("GET", "/v1/bundle", &["--repeat", "300"]);
+    // A flood from one address: 50 requests/s with a burst of 100, then 429. What the limiter
+    // may allow depends on how long the flood took, so the bound is derived from that time
+    // (measured around the whole client run, so it can only be generous), not from a speed
+    // this machine is assumed to have; 1,000 requests outrun the refill unless each took 18 ms.
+    let flood = Instant::now();
+    let r = s.api.request("GET", "/v1/bundle", &["--repeat", "1000"]);
+    let allowed_at_most = 100 + 50 * flood.elapsed().as_secs_f64().ceil() as usize;
     let ok = r.statuses.iter().filter(|s| **s == 200).count();
     let limited = r.statuses.iter().filter(|s| **s == 429).count();
-    assert_eq!(ok + limited, 300, "only 200 and 429 expected: {:?}", r.statuses);
-    assert!((100..300).contains(&ok) && limited > 0, "{ok} allowed, {limited} rate-limited");
+    assert_eq!(ok + limited, 1000, "only 200 and 429 expected: {:?}", r.statuses);
+    assert!(
+        ok >= 50 && ok <= allowed_at_most && limited > 0,
+        "{ok} allowed (at most {allowed_at_most}), {limited} rate-limited"
+    );
     assert_eq!(r.statuses[0], 200);
     // The reported reply is the first refused one (later ones may pass again after a refill).
     r.assert_refused(429, "rate_limited");
-    println!("rate limit: {ok} of 300 back-to-back requests allowed, {limited} refused with 429");
+    println!("rate limit: {ok} of 1000 back-to-back requests allowed, {limited} refused with 429");
 }
 
 #[test]
@@ -648,7 +656,7 @@ fn every_certificate_a_client_received_survives_kill_dash_nine() {
         let (url, bundle) = (server.url.clone(), server.bundle.display().to_string());
         let burst = ca_client_spawn(
             "burst",
-            &["burst", "--url", &url, "--bundle", &bundle, "--token", &t, "--threads", "4", "--max", "90"],
+            &["burst", "--url", &url, "--bundle", &bundle, "--token", &t, "--threads", "4", "--max", "250"],
         );
         let want = 10 + 5 * round;
         burst.wait_lines("enrollments under way", |l| {
@@ -772,9 +780,10 @@ fn a_certificate_revoked_by_the_cli_is_refused_in_the_handshake_while_running_an
             break;
         }
         assert!(r.status == Some(403) && r.code() == "revoked", "renewal with a revoked certificate: {r:?}");
+        // The server's poll runs every 200 ms; the bound is for a machine busy enough to delay it.
         assert!(
-            revoked.elapsed() < Duration::from_secs(10),
-            "not refused in the handshake 10 s after the revocation"
+            revoked.elapsed() < DEADLINE,
+            "not refused in the handshake {DEADLINE:?} after the revocation"
         );
     }
     println!(
