@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use mesh_tests::ca_server::DEADLINE;
 use mesh_tests::ca_server::*;
+use mesh_tests::now_unix;
 use mesh_tests::proxy::*;
 use serde_json::Value;
 
@@ -19,6 +21,23 @@ to = "orders"
 fn named(sc: &Sidecar, name: &str) -> Vec<Value> {
     sc.events().into_iter().filter(|e| e["event"] == name).collect()
 }
+
+/// The notAfter (Unix seconds) of the certificate a sidecar holds now: the detail of its
+/// last `cert.enrolled` / `cert.renewed` ("serial X valid until Y").
+fn current_not_after(sc: &Sidecar) -> i64 {
+    let last =
+        sc.events().into_iter().rfind(|e| e["event"] == "cert.enrolled" || e["event"] == "cert.renewed");
+    let detail = last.as_ref().and_then(|e| e["detail"].as_str()).unwrap_or("");
+    detail
+        .rsplit(' ')
+        .next()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no notAfter in {last:?}"))
+}
+
+/// The sidecar's retry backoff cap (`MAX_BACKOFF` in proxy/src/enroll.rs): past expiry it
+/// retries at this pace, so a CA that comes back can wait this long for the next attempt.
+const RETRY_CAP: Duration = Duration::from_secs(30);
 
 /// One short request through `addr`: whether the echo came back intact.
 fn works(addr: std::net::SocketAddr, what: &[u8]) -> bool {
@@ -47,9 +66,12 @@ fn expiry_while_the_ca_is_away_fails_closed_and_recovers_when_it_returns() {
     mesh.kill_ca();
     let killed = Instant::now();
 
-    // Renewals fail; the certificates (one minute) expire; both sidecars say so.
+    // Renewals fail; the certificates (one minute) expire; both sidecars say so. Awaited from
+    // each certificate's own notAfter (not from the kill: the setup may have been slow), plus
+    // a deadline for the retry that notices (retries near expiry come at half the time left).
     for sc in [&server, &client] {
-        if wait_events(sc, Duration::from_secs(90), 1, |e| e["event"] == "cert.expired").is_none() {
+        let left = Duration::from_secs(u64::try_from(current_not_after(sc) - now_unix()).unwrap_or(0));
+        if wait_events(sc, left + DEADLINE, 1, |e| e["event"] == "cert.expired").is_none() {
             panic!("{} never reported its certificate expired\n{}", sc.name, transcripts(&server, &client));
         }
         assert!(!named(sc, "cert.renew_failed").is_empty(), "no cert.renew_failed on {}", sc.name);
@@ -69,10 +91,11 @@ fn expiry_while_the_ca_is_away_fails_closed_and_recovers_when_it_returns() {
     assert_eq!(app.connections(), app_conns, "the app was reached after expiry");
 
     // The CA returns: both re-enroll with their token's second use, and traffic flows again.
+    // Their next attempt may be a whole backoff away, then it must go through.
     mesh.restart_ca();
     let back = Instant::now();
     for sc in [&server, &client] {
-        let again = wait_events(sc, Duration::from_secs(60), 2, |e| e["event"] == "cert.enrolled");
+        let again = wait_events(sc, RETRY_CAP + DEADLINE, 2, |e| e["event"] == "cert.enrolled");
         assert!(again.is_some(), "{} did not re-enroll\n{}", sc.name, transcripts(&server, &client));
     }
     let recovered_after = back.elapsed();
