@@ -458,7 +458,8 @@ async fn revocations(shared: Arc<Shared>, caller: Option<&Caller>, query: &str) 
         }
     }
     let sh = shared.clone();
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    // Compaction (expired certificates' entries left out) follows the authority's clock.
+    let now = shared.authority.clock().unix();
     match tokio::task::spawn_blocking(move || sh.authority.store().revocation_page(since, now, limit)).await {
         Ok(Ok(page)) => json(StatusCode::OK, &page_body(page)),
         _ => error(
