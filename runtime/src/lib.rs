@@ -4,10 +4,12 @@
 //! one accept loop (budgets, backoff, tracked tasks, the drain) every listener runs;
 //! [`http`], the one HTTP/1.1 connection builder with its limits; [`events`], the typed
 //! security events and their bounded, non-blocking sinks; and [`diagnostics`], `tracing`
-//! for the servers' messages, written through `output`.
+//! for the servers' messages, written through `output`; [`exposition`], the `process_*`
+//! metrics and the stable order both `/metrics` endpoints render.
 
 pub mod diagnostics;
 pub mod events;
+pub mod exposition;
 pub mod http;
 pub mod limits;
 pub mod output;
