@@ -4,15 +4,21 @@
 //! (frontend, orders, payments) with small sample apps and a `mesh-proxy` sidecar each that
 //! enrolls with a one-time join token (keys stay in the sidecars' memory), then a set of
 //! calls, allowed and refused, shown as a table with the sidecar events that explain each
-//! refusal. Cleans up on exit, or keeps running with `--keep`. Uses only 127.0.0.1.
+//! refusal, and one of the sidecars' metrics. Cleans up on exit, or keeps running with
+//! `--keep`; either way SIGTERM or Ctrl-C stops every process it started (see `children`).
+//! Uses only 127.0.0.1.
+
+mod children;
 
 use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
+
+use children::{Children, Group};
 
 const TD: &str = "example.org";
 const USAGE: &str = "usage: mesh-demo [--keep] [--dir DIR]
@@ -20,11 +26,15 @@ const USAGE: &str = "usage: mesh-demo [--keep] [--dir DIR]
 Runs a local zt-mesh: a CA, three zones (frontend, orders, payments) with sample apps and
 their sidecars, and shows which calls the mesh allows and refuses, and why.
 
-  --keep      keep the mesh running after the table (Ctrl-C stops it) and print how to poke it
-  --dir DIR   work in DIR (kept afterwards) instead of a temporary directory";
+  --keep        keep the mesh running after the table (Ctrl-C stops it) and print how to poke it
+  --dir DIR     work in DIR (new or empty; kept afterwards) instead of a temporary directory
+  -V, --version print the version
+
+SIGTERM or Ctrl-C stops every process the demo started; so does a child's unexpected exit,
+which is reported.";
 
 /// The demo's policy: the sample policy the README shows and the tests use.
-const POLICY: &str = include_str!("../../../examples/policy.toml");
+const POLICY: &str = include_str!("../../../../examples/policy.toml");
 
 /// A rogue sidecar's own, permissive policy: its egress check lets everything out, so the
 /// refusal must come from the callee's sidecar.
@@ -40,18 +50,11 @@ from = "frontend"
 to = "orders"
 "#;
 
+/// A started sidecar (or the CA server): its events file and the ports it said it bound.
 struct Sidecar {
     name: &'static str,
-    child: Child,
     events: PathBuf,
     ports: HashMap<String, u16>,
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn main() -> ExitCode {
@@ -62,6 +65,10 @@ fn main() -> ExitCode {
         match a.as_str() {
             "--keep" => keep = true,
             "--dir" => dir = args.next().map(PathBuf::from),
+            "-V" | "--version" => {
+                println!("mesh-demo {}", env!("CARGO_PKG_VERSION"));
+                return ExitCode::SUCCESS;
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -76,7 +83,18 @@ fn main() -> ExitCode {
         Some(d) => (d, false),
         None => (std::env::temp_dir().join(format!("zt-mesh-demo-{}", std::process::id())), true),
     };
-    let result = demo(&dir, keep);
+    // Before any child starts: SIGTERM/SIGINT and a child's death end the demo from the
+    // watcher thread, a panic from the hook, anything else by dropping the group.
+    let children = Children::default();
+    if temporary {
+        children.remove_on_exit(&dir);
+    }
+    if let Err(e) = children.watch() {
+        eprintln!("mesh-demo: error: {e}");
+        return ExitCode::FAILURE;
+    }
+    children.stop_on_panic();
+    let result = demo(&dir, keep, Group(children.clone()));
     if temporary && !keep && fs::remove_dir_all(&dir).is_ok() {
         println!("Removed {}.", dir.display());
     }
@@ -142,6 +160,7 @@ fn sample_app(who: &'static str) -> Result<u16, String> {
 /// Writes a sidecar.toml, starts `mesh-proxy run`, and waits for its `proxy.started` event.
 #[allow(clippy::too_many_arguments)]
 fn start_sidecar(
+    children: &Children,
     proxy: &Path,
     dir: &Path,
     ca_port: u16,
@@ -152,7 +171,7 @@ fn start_sidecar(
 ) -> Result<Sidecar, String> {
     let events = dir.join(format!("{name}.events.jsonl"));
     let mut cfg = format!(
-        "policy = \"{policy}\"\n\n[identity]\nca_url = \"https://127.0.0.1:{ca_port}\"\nca_bundle = \"ca-bundle.pem\"\ntoken_file = \"tokens/{name}\"\n\n[events]\nsink = \"file:{}\"\n",
+        "policy = \"{policy}\"\n\n[identity]\nca_url = \"https://127.0.0.1:{ca_port}\"\nca_bundle = \"ca-bundle.pem\"\ntoken_file = \"tokens/{name}\"\n\n[events]\nsink = \"file:{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
         events.display()
     );
     if let Some(app) = inbound_app {
@@ -165,16 +184,15 @@ fn start_sidecar(
     }
     let cfg_path = dir.join(format!("{name}.sidecar.toml"));
     fs::write(&cfg_path, cfg).map_err(|e| e.to_string())?;
-    let child = Command::new(proxy)
-        .args(["run", "--config"])
-        .arg(&cfg_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("starting {name}'s sidecar: {e}"))?;
-    let mut sidecar = Sidecar { name, child, events, ports: HashMap::new() };
-    let started = wait_event(&sidecar.events, 0, |e| e["event"] == "proxy.started", Duration::from_secs(10))
-        .ok_or_else(|| format!("{name}'s sidecar did not start (see {})", cfg_path.display()))?;
+    children.spawn(
+        &format!("{name}'s sidecar"),
+        Command::new(proxy).args(["run", "--config"]).arg(&cfg_path).stdout(Stdio::null()),
+        &dir.join(format!("{name}.stderr.log")),
+    )?;
+    let mut sidecar = Sidecar { name, events, ports: HashMap::new() };
+    let started = wait_up(children, &sidecar.events, "proxy.started").map_err(|e| {
+        e.unwrap_or_else(|| format!("{name}'s sidecar did not start (see {})", cfg_path.display()))
+    })?;
     for pair in started["detail"].as_str().unwrap_or_default().split(' ') {
         if let Some((k, addr)) = pair.split_once('=') {
             if let Some(port) = addr.rsplit(':').next().and_then(|p| p.parse().ok()) {
@@ -209,6 +227,35 @@ fn wait_event(
     }
 }
 
+/// Waits for a just-started child's `event`, giving up at once with the child's own error if
+/// it exits first (`Err(Some(..))`), or after a while (`Err(None)`).
+fn wait_up(children: &Children, events: &Path, event: &str) -> Result<serde_json::Value, Option<String>> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(e) = read_events(events).into_iter().find(|e| e["event"] == event) {
+            return Ok(e);
+        }
+        if let Some(died) = children.died() {
+            return Err(Some(died));
+        }
+        if Instant::now() > deadline {
+            return Err(None);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// The lines of a sidecar's `/metrics` that start with `name`.
+fn metric_lines(admin_port: u16, name: &str) -> Vec<String> {
+    let raw = b"GET /metrics HTTP/1.1\r\nhost: demo\r\nconnection: close\r\n\r\n";
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", admin_port)) else { return Vec::new() };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = s.write_all(raw);
+    let mut out = Vec::new();
+    let _ = s.take(1024 * 1024).read_to_end(&mut out);
+    String::from_utf8_lossy(&out).lines().filter(|l| l.starts_with(name)).map(str::to_owned).collect()
+}
+
 /// Sends one HTTP request to a local port and returns the first line of the answer.
 fn call(port: u16, raw: &[u8]) -> String {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return "connection refused".into() };
@@ -235,7 +282,9 @@ struct Row {
     why: String,
 }
 
-fn demo(dir: &Path, keep: bool) -> Result<(), String> {
+/// Runs the demo; every child is stopped when `group` drops, on return or unwinding.
+fn demo(dir: &Path, keep: bool, group: Group) -> Result<(), String> {
+    let children = &group.0;
     let ca_bin = binary("mesh-ca")?;
     let proxy = binary("mesh-proxy")?;
     fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -246,25 +295,42 @@ fn demo(dir: &Path, keep: bool) -> Result<(), String> {
     let ca_dir = dir.join("ca");
     let ca = |args: &[&str]| {
         run(Command::new(&ca_bin).args(args).env("MESH_CA_PASSPHRASE", &pass))
-            .map_err(|e| format!("mesh-ca: {e}"))
+            .map_err(|e| format!("mesh-ca {}: {}", args[0], e.trim_start_matches("mesh-ca: error: ")))
     };
-    if !ca_dir.exists() {
-        ca(&["init", "--dir", &ca_dir.to_string_lossy(), "--trust-domain", TD])?;
-    }
+    // Always a new CA: one left by an earlier run is encrypted with that run's passphrase,
+    // so mesh-ca's own refusal is shown, with why.
+    ca(&["init", "--dir", &ca_dir.to_string_lossy(), "--trust-domain", TD]).map_err(|e| {
+        if ca_dir.exists() {
+            format!(
+                "{e}; {} is from an earlier run, whose CA keys are encrypted with that run's passphrase: remove it or choose a new --dir",
+                dir.display()
+            )
+        } else {
+            e
+        }
+    })?;
     println!("1. CA        created trust domain {TD} (root + intermediate, encrypted keys)");
 
     // The CA server: sidecars enroll with it and renew through it.
     let ca_log = dir.join("ca.events.jsonl");
-    let ca_server = Command::new(&ca_bin)
-        .args(["serve", "--dir", &ca_dir.to_string_lossy(), "--listen", "127.0.0.1:0", "--cert-ttl", "1h"])
-        .env("MESH_CA_PASSPHRASE", &pass)
-        .stdout(fs::File::create(&ca_log).map_err(|e| e.to_string())?)
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("starting mesh-ca serve: {e}"))?;
-    let ca_server = Sidecar { name: "ca", child: ca_server, events: ca_log.clone(), ports: HashMap::new() };
-    let started = wait_event(&ca_log, 0, |e| e["event"] == "ca.started", Duration::from_secs(10))
-        .ok_or("mesh-ca serve did not start")?;
+    children.spawn(
+        "mesh-ca serve",
+        Command::new(&ca_bin)
+            .args([
+                "serve",
+                "--dir",
+                &ca_dir.to_string_lossy(),
+                "--listen",
+                "127.0.0.1:0",
+                "--cert-ttl",
+                "1h",
+            ])
+            .env("MESH_CA_PASSPHRASE", &pass)
+            .stdout(fs::File::create(&ca_log).map_err(|e| format!("{}: {e}", ca_log.display()))?),
+        &dir.join("ca.stderr.log"),
+    )?;
+    let started = wait_up(children, &ca_log, "ca.started")
+        .map_err(|e| e.unwrap_or_else(|| "mesh-ca serve did not start".into()))?;
     let ca_port: u16 = started["listen"]
         .as_str()
         .and_then(|a| a.rsplit(':').next())
@@ -300,6 +366,7 @@ fn demo(dir: &Path, keep: bool) -> Result<(), String> {
     println!("4. policy    frontend -> orders; orders/api -> payments/charge; deny frontend/rogue -> orders");
 
     let charge = start_sidecar(
+        children,
         &proxy,
         dir,
         ca_port,
@@ -310,6 +377,7 @@ fn demo(dir: &Path, keep: bool) -> Result<(), String> {
     )?;
     let charge_in = charge.ports["inbound"];
     let api = start_sidecar(
+        children,
         &proxy,
         dir,
         ca_port,
@@ -322,6 +390,7 @@ fn demo(dir: &Path, keep: bool) -> Result<(), String> {
     // web's third outbound expects orders/api but is pointed at the payments sidecar, as a
     // hijacked DNS name would do.
     let web = start_sidecar(
+        children,
         &proxy,
         dir,
         ca_port,
@@ -331,6 +400,7 @@ fn demo(dir: &Path, keep: bool) -> Result<(), String> {
         &[("orders/sa/api", api_in), ("payments/sa/charge", charge_in), ("orders/sa/api", charge_in)],
     )?;
     let rogue = start_sidecar(
+        children,
         &proxy,
         dir,
         ca_port,
@@ -387,6 +457,16 @@ fn demo(dir: &Path, keep: bool) -> Result<(), String> {
     for e in &explain {
         println!("  {e}");
     }
+    // Every series is there from the start, at zero: the ones these calls moved.
+    println!("\nweb's sidecar counted its decisions (http://127.0.0.1:{}/metrics):", web.ports["admin"]);
+    for line in metric_lines(web.ports["admin"], "mesh_policy_decisions_total{") {
+        if !line.ends_with(" 0") {
+            println!("  {line}");
+        }
+    }
+    if let Some(died) = children.died() {
+        return Err(died);
+    }
     if keep {
         println!("\nThe mesh keeps running (Ctrl-C stops it). Try:");
         println!(
@@ -399,11 +479,21 @@ fn demo(dir: &Path, keep: bool) -> Result<(), String> {
         );
         println!("  tail -f {}/*.events.jsonl", dir.display());
         println!("  edit {}/policy.toml: sidecars reload it within a second", dir.display());
+        for s in [&web, &api, &charge, &rogue] {
+            println!(
+                "  curl http://127.0.0.1:{}/metrics     # {}'s sidecar (also /live, /ready, /identity, /config)",
+                s.ports["admin"], s.name
+            );
+        }
+        if let Some(g) = children.group_id() {
+            println!("Its processes are process group {g}: if the demo is killed with -9, `kill -- -{g}` stops them.");
+        }
+        // The watcher thread ends the process on SIGTERM, Ctrl-C or a child's exit.
         loop {
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
-    drop((web, api, charge, rogue, ca_server));
+    drop(group);
     println!("\nStopped the sidecars. Run with --keep to explore the running mesh.");
     Ok(())
 }
