@@ -103,6 +103,15 @@ directory: sidecars that follow the CA refuse the revoked peer within seconds.")
   mesh-ca list --dir ./ca
   mesh-ca list --dir ./ca --json")]
     List(ListArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
+    #[command(after_help = "Examples:
+  mesh-ca completions bash > /etc/bash_completion.d/mesh-ca
+  mesh-ca completions zsh > \"${fpath[1]}/_mesh-ca\"
+  mesh-ca completions fish > ~/.config/fish/completions/mesh-ca.fish")]
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Args)]
@@ -294,6 +303,7 @@ fn main() -> ExitCode {
         Command::Bundle(a) => bundle_cmd(a),
         Command::Inspect(a) => inspect_cmd(a),
         Command::List(a) => list(a),
+        Command::Completions { shell } => completions(shell),
         Command::Serve(a) => serve(a),
         Command::Token(TokenCommand::Create(a)) => token_create(a),
         Command::Revoke(a) => revoke(a),
@@ -631,6 +641,15 @@ fn revoke_targets(file: &std::path::Path, td: &TrustDomain) -> Result<Vec<Revoke
         targets.push(target);
     }
     Ok(targets)
+}
+
+/// `completions SHELL`: the script for every subcommand and flag, written through
+/// [`print_out`] (clap_complete's own writer panics on a closed stdout).
+fn completions(shell: clap_complete::Shell) -> Result<ExitCode, CaError> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "mesh-ca", &mut script);
+    print_out(&String::from_utf8_lossy(&script))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Writes a command's result to stdout. A closed pipe (`mesh-ca list | head`) or any other

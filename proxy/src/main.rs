@@ -77,6 +77,15 @@ Exits 0 when allowed, 1 when denied.")]
         #[arg(long, requires = "method")]
         path: Option<String>,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
+    #[command(after_help = "Examples:
+  mesh-proxy completions bash > /etc/bash_completion.d/mesh-proxy
+  mesh-proxy completions zsh > \"${fpath[1]}/_mesh-proxy\"
+  mesh-proxy completions fish > ~/.config/fish/completions/mesh-proxy.fish")]
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
@@ -84,6 +93,7 @@ fn main() -> ExitCode {
         Command::Run { config } => run(config),
         Command::Check { config } => check(config),
         Command::Explain { policy, from, to, method, path } => explain(policy, &from, &to, method, path),
+        Command::Completions { shell } => completions(shell),
     }
 }
 
@@ -107,6 +117,15 @@ macro_rules! out {
             return fail(1, format!("stdout: {e}"));
         }
     };
+}
+
+/// `completions SHELL`: the script for every subcommand and flag. Generated into memory and
+/// written with `out!` (clap_complete's own writer panics on a closed stdout).
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "mesh-proxy", &mut script);
+    out!("{}", String::from_utf8_lossy(&script).trim_end());
+    ExitCode::SUCCESS
 }
 
 fn run(config: PathBuf) -> ExitCode {

@@ -26,6 +26,8 @@ mod issue;
 mod refusals;
 #[path = "ca_cli/store.rs"]
 mod store;
+#[path = "ca_cli/shell.rs"]
+mod shell;
 
 const ZONE: &str = "payments";
 const WORKLOAD: &str = "charge";

@@ -254,3 +254,36 @@ fn check_and_run_refuse_the_same_token_file() {
     assert!(ran.stderr_lines()[0].ends_with("not text"), "{ran}");
     assert_eq!(ran.stdout, "", "run printed events before refusing:\n{ran}");
 }
+
+#[test]
+fn version_is_the_crate_version() {
+    let out = mesh_proxy(&["--version"]);
+    out.assert_ok();
+    assert_eq!(out.stdout.trim(), format!("mesh-proxy {}", env!("CARGO_PKG_VERSION")), "{out}");
+}
+
+/// The bash script parses (`bash -n`), and sourcing it registers a completion for
+/// mesh-proxy that knows the subcommands; zsh and fish scripts are printed too.
+#[test]
+fn completions_parse_and_register() {
+    let out = mesh_proxy(&["completions", "bash"]);
+    out.assert_ok();
+    for word in ["run", "check", "explain", "completions", "--config"] {
+        assert!(out.stdout.contains(word), "the bash completions do not offer {word}:\n{out}");
+    }
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let script = tmp.path().join("mesh-proxy.bash");
+    std::fs::write(&script, &out.stdout).expect("writing the script");
+    mesh_tests::Cmd::new("bash").arg("-n").arg(&script).run().assert_ok();
+    let loaded = mesh_tests::Cmd::new("bash")
+        .args(["-c", "source \"$0\" && complete -p mesh-proxy"])
+        .arg(&script)
+        .run();
+    loaded.assert_ok();
+    assert!(loaded.stdout.contains("mesh-proxy"), "{loaded}");
+    for shell in ["zsh", "fish"] {
+        let out = mesh_proxy(&["completions", shell]);
+        out.assert_ok();
+        assert!(out.stdout.contains("mesh-proxy") && out.stdout.contains("explain"), "{shell}:\n{out}");
+    }
+}
