@@ -108,17 +108,7 @@ impl Denial {
 mod tests {
     use super::*;
 
-    const POLICY: &str = r#"trust_domain = "example.org"
-zones = ["frontend", "orders"]
-
-[[allow]]
-from = "frontend"
-to = "orders"
-
-[[deny]]
-from = "frontend/legacy"
-to = "orders"
-"#;
+    use crate::SAMPLE_POLICY as POLICY;
 
     fn id(s: &str) -> SpiffeId {
         s.parse().expect("a valid SPIFFE ID")
@@ -138,8 +128,8 @@ to = "orders"
         assert_eq!((denied.reason().as_str(), denied.rule()), ("no_rule", None));
         assert!(denied.detail().starts_with("DENY"), "{}", denied.detail());
 
-        let legacy = id("spiffe://example.org/ns/frontend/sa/legacy");
-        let denied = authorize(&policy, &legacy, &api).expect_err("a deny rule beats the allow");
+        let rogue = id("spiffe://example.org/ns/frontend/sa/rogue");
+        let denied = authorize(&policy, &rogue, &api).expect_err("a deny rule beats the allow");
         assert_eq!(denied.reason().as_str(), "deny_rule");
         assert!(denied.rule().is_some_and(|r| r.text().starts_with("deny[0]")), "{denied:?}");
 

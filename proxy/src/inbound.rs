@@ -106,13 +106,7 @@ pub(crate) mod tests {
     use crate::state::{Limits, Tls};
     use crate::tls::{client_config, Alpn, ClientSettings, ClientTls, NothingRevoked, PeerKind, Resumption};
 
-    pub(crate) const POLICY: &str = r#"trust_domain = "example.org"
-zones = ["frontend", "orders", "payments"]
-
-[[allow]]
-from = "frontend"
-to = "orders"
-"#;
+    pub(crate) use crate::SAMPLE_POLICY as POLICY;
     pub(crate) const LIMIT: Duration = Duration::from_secs(10);
 
     pub(crate) fn id(s: &str) -> SpiffeId {

@@ -34,3 +34,7 @@ pub mod stop;
 pub mod tls;
 
 pub use mesh_runtime::events;
+
+/// The sample policy (examples/policy.toml, shown in the README, run by the demo), for unit tests.
+#[cfg(test)]
+pub(crate) const SAMPLE_POLICY: &str = include_str!("../../examples/policy.toml");

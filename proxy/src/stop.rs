@@ -96,13 +96,7 @@ mod tests {
     use std::pin::pin;
     use std::task::Poll;
 
-    const ALLOW: &str = r#"trust_domain = "example.org"
-zones = ["frontend", "orders"]
-
-[[allow]]
-from = "frontend"
-to = "orders"
-"#;
+    use crate::SAMPLE_POLICY as ALLOW;
 
     fn id(s: &str) -> SpiffeId {
         s.parse().expect("a valid SPIFFE ID")
@@ -125,7 +119,7 @@ to = "orders"
         let mut stop = pin!(policy_denies(rx, web, api));
         assert!(pending_now(stop.as_mut()), "allowed: keeps going");
         // A reload that still allows it changes nothing.
-        tx.send_replace(policy(&ALLOW.replace("frontend\"]", "frontend\", \"payments\"]")));
+        tx.send_replace(policy(&format!("{ALLOW}\n[[allow]]\nfrom = \"payments\"\nto = \"orders\"\n")));
         assert!(pending_now(stop.as_mut()));
         let denying = format!("{ALLOW}\n[[deny]]\nfrom = \"frontend/web\"\nto = \"orders\"\n");
         tx.send_replace(policy(&denying));

@@ -833,14 +833,10 @@ pub fn payload(n: usize, seed: u8) -> Vec<u8> {
     (0..n).map(|i| ((i * 31 + i / 251) as u8) ^ seed).collect()
 }
 
-/// The smallest useful policy: frontend may call orders, nothing else (intra-zone included).
-pub const ALLOW_FRONTEND_TO_ORDERS: &str = r#"trust_domain = "example.org"
-zones = ["frontend", "orders"]
-
-[[allow]]
-from = "frontend"
-to = "orders"
-"#;
+/// The sample policy, examples/policy.toml (the README shows it, the demo runs it): frontend
+/// -> orders and orders/api -> payments/charge allowed, frontend/rogue -> orders denied by a rule,
+/// everything else by default.
+pub const SAMPLE_POLICY: &str = include_str!("../../examples/policy.toml");
 
 /// Runs `python3 -c <certfactory.tool>` with `args` and whatever `more` adds.
 fn py_tool(args: &[&str], more: impl FnOnce(Cmd) -> Cmd) -> Output {

@@ -109,7 +109,7 @@ impl Server {
         let mesh = Mesh::new();
         let api = mesh.identity("orders", "api");
         let web = mesh.identity("frontend", "web");
-        let policy = mesh.write_file("policy.toml", ALLOW_FRONTEND_TO_ORDERS);
+        let policy = mesh.write_file("policy.toml", SAMPLE_POLICY);
         let app = App::start();
         let sidecar = sidecar_with(&mesh, SidecarSpec::new("server", &api, &policy).inbound(app.addr), ADMIN);
         Self { mesh, api, web, app, sidecar }
@@ -189,7 +189,7 @@ fn outbound_offers_the_mesh_protocol_and_accepts_a_server_that_picks_none() {
     let mesh = Mesh::new();
     let api = mesh.identity("orders", "api");
     let web = mesh.identity("frontend", "web");
-    let policy = mesh.write_file("policy.toml", ALLOW_FRONTEND_TO_ORDERS);
+    let policy = mesh.write_file("policy.toml", SAMPLE_POLICY);
     for (accept, want) in [(&["zt-mesh/tcp1"][..], Value::from("zt-mesh/tcp1")), (&[][..], Value::Null)] {
         let (server, addr) = tls_server(&api, accept);
         let sidecar = mesh.sidecar(SidecarSpec::new("client", &web, &policy).outbound(addr, &api.id));

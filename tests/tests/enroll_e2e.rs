@@ -40,7 +40,7 @@ struct Pair {
 
 impl Pair {
     fn start(serve_flags: &[&str], uses: u32) -> Self {
-        let mesh = EnrollMesh::start(serve_flags, POLICY);
+        let mesh = EnrollMesh::start(serve_flags, SAMPLE_POLICY);
         let app = App::start();
         let shape = SidecarShape { inbound: Some(app.addr), admin: true, ..Default::default() };
         let server = mesh.sidecar("server", "orders", "api", uses, &shape);

@@ -46,7 +46,7 @@ fn works(addr: std::net::SocketAddr, what: &[u8]) -> bool {
 
 #[test]
 fn expiry_while_the_ca_is_away_fails_closed_and_recovers_when_it_returns() {
-    let mut mesh = EnrollMesh::start(&["--cert-ttl", "1m"], POLICY);
+    let mut mesh = EnrollMesh::start(&["--cert-ttl", "1m"], SAMPLE_POLICY);
     let app = App::start();
     // Two uses per token: the enrollment, and the re-enrollment after expiry.
     let shape = SidecarShape { inbound: Some(app.addr), admin: true, ..Default::default() };

@@ -36,7 +36,7 @@ fn wait_until_expired(cert: &Path) {
 fn inbound_refuses_a_session_resumed_after_the_peer_certificate_expired() {
     let mesh = Mesh::new();
     let api = mesh.identity("orders", "api");
-    let policy = mesh.write_file("policy.toml", ALLOW_FRONTEND_TO_ORDERS);
+    let policy = mesh.write_file("policy.toml", SAMPLE_POLICY);
     let app = App::start();
     let server = mesh.sidecar(SidecarSpec::new("server", &api, &policy).inbound(app.addr));
     let inbound = server.inbound.expect("inbound port");
@@ -71,7 +71,7 @@ fn outbound_refuses_a_session_resumed_after_the_server_certificate_expired() {
         attempt += 1;
         let mesh = Mesh::new();
         let web = mesh.identity("frontend", "web");
-        let policy = mesh.write_file("policy.toml", ALLOW_FRONTEND_TO_ORDERS);
+        let policy = mesh.write_file("policy.toml", SAMPLE_POLICY);
         let api =
             mesh.variants("orders", "api", &["short_lived"]).remove("short_lived").expect("short_lived");
         let server = TlsServer::start(&api, Some(&web.bundle()), true);
@@ -178,7 +178,7 @@ fn the_cas_identity_cannot_be_minted_or_impersonated() {
     std::fs::write(dir.join("token"), format!("{token}\n")).expect("token file");
     std::fs::write(dir.join("bundle.pem"), std::fs::read(mesh.ca.dir.join("root.pem")).expect("root"))
         .expect("bundle");
-    let policy = mesh.write_file("policy.toml", ALLOW_FRONTEND_TO_ORDERS);
+    let policy = mesh.write_file("policy.toml", SAMPLE_POLICY);
     let config = dir.join("sidecar.toml");
     std::fs::write(
         &config,
@@ -226,7 +226,7 @@ fn a_foreign_root_in_the_bundle_cannot_mint_identities_of_our_trust_domain() {
     bundle.extend(std::fs::read(forged.dir.join("extra_anchor.pem")).expect("the foreign root"));
     let federated = api.dir.join("bundle.pem");
     std::fs::write(&federated, bundle).expect("writing the federated bundle");
-    let policy = mesh.write_file("policy.toml", ALLOW_FRONTEND_TO_ORDERS);
+    let policy = mesh.write_file("policy.toml", SAMPLE_POLICY);
     let app = App::start();
     let server = mesh.sidecar(SidecarSpec::new("server", &api, &policy).inbound(app.addr));
     let inbound = server.inbound.expect("inbound");
@@ -322,7 +322,7 @@ fn the_ca_retries_renewing_its_own_certificate_until_it_works() {
 /// certificate until its next scheduled renewal (hours).
 #[test]
 fn a_revoked_ca_server_certificate_is_replaced_at_once() {
-    let mesh = EnrollMesh::start(&[], ALLOW_FRONTEND_TO_ORDERS);
+    let mesh = EnrollMesh::start(&[], SAMPLE_POLICY);
     let sc = mesh.sidecar("web", "frontend", "web", 1, &SidecarShape::default());
     let ca_serial = store_certs(&mesh.ca)
         .into_iter()
@@ -374,7 +374,7 @@ fn a_readable_key_file_draws_a_warning() {
     let mesh = Mesh::new();
     let api = mesh.identity("orders", "api");
     std::fs::set_permissions(api.key(), std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    let policy = mesh.write_file("policy.toml", ALLOW_FRONTEND_TO_ORDERS);
+    let policy = mesh.write_file("policy.toml", SAMPLE_POLICY);
     let app = App::start();
     let spec = SidecarSpec::new("server", &api, &policy).inbound(app.addr);
     let config = mesh.write_config(&spec);
@@ -401,7 +401,7 @@ fn a_readable_key_file_draws_a_warning() {
 fn check_and_run_refuse_an_outbound_whose_trust_domain_the_bundle_lacks() {
     let mesh = Mesh::new();
     let web = mesh.identity("frontend", "web");
-    let policy = mesh.write_file("policy.toml", ALLOW_FRONTEND_TO_ORDERS);
+    let policy = mesh.write_file("policy.toml", SAMPLE_POLICY);
     let remote: std::net::SocketAddr = "127.0.0.1:9".parse().expect("addr");
     let spec =
         SidecarSpec::new("client", &web, &policy).outbound(remote, "spiffe://other.org/ns/orders/sa/api");

@@ -14,7 +14,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use mesh_tests::ca_server::{Api, DEADLINE};
-use mesh_tests::proxy::{exchange, App, Identity, Mesh, SidecarSpec};
+use mesh_tests::proxy::{exchange, App, Identity, Mesh, SidecarSpec, SAMPLE_POLICY};
 use mesh_tests::{binary, Cmd, TestCa};
 use serde_json::{json, Value};
 
@@ -192,7 +192,7 @@ impl Setup {
         let api = mesh.identity("orders", "api");
         let web = mesh.identity("frontend", "web");
         let rogue = mesh.identity("frontend", "rogue");
-        let policy = mesh.write_file("policy.toml", POLICY);
+        let policy = mesh.write_file("policy.toml", SAMPLE_POLICY);
         let app = App::start();
         let config = mesh.write_config(&SidecarSpec::new("server", &api, &policy).inbound(app.addr));
         let mut cmd = Command::new(binary("mesh-proxy"));
@@ -215,9 +215,10 @@ impl Setup {
 
     /// A client sidecar for `ident` with one outbound to `inbound`; returns its outbound port.
     fn client(&self, name: &str, ident: &Identity, inbound: SocketAddr) -> mesh_tests::proxy::Sidecar {
-        let policy = self
-            .mesh
-            .write_file(&format!("{name}-policy.toml"), POLICY.replace("[[deny]]", "[[allow]]").as_str());
+        let policy = self.mesh.write_file(
+            &format!("{name}-policy.toml"),
+            SAMPLE_POLICY.replace("[[deny]]", "[[allow]]").as_str(),
+        );
         let api = self.mesh.id("orders", "api");
         self.mesh.sidecar(SidecarSpec::new(name, ident, &policy).outbound(inbound, &api))
     }

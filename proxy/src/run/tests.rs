@@ -20,13 +20,7 @@ use super::{bind, prepare, serve};
 /// Bound on every wait: generous, two busy cores.
 const DEADLINE: Duration = Duration::from_secs(20);
 
-const POLICY: &str = r#"trust_domain = "example.org"
-zones = ["frontend", "orders"]
-
-[[allow]]
-from = "frontend"
-to = "orders"
-"#;
+use crate::SAMPLE_POLICY as POLICY;
 
 fn id(s: &str) -> SpiffeId {
     s.parse().expect("a valid SPIFFE ID")

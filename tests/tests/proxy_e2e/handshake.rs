@@ -55,7 +55,7 @@ fn assert_refused(p: &Pair, what: &str, probe: Probe, reasons: &[&str], detail: 
 
 #[test]
 fn inbound_refuses_every_bad_peer_and_still_serves_good_ones() {
-    let p = Pair::with_policy(ALLOW_FRONTEND_TO_ORDERS).server_limit("handshake_timeout", "2s").start();
+    let p = Pair::with_policy(SAMPLE_POLICY).server_limit("handshake_timeout", "2s").start();
     let inbound = p.server.inbound.expect("inbound port");
     let mut names: Vec<&str> = BAD_CERTS.iter().map(|b| b.0).collect();
     names.push("good");
@@ -140,7 +140,7 @@ fn calls(p: &Pair, client: &Sidecar, server: &Sidecar, n: usize) -> Vec<(bool, b
 /// `[tls] resumption = false` on either side, every connection is a full handshake.
 #[test]
 fn sessions_resume_by_default_and_never_where_resumption_is_off() {
-    let p = Pair::with_policy(ALLOW_FRONTEND_TO_ORDERS).start();
+    let p = Pair::with_policy(SAMPLE_POLICY).start();
     let inbound = p.server.inbound.expect("inbound port");
     let full_then_resumed = vec![(false, false), (true, true), (true, true)];
     assert_eq!(calls(&p, &p.client, &p.server, 3), full_then_resumed, "{}", p.server.transcript());

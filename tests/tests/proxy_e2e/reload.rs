@@ -44,7 +44,7 @@ fn rewrite_unnoticeably(path: &Path, text: &str) {
 /// frontend -> orders. `server_workers` sets the server's TOKIO_WORKER_THREADS. Returns the
 /// pair and the paths of the server's and the client's policy.
 fn split_pair(server_policy: Option<&str>, server_workers: Option<usize>) -> (Pair, PathBuf, PathBuf) {
-    let mut spec = Pair::with_policy(ALLOW_FRONTEND_TO_ORDERS).server_policy(server_policy);
+    let mut spec = Pair::with_policy(SAMPLE_POLICY).server_policy(server_policy);
     if let Some(n) = server_workers {
         spec = spec.server_workers(n);
     }
@@ -67,7 +67,7 @@ fn policy_changes_apply_to_new_connections_and_broken_ones_are_refused() {
 
     // 2. The policy appears (picked up by polling): new connections pass.
     let mark = p.server.mark();
-    p.mesh.write_file("server-policy.toml", ALLOW_FRONTEND_TO_ORDERS);
+    p.mesh.write_file("server-policy.toml", SAMPLE_POLICY);
     p.server.next_named(mark, "policy.reloaded");
     assert!(passes(&p, "allowed now"), "{}", p.server.transcript());
     assert_eq!(p.app.connections(), 1);
@@ -87,7 +87,7 @@ fn policy_changes_apply_to_new_connections_and_broken_ones_are_refused() {
 
     // 4. SIGHUP forces a reload that polling cannot notice: the client's own policy flips
     //    `[[allow]]` to `[[deny]] ` (same size, same mtime), so its egress is now refused.
-    let flipped = ALLOW_FRONTEND_TO_ORDERS.replace("[[allow]]", "[[deny]] ");
+    let flipped = SAMPLE_POLICY.replace("[[allow]]", "[[deny]] ");
     rewrite_unnoticeably(&client_policy, &flipped);
     let mark = p.client.mark();
     p.client.signal("HUP");
@@ -104,7 +104,7 @@ fn policy_changes_apply_to_new_connections_and_broken_ones_are_refused() {
 
     // 5. And back, by polling.
     let mark = p.client.mark();
-    p.mesh.write_file("client-policy.toml", ALLOW_FRONTEND_TO_ORDERS);
+    p.mesh.write_file("client-policy.toml", SAMPLE_POLICY);
     p.client.next_named(mark, "policy.reloaded");
     assert!(passes(&p, "allowed again"), "{}", p.client.transcript());
     assert_eq!(p.app.connections(), 3);
@@ -128,7 +128,7 @@ fn policy_changes_apply_to_new_connections_and_broken_ones_are_refused() {
 
 #[test]
 fn certificate_rotation_keeps_open_connections_and_serves_the_new_certificate() {
-    let p = Pair::with_policy(ALLOW_FRONTEND_TO_ORDERS).start();
+    let p = Pair::with_policy(SAMPLE_POLICY).start();
     let inbound = p.server.inbound.expect("inbound port");
     let presented = || {
         let r = Probe::to(inbound).identity(&p.web).verify(&p.api.bundle()).send("who").run();
@@ -196,7 +196,7 @@ fn writer_once_read(fifo: &Path, server: &Sidecar) -> File {
 #[test]
 fn a_policy_load_that_waits_stalls_no_connection_on_a_one_worker_sidecar() {
     use std::io::Write;
-    let (p, server_policy, _) = split_pair(Some(ALLOW_FRONTEND_TO_ORDERS), Some(1));
+    let (p, server_policy, _) = split_pair(Some(SAMPLE_POLICY), Some(1));
     assert!(passes(&p, "before"), "{}", p.server.transcript());
 
     // The FIFO goes in under the policy's name (it keeps a second name, for the writer).
@@ -217,18 +217,18 @@ fn a_policy_load_that_waits_stalls_no_connection_on_a_one_worker_sidecar() {
 
     // A regular file goes back under the name first (the loader reads through the fd it
     // holds), so no later poll opens the FIFO again; then the text arrives and the load ends.
-    std::fs::write(&staged, ALLOW_FRONTEND_TO_ORDERS).expect("staging a regular policy file");
+    std::fs::write(&staged, SAMPLE_POLICY).expect("staging a regular policy file");
     std::fs::rename(&staged, &server_policy).expect("the regular file replaces the FIFO");
-    writer.write_all(ALLOW_FRONTEND_TO_ORDERS.as_bytes()).expect("writing the policy into the FIFO");
+    writer.write_all(SAMPLE_POLICY.as_bytes()).expect("writing the policy into the FIFO");
     drop(writer);
     let e = p.server.next_named(mark, "policy.reloaded");
     assert_fields(&p.server, &e, &[("severity", "info")]);
     assert!(passes(&p, "after"), "{}", p.server.transcript());
 }
 
-/// `ALLOW_FRONTEND_TO_ORDERS` plus a deny rule for `from -> to`.
+/// `SAMPLE_POLICY` plus a deny rule for `from -> to`.
 fn with_deny(from: &str, to: &str) -> String {
-    format!("{ALLOW_FRONTEND_TO_ORDERS}\n[[deny]]\nfrom = \"{from}\"\nto = \"{to}\"\n")
+    format!("{SAMPLE_POLICY}\n[[deny]]\nfrom = \"{from}\"\nto = \"{to}\"\n")
 }
 
 /// The `connection` event of the connection from `src_id` to `dst_id`, printed at or after
@@ -252,9 +252,9 @@ fn a_policy_reload_closes_the_open_connections_it_now_denies_on_each_side() {
     let (api, db) = (mesh.identity("orders", "api"), mesh.identity("orders", "db"));
     let (web, admin) = (mesh.identity("frontend", "web"), mesh.identity("frontend", "admin"));
     let app = App::start();
-    let servers_policy = mesh.write_file("servers-policy.toml", ALLOW_FRONTEND_TO_ORDERS);
-    let web_policy = mesh.write_file("web-policy.toml", ALLOW_FRONTEND_TO_ORDERS);
-    let admin_policy = mesh.write_file("admin-policy.toml", ALLOW_FRONTEND_TO_ORDERS);
+    let servers_policy = mesh.write_file("servers-policy.toml", SAMPLE_POLICY);
+    let web_policy = mesh.write_file("web-policy.toml", SAMPLE_POLICY);
+    let admin_policy = mesh.write_file("admin-policy.toml", SAMPLE_POLICY);
     let s_api = mesh.sidecar(SidecarSpec::new("api", &api, &servers_policy).inbound(app.addr));
     let s_db = mesh.sidecar(SidecarSpec::new("db", &db, &servers_policy).inbound(app.addr));
     let (api_in, db_in) = (s_api.inbound.expect("inbound"), s_db.inbound.expect("inbound"));

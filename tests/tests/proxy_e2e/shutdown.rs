@@ -19,7 +19,7 @@ fn refused(addr: SocketAddr) -> bool {
 
 #[test]
 fn sigterm_drains_open_connections_then_exits_zero() {
-    let p = Pair::with_policy(ALLOW_FRONTEND_TO_ORDERS)
+    let p = Pair::with_policy(SAMPLE_POLICY)
         .server_limit("drain_timeout", "60s")
         .client_limit("drain_timeout", "2s")
         .start();

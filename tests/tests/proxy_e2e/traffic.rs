@@ -5,7 +5,7 @@ use super::*;
 
 #[test]
 fn allowed_pair_echoes_end_to_end_with_one_connection_event_per_side() {
-    let p = Pair::with_policy(ALLOW_FRONTEND_TO_ORDERS).start();
+    let p = Pair::with_policy(SAMPLE_POLICY).start();
     let (server, client) = (&p.server, &p.client);
     assert_eq!(server.id, p.api.id, "proxy.started src_id\n{}", server.transcript());
     assert_eq!(client.id, p.web.id, "proxy.started src_id\n{}", client.transcript());
