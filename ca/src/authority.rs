@@ -29,11 +29,11 @@ use crate::fsutil::{self, OutFile};
 use crate::keys::{self, Passphrase};
 use crate::settings::{Settings, CA_TTL_CEILING};
 use crate::store::{
-    self, CertKind, CertRecord, CertStatus, NewToken, Redemption, Store, StoreConfig, StoreError,
-    TokenRejection,
+    self, CertKind, CertRecord, CertStatus, IdentityName, IdentityRecord, NewToken, Redemption,
+    Reinstatement, RevokeOutcome, Store, StoreConfig, StoreError, TokenRejection, TokenRevocation,
 };
 use mesh_identity::pem;
-use mesh_identity::token::{Token, MAX_TOKEN_TTL, MAX_TOKEN_USES};
+use mesh_identity::token::{Token, MAX_TOKEN_TTL, MAX_TOKEN_USES, TOKEN_ID_LEN};
 use mesh_identity::Serial;
 
 /// Names of the files in a CA directory.
@@ -243,6 +243,9 @@ impl Authority {
         actor: &str,
     ) -> Result<IssuedLeaf, CaError> {
         let now = self.clock().now();
+        if let Some(seq) = identity_record(self.store(), id)?.revoked {
+            return Err(CaError::Refused(revoked_identity_refusal(id, seq, "gets no certificate")));
+        }
         let (leaf, record) = self.build_leaf(id, ttl, dns, public_key, LeafKind::Workload, now)?;
         self.store.record_issued(&record, actor, now.unix_timestamp())?;
         Ok(leaf)
@@ -441,6 +444,24 @@ impl Authority {
     }
 }
 
+/// What the store knows of `id`.
+fn identity_record(store: &dyn Store, id: &SpiffeId) -> Result<IdentityRecord, CaError> {
+    let spiffe_id = id.to_string();
+    let name =
+        IdentityName { spiffe_id: &spiffe_id, zone: id.zone().as_str(), workload: id.workload().as_str() };
+    Ok(store.identity(&name)?)
+}
+
+/// Why `issue` or `token create` will not serve a revoked identity, and how to undo it.
+fn revoked_identity_refusal(id: &SpiffeId, seq: i64, what: &str) -> String {
+    format!(
+        "{id} is revoked (#{seq}) and {what}; if that revocation was a mistake, lift it with \
+         `mesh-ca reinstate --zone {} --workload {}` (its old certificates stay revoked)",
+        id.zone(),
+        id.workload()
+    )
+}
+
 fn reserved_zone_refusal(zone: &Zone) -> String {
     format!("zone {zone} is reserved for the CA's own identity; choose another zone for workloads")
 }
@@ -481,6 +502,12 @@ impl CaDir {
                 "--ttl {ttl} is longer than a join token may live ({MAX_TOKEN_TTL})"
             )));
         }
+        self.settings.check_token(ttl, uses)?;
+        let store = self.store()?;
+        let id = SpiffeId::new(self.settings.trust_domain.clone(), zone.clone(), workload.clone());
+        if let Some(seq) = identity_record(store.as_ref(), &id)?.revoked {
+            return Err(CaError::Refused(revoked_identity_refusal(&id, seq, "gets no join token")));
+        }
         let token = Token::generate()?;
         let now = self.clock.unix();
         // Checked although the TTL is bounded above: an expiry that wrapped would be in the past
@@ -489,8 +516,9 @@ impl CaDir {
             .ok()
             .and_then(|s| now.checked_add(s))
             .ok_or_else(|| CaError::Refused(format!("--ttl {ttl} is out of range")))?;
-        self.store()?.create_token(
+        store.create_token(
             &NewToken {
+                id: token.id(),
                 hash: token.hash(),
                 zone: zone.to_string(),
                 workload: workload.to_string(),
@@ -503,20 +531,28 @@ impl CaDir {
         Ok(token)
     }
 
-    /// Revokes a certificate by serial, or every certificate of an identity. Returns the
-    /// revocation log position. A serial the CA never issued is refused, and so is a CA
-    /// certificate: sidecars check the revocation list against leaves only, so an entry for
-    /// the root or intermediate would be reported as done and change nothing. Those are
-    /// taken out of service by rotation (README, "Rotating the intermediate or root").
-    pub fn revoke(&self, target: &RevokeTarget, reason: &str) -> Result<i64, CaError> {
-        self.revoke_many(std::slice::from_ref(target), reason).map(|(_, last)| last)
+    /// Revokes a certificate by serial, or every certificate of an identity. Returns what was
+    /// done: a new log position, or the one that revoked the target already (nothing is
+    /// written then). A serial the CA never issued is refused, and so is a CA certificate:
+    /// sidecars check the revocation list against leaves only, so an entry for the root or
+    /// intermediate would be reported as done and change nothing. Those are taken out of
+    /// service by rotation (README, "Rotating the intermediate or root"). An identity the CA
+    /// never issued a certificate or a join token for is refused unless `force`: a typo would
+    /// otherwise ban a name nobody meant.
+    pub fn revoke(&self, target: &RevokeTarget, reason: &str, force: bool) -> Result<RevokeOutcome, CaError> {
+        let mut out = self.revoke_many(std::slice::from_ref(target), reason, force)?;
+        out.pop().ok_or_else(|| CaError::Refused("nothing to revoke".into()))
     }
 
     /// Revokes every target in one transaction: all of them, or (on any refusal) none.
-    /// Serials are checked as [`CaDir::revoke`] checks them, and must name leaves: a CA
-    /// certificate is taken out of service by rotation, not by the revocation list. Returns
-    /// the first and last new log positions.
-    pub fn revoke_many(&self, targets: &[RevokeTarget], reason: &str) -> Result<(i64, i64), CaError> {
+    /// Targets are checked as [`CaDir::revoke`] checks them; one outcome per target, in order
+    /// (a target revoked already, or named twice, is [`RevokeOutcome::AlreadyRevoked`]).
+    pub fn revoke_many(
+        &self,
+        targets: &[RevokeTarget],
+        reason: &str,
+        force: bool,
+    ) -> Result<Vec<RevokeOutcome>, CaError> {
         if targets.is_empty() {
             return Err(CaError::Refused("nothing to revoke".into()));
         }
@@ -544,8 +580,9 @@ impl CaDir {
                     Some(_) => rows.push((Some(serial), None)),
                 },
                 // Every certificate the CA server will ever present has this identity, and
-                // identity revocations are forever: revoking it would cut every sidecar off
-                // from the CA for good. A stolen serving key is revoked by its serial.
+                // an identity revocation stands until someone notices and reinstates it:
+                // revoking it would cut every sidecar off from the CA. A stolen serving key
+                // is revoked by its serial.
                 RevokeTarget::Identity(i) if is_reserved_zone(i.zone()) => {
                     return Err(CaError::Refused(format!(
                         "{i} is the CA server's own identity; revoking it would cut every sidecar off \
@@ -554,10 +591,54 @@ impl CaDir {
                          issues itself a new certificate at once"
                     )))
                 }
-                RevokeTarget::Identity(_) => rows.push((None, id.as_deref())),
+                RevokeTarget::Identity(i) => {
+                    if !force {
+                        let known = identity_record(store.as_ref(), i)?;
+                        if known.certificates == 0 && known.tokens == 0 && known.revoked.is_none() {
+                            return Err(CaError::Refused(format!(
+                                "{i} has never had a certificate or a join token at this CA (a typo?); \
+                                 nothing was revoked. `mesh-ca list` shows the identities it knows; to \
+                                 revoke this one before it exists, add --force"
+                            )));
+                        }
+                    }
+                    rows.push((None, id.as_deref()))
+                }
             }
         }
         Ok(store.revoke_batch(&rows, reason, "cli", now)?)
+    }
+
+    /// Lifts the revocation of `zone/workload` (audited): it may be issued certificates and
+    /// join tokens again. Its certificates and tokens from before stay revoked (see
+    /// [`Store::reinstate`]). `None` when it is not revoked (nothing changed).
+    pub fn reinstate(
+        &self,
+        zone: &Zone,
+        workload: &Workload,
+        reason: &str,
+    ) -> Result<Option<Reinstatement>, CaError> {
+        let id = SpiffeId::new(self.settings.trust_domain.clone(), zone.clone(), workload.clone());
+        let spiffe_id = id.to_string();
+        let name = IdentityName { spiffe_id: &spiffe_id, zone: zone.as_str(), workload: workload.as_str() };
+        Ok(self.store()?.reinstate(&name, reason, "cli", self.clock.unix())?)
+    }
+
+    /// Takes the join token `id` (as `mesh-ca token list` shows it) out of use (audited).
+    /// Refuses an id that is malformed or names no token.
+    pub fn revoke_token(&self, id: &str) -> Result<TokenRevocation, CaError> {
+        let id = id.trim().to_ascii_lowercase();
+        if id.len() != TOKEN_ID_LEN || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(CaError::Refused(format!(
+                "{id:?} is not a token id ({TOKEN_ID_LEN} hex characters, as `mesh-ca token list` shows them)"
+            )));
+        }
+        match self.store()?.revoke_token(&id, "cli", self.clock.unix())? {
+            TokenRevocation::Unknown => Err(CaError::Refused(format!(
+                "no join token has the id {id}; `mesh-ca token list` shows them"
+            ))),
+            other => Ok(other),
+        }
     }
 }
 
@@ -947,7 +1028,10 @@ mod tests {
         let store = ca.dir().store().expect("store");
         for rec in store.certificates().expect("list") {
             assert_ne!(rec.kind, CertKind::Leaf);
-            let e = ca.dir().revoke(&RevokeTarget::Serial(rec.serial.clone()), "test").expect_err("refused");
+            let e = ca
+                .dir()
+                .revoke(&RevokeTarget::Serial(rec.serial.clone()), "test", true)
+                .expect_err("refused");
             assert!(matches!(&e, CaError::Refused(m) if m.contains("Rotat")), "{e}");
         }
         assert!(store.revocations_since(0).expect("log").is_empty());
@@ -1011,6 +1095,53 @@ mod tests {
         let e = CaDir::open(&dir).map(|_| ()).expect_err("no PostgreSQL in this build");
         assert!(matches!(&e, CaError::BadFile { what, .. } if what.contains("not in this build yet")), "{e}");
         assert_eq!(e.exit_code(), 5);
+    }
+
+    /// An identity never seen needs `force`; a repeat names the entry that revokes it; a
+    /// revoked identity is issued nothing until reinstated, and then only new things work.
+    #[test]
+    fn revocation_rules_force_repeats_refusals_and_reinstatement() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let ca = new_ca(&tmp.path().join("ca"));
+        let (z, w): (Zone, Workload) =
+            ("payments".parse().expect("zone"), "charge".parse().expect("workload"));
+        let id = SpiffeId::new(ca.settings().trust_domain.clone(), z.clone(), w.clone());
+        let target = RevokeTarget::Identity(id.clone());
+        let e = ca.dir().revoke(&target, "t", false).expect_err("never seen");
+        assert!(
+            matches!(&e, CaError::Refused(m) if m.contains(&id.to_string()) && m.contains("--force")),
+            "{e}"
+        );
+        assert!(ca.store().revocations_since(0).expect("log").is_empty());
+
+        let key = keys::generate().expect("key");
+        let old = ca.issue(&id, None, &[], &key, "test").expect("issue");
+        let seq = match ca.dir().revoke(&target, "t", false).expect("known now") {
+            RevokeOutcome::Revoked(s) => s,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(ca.dir().revoke(&target, "t", false).expect("repeat"), RevokeOutcome::AlreadyRevoked(seq));
+        let by_serial = RevokeTarget::Serial(old.serial.clone());
+        assert_eq!(
+            ca.dir().revoke(&by_serial, "t", false).expect("repeat"),
+            RevokeOutcome::AlreadyRevoked(seq)
+        );
+
+        let e = ca.issue(&id, None, &[], &key, "test").map(|l| l.serial).expect_err("revoked");
+        assert!(
+            matches!(&e, CaError::Refused(m) if m.contains("mesh-ca reinstate --zone payments --workload charge")),
+            "{e}"
+        );
+        let e = ca.dir().create_token(&z, &w, Ttl::from_secs(60), 1).map(|_| ()).expect_err("revoked");
+        assert!(matches!(&e, CaError::Refused(m) if m.contains(&format!("is revoked (#{seq})"))), "{e}");
+
+        let r = ca.dir().reinstate(&z, &w, "mistake").expect("reinstate").expect("was revoked");
+        assert_eq!((r.lifted, r.certificates), (seq, 1));
+        assert_eq!(ca.dir().reinstate(&z, &w, "again").expect("reinstate"), None);
+        let new = ca.issue(&id, None, &[], &key, "test").expect("issued again");
+        assert!(ca.store_revoked(Some(&old.serial), &id).expect("check"), "the old one stays revoked");
+        assert!(!ca.store_revoked(Some(&new.serial), &id).expect("check"));
+        ca.dir().create_token(&z, &w, Ttl::from_secs(60), 1).expect("a token again");
     }
 
     #[test]

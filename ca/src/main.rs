@@ -12,6 +12,7 @@ use mesh_ca::keys::{self, Passphrase};
 use mesh_ca::server::ServeOptions;
 use mesh_ca::settings::Settings;
 use mesh_ca::store::{CertKind, CertStatus};
+use mesh_ca::store::{RevocationAction, RevokeOutcome, TokenInfo, TokenRevocation};
 use mesh_ca::{bundle, inspect, CaError};
 use mesh_config::{SpiffeId, TrustDomain, Ttl, Workload, Zone};
 use mesh_identity::pem;
@@ -95,9 +96,23 @@ spiffe://<trust-domain>/ns/mesh-system/sa/ca. SIGTERM or Ctrl-C stops it.")]
 serial; blank lines and # comments are skipped. All are revoked in one transaction, or none
 (a bad line is named and nothing is revoked).
 
-A revoked identity cannot renew or enroll again. Works while `mesh-ca serve` runs on the same
-directory: sidecars that follow the CA refuse the revoked peer within seconds.")]
+A revoked identity cannot renew, enroll, be issued a certificate or a join token until
+`mesh-ca reinstate`. An identity the CA never issued a certificate or a token for is refused
+(a typo would otherwise ban a name nobody meant) unless --force is given. Revoking what is
+revoked already says \"already revoked (#N)\", changes nothing and exits 0.
+
+Works while `mesh-ca serve` runs on the same directory: sidecars that follow the CA refuse
+the revoked peer within seconds.")]
     Revoke(RevokeArgs),
+    /// Lift an identity's revocation: it may be issued certificates and join tokens again.
+    #[command(after_help = "Example:
+  mesh-ca reinstate --dir ./ca --zone payments --workload charge --reason 'revoked by mistake'
+
+The identity's certificates from before stay revoked (each gets a revocation entry of its
+own) and its join tokens from before are revoked: the workload needs a new token or a new
+certificate. Sidecars following the CA learn of the reinstatement from the revocation log.
+An identity that is not revoked is left as it is (exit 0).")]
+    Reinstate(ReinstateArgs),
     /// List what the CA's store knows: every certificate issued and its status.
     #[command(after_help = "Examples:
   mesh-ca list --dir ./ca
@@ -149,6 +164,13 @@ struct InitArgs {
     /// Leaf TTL when `issue` is not given --ttl.
     #[arg(long, default_value = "1h", value_name = "TTL")]
     default_leaf_ttl: Ttl,
+    /// Longest lifetime `token create` may give a join token (at most 720h, 30 days).
+    #[arg(long, default_value = "720h", value_name = "TTL", value_parser = token_ttl)]
+    max_token_ttl: Ttl,
+    /// Most enrollments `token create` may give one join token (1 to 1000).
+    #[arg(long, default_value_t = mesh_identity::token::MAX_TOKEN_USES, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=mesh_identity::token::MAX_TOKEN_USES as i64))]
+    max_token_uses: u32,
 }
 
 #[derive(Args)]
@@ -231,6 +253,56 @@ enum TokenCommand {
 The store keeps only a hash of the token. Each enrollment spends one use; concurrent
 enrollments with a one-use token yield exactly one certificate.")]
     Create(TokenCreateArgs),
+    /// List join tokens: id, identity, uses left, expiry and status (never the token).
+    #[command(after_help = "Examples:
+  mesh-ca token list --dir ./ca
+  mesh-ca token list --dir ./ca --json
+
+STATUS is active, expired, used_up or revoked. The ID is what `token revoke` takes; it is
+not the token and cannot be used to enroll.")]
+    List(TokenListArgs),
+    /// Revoke a join token by its id (as `token list` shows it): enrollments with it are refused.
+    #[command(after_help = "Example:
+  mesh-ca token revoke --dir ./ca 3f2a9c01b7de
+
+A token revoked already is left as it is (exit 0).")]
+    Revoke(TokenRevokeArgs),
+}
+
+#[derive(Args)]
+struct TokenListArgs {
+    /// The CA directory.
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct TokenRevokeArgs {
+    /// The CA directory.
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// The token's id: 12 hex characters, as `mesh-ca token list` shows it.
+    #[arg(value_name = "ID")]
+    id: String,
+}
+
+#[derive(Args)]
+struct ReinstateArgs {
+    /// The CA directory.
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// Zone of the identity to reinstate.
+    #[arg(long, value_name = "ZONE", allow_hyphen_values = true)]
+    zone: Zone,
+    /// Workload of the identity to reinstate.
+    #[arg(long, value_name = "NAME", allow_hyphen_values = true)]
+    workload: Workload,
+    /// Why, for the audit trail and the revocation log.
+    #[arg(long, default_value = "unspecified")]
+    reason: String,
 }
 
 #[derive(Args)]
@@ -241,10 +313,12 @@ struct TokenCreateArgs {
     zone: Zone,
     #[arg(long, value_name = "NAME", allow_hyphen_values = true)]
     workload: Workload,
-    /// How long the token can be used (at most 720h, 30 days).
+    /// How long the token can be used (at most the CA's max_token_ttl: 720h unless `init`
+    /// set less).
     #[arg(long, default_value = "15m", value_name = "TTL", allow_hyphen_values = true, value_parser = token_ttl)]
     ttl: Ttl,
-    /// How many enrollments the token allows (1 to 1000).
+    /// How many enrollments the token allows (1 to the CA's max_token_uses: 1000 unless
+    /// `init` set less).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=mesh_identity::token::MAX_TOKEN_USES as i64))]
     uses: u32,
 }
@@ -269,6 +343,9 @@ struct RevokeArgs {
     /// Why, for the audit trail and the revocation list.
     #[arg(long, default_value = "unspecified")]
     reason: String,
+    /// Revoke identities the CA never issued a certificate or a join token for, too.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -306,7 +383,10 @@ fn main() -> ExitCode {
         Command::Completions { shell } => completions(shell),
         Command::Serve(a) => serve(a),
         Command::Token(TokenCommand::Create(a)) => token_create(a),
+        Command::Token(TokenCommand::List(a)) => token_list(a),
+        Command::Token(TokenCommand::Revoke(a)) => token_revoke(a),
         Command::Revoke(a) => revoke(a),
+        Command::Reinstate(a) => reinstate(a),
     };
     match result {
         Ok(code) => code,
@@ -380,7 +460,8 @@ fn init(a: InitArgs) -> Result<ExitCode, CaError> {
              (or --insecure-no-passphrase for a throwaway CA)"
         )));
     }
-    let settings = Settings::new(a.trust_domain, a.min_leaf_ttl, a.max_leaf_ttl, a.default_leaf_ttl)?;
+    let settings = Settings::new(a.trust_domain, a.min_leaf_ttl, a.max_leaf_ttl, a.default_leaf_ttl)?
+        .with_token_bounds(a.max_token_ttl, a.max_token_uses)?;
     let opts = InitOptions { settings, root_ttl: a.root_ttl, intermediate_ttl: a.intermediate_ttl };
     let ca = Authority::init(&a.dir, &opts, pass.as_ref())?;
     let keys_note = if pass.is_some() { "encrypted" } else { "UNENCRYPTED (--insecure-no-passphrase)" };
@@ -458,8 +539,63 @@ fn inspect_cmd(a: InspectArgs) -> Result<ExitCode, CaError> {
 #[derive(Serialize)]
 struct ListJson {
     certificates: Vec<CertJson>,
-    tokens: Vec<mesh_ca::store::TokenInfo>,
+    tokens: Vec<TokenJson>,
     revocations: Vec<mesh_ca::store::Revocation>,
+}
+
+/// A join token as `list` and `token list` show it: never the token, nor its hash.
+#[derive(Serialize)]
+struct TokenJson {
+    id: String,
+    spiffe_id: String,
+    zone: String,
+    workload: String,
+    uses_left: i64,
+    /// Unix seconds, and the same as RFC 3339.
+    expires_at: i64,
+    expires: String,
+    created_at: i64,
+    revoked_at: Option<i64>,
+    status: &'static str,
+}
+
+fn token_json(t: TokenInfo, td: &TrustDomain, now: i64) -> TokenJson {
+    TokenJson {
+        id: t.id.clone(),
+        spiffe_id: format!("{}/ns/{}/sa/{}", td.id_uri(), t.zone, t.workload),
+        status: t.status(now).as_str(),
+        expires: rfc3339(t.expires_at),
+        zone: t.zone,
+        workload: t.workload,
+        uses_left: t.uses_left,
+        expires_at: t.expires_at,
+        created_at: t.created_at,
+        revoked_at: t.revoked_at,
+    }
+}
+
+fn rfc3339(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// The token table of `list` and `token list`.
+fn token_table(tokens: &[TokenJson]) -> String {
+    let mut out =
+        format!("{:<12}  {:<40}  {:<9}  {:<20}  STATUS\n", "ID", "IDENTITY", "USES LEFT", "EXPIRES");
+    for t in tokens {
+        out += &format!(
+            "{:<12}  {:<40}  {:<9}  {:<20}  {}\n",
+            t.id,
+            format!("{}/{}", t.zone, t.workload),
+            t.uses_left,
+            t.expires,
+            t.status
+        );
+    }
+    out
 }
 
 #[derive(Serialize)]
@@ -476,7 +612,9 @@ fn list(a: ListArgs) -> Result<ExitCode, CaError> {
     let dir = CaDir::open(&a.dir)?;
     let store = dir.store()?;
     let certs = store.certificates()?;
-    let tokens = store.tokens()?;
+    let now = dir.clock().unix();
+    let td = dir.settings.trust_domain.clone();
+    let tokens: Vec<TokenJson> = store.tokens()?.into_iter().map(|t| token_json(t, &td, now)).collect();
     let revocations = store.revocations_since(0)?;
     let rows: Vec<CertJson> = certs
         .into_iter()
@@ -502,46 +640,33 @@ fn list(a: ListArgs) -> Result<ExitCode, CaError> {
         print_out(&(out + "\n"))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let mut out =
         format!("{:<32}  {:<12}  {:<8}  {:<20}  SPIFFE ID\n", "SERIAL", "KIND", "STATUS", "EXPIRES");
     for r in &rows {
         let status = if r.status == "active" && r.not_after < now { "expired" } else { r.status };
-        let expires = time::OffsetDateTime::from_unix_timestamp(r.not_after)
-            .ok()
-            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-            .unwrap_or_default();
-        out +=
-            &format!("{:<32}  {:<12}  {:<8}  {:<20}  {}\n", r.serial, r.kind, status, expires, r.spiffe_id);
+        out += &format!(
+            "{:<32}  {:<12}  {:<8}  {:<20}  {}\n",
+            r.serial,
+            r.kind,
+            status,
+            rfc3339(r.not_after),
+            r.spiffe_id
+        );
     }
     out += &format!("{} certificate(s)\n", rows.len());
-    let when = |t: i64| {
-        time::OffsetDateTime::from_unix_timestamp(t)
-            .ok()
-            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-            .unwrap_or_default()
-    };
     if !tokens.is_empty() {
-        out += &format!("\n{:<40}  {:<9}  {:<20}\n", "TOKEN FOR", "USES LEFT", "EXPIRES");
-        for t in &tokens {
-            let state = if t.expires_at <= now { " (expired)" } else { "" };
-            out += &format!(
-                "{:<40}  {:<9}  {:<20}{state}\n",
-                format!("{}/{}", t.zone, t.workload),
-                t.uses_left,
-                when(t.expires_at)
-            );
-        }
+        out += &format!("\n{}", token_table(&tokens));
     }
     if !revocations.is_empty() {
         out += &format!("\n{:<5}  {:<20}  {:<12}  WHAT\n", "SEQ", "REVOKED AT", "REASON");
         for r in &revocations {
-            let what = match (&r.serial, &r.spiffe_id) {
-                (Some(s), _) => format!("certificate {s}"),
-                (None, Some(id)) => format!("every certificate of {id}"),
-                (None, None) => "-".into(),
+            let what = match (r.action, &r.serial, &r.spiffe_id) {
+                (RevocationAction::Reinstate, _, Some(id)) => format!("reinstated {id}"),
+                (_, Some(s), _) => format!("certificate {s}"),
+                (_, None, Some(id)) => format!("every certificate of {id}"),
+                (_, None, None) => "-".into(),
             };
-            out += &format!("{:<5}  {:<20}  {:<12}  {what}\n", r.seq, when(r.revoked_at), r.reason);
+            out += &format!("{:<5}  {:<20}  {:<12}  {what}\n", r.seq, rfc3339(r.revoked_at), r.reason);
         }
     }
     print_out(&out)?;
@@ -585,17 +710,89 @@ fn token_create(a: TokenCreateArgs) -> Result<ExitCode, CaError> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn token_list(a: TokenListArgs) -> Result<ExitCode, CaError> {
+    let dir = CaDir::open(&a.dir)?;
+    let now = dir.clock().unix();
+    let td = dir.settings.trust_domain.clone();
+    let tokens: Vec<TokenJson> =
+        dir.store()?.tokens()?.into_iter().map(|t| token_json(t, &td, now)).collect();
+    if a.json {
+        let out = serde_json::to_string_pretty(&serde_json::json!({ "tokens": tokens })).unwrap_or_default();
+        print_out(&(out + "\n"))?;
+    } else {
+        print_out(&(token_table(&tokens) + &format!("{} token(s)\n", tokens.len())))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn token_revoke(a: TokenRevokeArgs) -> Result<ExitCode, CaError> {
+    let dir = CaDir::open(&a.dir)?;
+    let line = match dir.revoke_token(&a.id)? {
+        TokenRevocation::Revoked(t) => {
+            format!(
+                "revoked join token {} for {}/{} ({} use(s) were left)\n",
+                t.id, t.zone, t.workload, t.uses_left
+            )
+        }
+        TokenRevocation::AlreadyRevoked(t) => format!(
+            "join token {} for {}/{} is already revoked (since {}); nothing changed\n",
+            t.id,
+            t.zone,
+            t.workload,
+            rfc3339(t.revoked_at.unwrap_or_default())
+        ),
+        TokenRevocation::Unknown => {
+            return Err(CaError::Refused(format!("no join token has the id {}", a.id)))
+        }
+    };
+    print_out(&line)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn reinstate(a: ReinstateArgs) -> Result<ExitCode, CaError> {
+    let dir = CaDir::open(&a.dir)?;
+    let id = SpiffeId::new(dir.settings.trust_domain.clone(), a.zone.clone(), a.workload.clone());
+    let line = match dir.reinstate(&a.zone, &a.workload, &a.reason)? {
+        Some(r) => format!(
+            "reinstated {id} (revocation #{} lifted by #{}, reason: {}); {} certificate(s) and {} join \
+             token(s) from before stay revoked\n",
+            r.lifted, r.seq, a.reason, r.certificates, r.tokens
+        ),
+        None => format!("{id} is not revoked; nothing changed\n"),
+    };
+    print_out(&line)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn revoke(a: RevokeArgs) -> Result<ExitCode, CaError> {
     let dir = CaDir::open(&a.dir)?;
     if let Some(file) = &a.from_file {
         let targets = revoke_targets(file, &dir.settings.trust_domain)?;
-        let (first, last) = dir.revoke_many(&targets, &a.reason)?;
-        print_out(&format!(
-            "revoked {} target(s) from {} (revocations #{first} to #{last}, reason: {})\n",
-            targets.len(),
-            file.display(),
-            a.reason
-        ))?;
+        let outcomes = dir.revoke_many(&targets, &a.reason, a.force)?;
+        let new: Vec<i64> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                RevokeOutcome::Revoked(s) => Some(*s),
+                RevokeOutcome::AlreadyRevoked(_) => None,
+            })
+            .collect();
+        let old = outcomes.len() - new.len();
+        let line = match (new.first(), new.last()) {
+            (Some(first), Some(last)) => {
+                let mut l = format!(
+                    "revoked {} target(s) from {} (revocations #{first} to #{last}, reason: {})",
+                    new.len(),
+                    file.display(),
+                    a.reason
+                );
+                if old > 0 {
+                    l += &format!("; {old} already revoked, unchanged");
+                }
+                l
+            }
+            _ => format!("all {old} target(s) from {} are already revoked; nothing changed", file.display()),
+        };
+        print_out(&(line + "\n"))?;
         return Ok(ExitCode::SUCCESS);
     }
     let target = match (a.serial, a.zone, a.workload) {
@@ -605,12 +802,22 @@ fn revoke(a: RevokeArgs) -> Result<ExitCode, CaError> {
         }
         _ => return Err(CaError::Refused("give --serial HEX, or --zone and --workload".into())),
     };
-    let seq = dir.revoke(&target, &a.reason)?;
-    let what = match &target {
-        RevokeTarget::Serial(s) => format!("certificate {s}"),
-        RevokeTarget::Identity(id) => format!("every certificate of {id}"),
+    let outcome = dir.revoke(&target, &a.reason, a.force)?;
+    let line = match (&target, outcome) {
+        (RevokeTarget::Serial(s), RevokeOutcome::Revoked(seq)) => {
+            format!("revoked certificate {s} (revocation #{seq}, reason: {})", a.reason)
+        }
+        (RevokeTarget::Identity(id), RevokeOutcome::Revoked(seq)) => {
+            format!("revoked every certificate of {id} (revocation #{seq}, reason: {})", a.reason)
+        }
+        (RevokeTarget::Serial(s), RevokeOutcome::AlreadyRevoked(seq)) => {
+            format!("certificate {s} is already revoked (#{seq}); nothing changed")
+        }
+        (RevokeTarget::Identity(id), RevokeOutcome::AlreadyRevoked(seq)) => {
+            format!("{id} is already revoked (#{seq}); nothing changed")
+        }
     };
-    print_out(&format!("revoked {what} (revocation #{seq}, reason: {})\n", a.reason))?;
+    print_out(&(line + "\n"))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use mesh_config::{TrustDomain, Ttl};
+use mesh_identity::token::{MAX_TOKEN_TTL, MAX_TOKEN_USES};
 use serde::{Deserialize, Serialize};
 
 use crate::error::CaError;
@@ -31,6 +32,12 @@ pub struct Settings {
     /// Where the certificate store is (`store = "sqlite:store.db"`; that is also what a
     /// `ca.toml` without the line means, so CA directories made before it keep working).
     pub store: StoreConfig,
+    /// Longest a join token of this CA may live (`init --max-token-ttl`; at most
+    /// [`MAX_TOKEN_TTL`], which a `ca.toml` without the line means).
+    pub max_token_ttl: Ttl,
+    /// Most enrollments one join token of this CA may allow (`init --max-token-uses`; at
+    /// most [`MAX_TOKEN_USES`], which a `ca.toml` without the line means).
+    pub max_token_uses: u32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -42,6 +49,10 @@ struct SettingsFile {
     default_leaf_ttl: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     store: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_token_ttl: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_token_uses: Option<u32>,
 }
 
 impl Settings {
@@ -63,7 +74,44 @@ impl Settings {
             max_leaf_ttl: max,
             default_leaf_ttl: default,
             store: StoreConfig::default(),
+            max_token_ttl: MAX_TOKEN_TTL,
+            max_token_uses: MAX_TOKEN_USES,
         })
+    }
+
+    /// The same settings with these bounds on join tokens, each within the mesh's hard
+    /// limits ([`MAX_TOKEN_TTL`], [`MAX_TOKEN_USES`]).
+    pub fn with_token_bounds(self, max_ttl: Ttl, max_uses: u32) -> Result<Self, CaError> {
+        if max_ttl > MAX_TOKEN_TTL || max_ttl.as_secs() == 0 {
+            return Err(CaError::Refused(format!(
+                "--max-token-ttl {max_ttl} must lie within 1s and {MAX_TOKEN_TTL} (30 days)"
+            )));
+        }
+        if max_uses == 0 || max_uses > MAX_TOKEN_USES {
+            return Err(CaError::Refused(format!(
+                "--max-token-uses {max_uses} must lie within 1 and {MAX_TOKEN_USES}"
+            )));
+        }
+        Ok(Self { max_token_ttl: max_ttl, max_token_uses: max_uses, ..self })
+    }
+
+    /// Refuses a join token this CA's bounds do not allow, naming the bound and where it is set.
+    pub fn check_token(&self, ttl: Ttl, uses: u32) -> Result<(), CaError> {
+        if uses == 0 || uses > self.max_token_uses {
+            return Err(CaError::Refused(format!(
+                "--uses {uses} must lie within 1..={} (this CA's max_token_uses in ca.toml, set by \
+                 `mesh-ca init --max-token-uses`; at most {MAX_TOKEN_USES})",
+                self.max_token_uses
+            )));
+        }
+        if ttl > self.max_token_ttl {
+            return Err(CaError::Refused(format!(
+                "--ttl {ttl} is longer than a join token of this CA may live ({}: max_token_ttl in \
+                 ca.toml, set by `mesh-ca init --max-token-ttl`; at most {MAX_TOKEN_TTL})",
+                self.max_token_ttl
+            )));
+        }
+        Ok(())
     }
 
     /// The TTL to issue for a request, or a refusal naming the allowed range.
@@ -85,6 +133,8 @@ impl Settings {
             max_leaf_ttl: self.max_leaf_ttl.to_string(),
             default_leaf_ttl: self.default_leaf_ttl.to_string(),
             store: Some(self.store.to_string()),
+            max_token_ttl: Some(self.max_token_ttl.to_string()),
+            max_token_uses: Some(self.max_token_uses),
         };
         let body = toml::to_string(&file).unwrap_or_default();
         format!("# zt-mesh CA settings, written by `mesh-ca init`.\n{body}")
@@ -110,6 +160,13 @@ impl Settings {
             parse_ttl("default_leaf_ttl", &file.default_leaf_ttl)?,
         )
         .map_err(|e| CaError::bad_file(path, &e.to_string()))?;
+        let max_ttl = match &file.max_token_ttl {
+            None => MAX_TOKEN_TTL,
+            Some(v) => parse_ttl("max_token_ttl", v)?,
+        };
+        let settings = settings
+            .with_token_bounds(max_ttl, file.max_token_uses.unwrap_or(MAX_TOKEN_USES))
+            .map_err(|e| CaError::bad_file(path, &e.to_string().replace("--max-token-", "max_token_")))?;
         Ok(Self { store, ..settings })
     }
 }
@@ -139,6 +196,28 @@ mod tests {
                 .expect("an absolute path");
         assert_eq!(elsewhere.store.in_dir(dir.path()), StoreConfig::Sqlite("/var/lib/ca.db".into()));
         assert_eq!(old.store.in_dir(Path::new("/ca")), StoreConfig::Sqlite("/ca/store.db".into()));
+    }
+
+    #[test]
+    fn token_bounds_are_written_read_back_defaulted_and_capped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = Settings::load(&write(dir.path(), BASE)).expect("a ca.toml from before the token lines");
+        assert_eq!((old.max_token_ttl, old.max_token_uses), (MAX_TOKEN_TTL, MAX_TOKEN_USES));
+        let set = old.with_token_bounds(Ttl::from_secs(3600), 5).expect("within the caps");
+        let text = set.to_toml();
+        assert!(text.contains("max_token_ttl = \"1h\"") && text.contains("max_token_uses = 5"), "{text}");
+        let again = Settings::load(&write(dir.path(), &text)).expect("round trip");
+        assert_eq!((again.max_token_ttl, again.max_token_uses), (Ttl::from_secs(3600), 5));
+        assert!(again.check_token(Ttl::from_secs(3600), 5).is_ok());
+        let e = again.check_token(Ttl::from_secs(3601), 1).expect_err("past the CA's bound");
+        assert!(e.to_string().contains("max_token_ttl"), "{e}");
+        let e = again.check_token(Ttl::from_secs(60), 6).expect_err("past the CA's bound");
+        assert!(e.to_string().contains("max_token_uses"), "{e}");
+        assert!(again.clone().with_token_bounds(Ttl::from_secs(721 * 3600), 1).is_err());
+        assert!(again.with_token_bounds(Ttl::from_secs(60), 1001).is_err());
+        let e = Settings::load(&write(dir.path(), &format!("{BASE}max_token_uses = 5000\n")))
+            .expect_err("above the hard cap");
+        assert!(e.to_string().contains("max_token_uses 5000"), "{e}");
     }
 
     #[test]

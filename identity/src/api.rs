@@ -64,4 +64,11 @@ pub struct RevocationJson {
     pub spiffe_id: Option<String>,
     pub reason: String,
     pub revoked_at: i64,
+    /// An identity whose earlier revocations this entry lifts (`mesh-ca reinstate`); then
+    /// `serial` and `spiffe_id` are both null, so a follower that does not know the field
+    /// skips the entry (and keeps the identity revoked, as it had it) instead of reading it
+    /// as a revocation. The identity's certificates from before have serial entries of their
+    /// own ahead of this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reinstated: Option<String>,
 }

@@ -18,6 +18,9 @@ pub const MAX_TOKEN_LEN: usize = 128;
 pub const MAX_TOKEN_TTL: mesh_config::Ttl = mesh_config::Ttl::from_secs(30 * 24 * 3600);
 /// The most enrollments one token may allow: enough for a fleet of replicas, not unbounded.
 pub const MAX_TOKEN_USES: u32 = 1000;
+/// Hex characters of a token's id ([`Token::id`]): 48 bits, so ids stay distinct among far
+/// more tokens than a CA holds, and far too few to find the token (or its hash) from.
+pub const TOKEN_ID_LEN: usize = 12;
 
 /// A join token's secret value. `Debug` never shows it.
 #[derive(Clone)]
@@ -46,6 +49,14 @@ impl Token {
     pub fn hash(&self) -> String {
         crate::random::hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.0.as_bytes()).as_ref())
     }
+
+    /// What operators name the token by (`mesh-ca token list`, `mesh-ca token revoke ID`): the
+    /// first [`TOKEN_ID_LEN`] hex characters of [`Token::hash`]. Not a secret.
+    pub fn id(&self) -> String {
+        let mut hash = self.hash();
+        hash.truncate(TOKEN_ID_LEN);
+        hash
+    }
 }
 
 impl fmt::Debug for Token {
@@ -67,5 +78,8 @@ mod tests {
         assert!(!format!("{a:?}").contains(&a.expose()[PREFIX.len()..]));
         assert_eq!(Token::from_presented(&format!(" {}\n", a.expose())).expect("parse").hash(), a.hash());
         assert!(Token::from_presented("nope").is_none());
+        assert_eq!(a.id().len(), TOKEN_ID_LEN);
+        assert!(a.hash().starts_with(&a.id()));
+        assert!(!a.expose().contains(&a.id()));
     }
 }

@@ -51,12 +51,18 @@ const MAX_PAGE_BYTES: usize = 512 * 1024;
 
 impl From<Revocation> for RevocationJson {
     fn from(r: Revocation) -> Self {
+        // A reinstatement names its identity in its own field only (see RevocationJson).
+        let (spiffe_id, reinstated) = match r.action {
+            crate::store::RevocationAction::Revoke => (r.spiffe_id, None),
+            crate::store::RevocationAction::Reinstate => (None, r.spiffe_id),
+        };
         Self {
             seq: r.seq,
             serial: r.serial,
-            spiffe_id: r.spiffe_id,
+            spiffe_id,
             reason: mesh_identity::profile::truncate(&r.reason).to_owned(),
             revoked_at: r.revoked_at,
+            reinstated,
         }
     }
 }
@@ -529,6 +535,7 @@ mod tests {
             spiffe_id: Some(format!("spiffe://example.org/ns/{}/sa/w", "z".repeat(63))),
             reason: "\u{1}".repeat(4096),
             revoked_at: 0,
+            action: crate::store::RevocationAction::Revoke,
         };
         let page = RevocationPage { entries: (1..=1000).map(big).collect(), sequence: 1000, more: false };
         let body = page_body(page);

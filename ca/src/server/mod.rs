@@ -422,6 +422,11 @@ async fn follow_revocations(
             shared.revoked.record(&entries);
             if let Some(last) = entries.last() {
                 for r in &entries {
+                    // A reinstatement is not a revocation (`mesh-ca reinstate` reports it and
+                    // the store audits it).
+                    if r.action == crate::store::RevocationAction::Reinstate {
+                        continue;
+                    }
                     let what = Ca::CertRevoked {
                         serial: r.serial.as_ref().map_or_else(|| "-".to_owned(), |s| s.to_string()),
                         spiffe_id: r.spiffe_id.as_ref().map_or_else(|| "-".to_owned(), |s| s.to_string()),

@@ -5,7 +5,8 @@
 //! Loaded from the store's whole log at start; then every entry the server learns of is
 //! [`RevokedSet::record`]ed: those the revocation follower reads from the store (which also
 //! brings in `mesh-ca revoke` run by other processes on the same directory) and those the
-//! server writes itself. The set only grows: a revocation is never undone.
+//! server writes itself. The set grows, except that a reinstatement (`mesh-ca reinstate`) takes
+//! its identity out again (its certificates from before stay in, by serial).
 //!
 //! Not the only check: renewal asks the store again before it issues (fail closed there), so a
 //! certificate revoked a moment before the follower saw it still gets nothing new.
@@ -46,6 +47,13 @@ impl RevokedSet {
         }
         let mut e = self.inner.write().unwrap_or_else(|p| p.into_inner());
         for r in entries {
+            if r.action == crate::store::RevocationAction::Reinstate {
+                // Lifted; its certificates from before came as serial entries ahead of this.
+                if let Some(id) = r.spiffe_id.as_deref() {
+                    e.ids.remove(id);
+                }
+                continue;
+            }
             if let Some(s) = r.serial.as_deref() {
                 e.serials.insert(s.to_owned());
             }

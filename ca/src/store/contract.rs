@@ -13,7 +13,9 @@ use std::sync::Barrier;
 use mesh_identity::Serial;
 
 use super::{
-    CertKind, CertRecord, CertStatus, NewToken, Redemption, RevocationPage, Store, StoreError, TokenRejection,
+    CertKind, CertRecord, CertStatus, IdentityName, IdentityRecord, NewToken, Redemption, Reinstatement,
+    RevocationAction, RevocationPage, RevokeOutcome, Store, StoreError, TokenRejection, TokenRevocation,
+    TokenStatus,
 };
 
 /// The time every check writes at (Unix seconds): fixed, so what the store records can be
@@ -32,6 +34,11 @@ pub fn store_contract(open: &dyn Fn() -> Box<dyn Store>) {
     revocation_log_is_ordered_and_pages_agree(open().as_ref());
     revocation_pages_are_compacted_with_a_growing_sequence(open().as_ref());
     is_revoked_by_serial_and_by_identity(open().as_ref());
+    repeat_revocations_change_nothing(open().as_ref());
+    certificates_of_a_revoked_identity_read_revoked(open().as_ref());
+    tokens_have_ids_and_a_revoked_token_is_refused(open().as_ref());
+    identity_records_count_and_name_the_revocation_in_force(open().as_ref());
+    reinstatement_lifts_the_identity_and_keeps_what_came_before_revoked(open().as_ref());
     every_write_is_audited_at_the_time_given(open().as_ref());
 }
 
@@ -56,6 +63,7 @@ fn leaf(n: u64, spiffe_id: &str) -> CertRecord {
 
 fn token(hash_byte: u8, uses: u32, expires_at: i64) -> NewToken {
     NewToken {
+        id: format!("{hash_byte:02x}").repeat(6),
         hash: format!("{hash_byte:02x}").repeat(32),
         zone: "orders".into(),
         workload: "api".into(),
@@ -185,7 +193,9 @@ fn revocation_log_is_ordered_and_pages_agree(store: &dyn Store) {
     let ids: Vec<String> = (0..5).map(|i| format!("spiffe://example.org/ns/z/sa/w{i}")).collect();
     let targets: Vec<(Option<&Serial>, Option<&str>)> =
         ids.iter().map(|i| (None, Some(i.as_str()))).collect();
-    let (first, last) = store.revoke_batch(&targets, "bulk", "contract", NOW).expect("batch");
+    let out = store.revoke_batch(&targets, "bulk", "contract", NOW).expect("batch");
+    assert!(out.iter().all(|o| matches!(o, RevokeOutcome::Revoked(_))), "{out:?}");
+    let (first, last) = (out[0].seq(), out[4].seq());
     assert_eq!(last - first, 4, "a batch takes consecutive positions");
     seqs.extend(first..=last);
     seqs.push(store.revoke(None, Some(ID), "r", "contract", NOW).expect("revoke"));
@@ -229,20 +239,23 @@ fn revocation_log_is_ordered_and_pages_agree(store: &dyn Store) {
 fn revocation_pages_are_compacted_with_a_growing_sequence(store: &dyn Store) {
     let now = NOW;
     let expired = CertRecord { not_after: now - 1, ..leaf(0x0e, ID) };
+    let expired_too = CertRecord { not_after: now - 1, ..leaf(0x0d, ID) };
     let live = leaf(0x0f, ID);
     store.record_issued(&expired, "contract", now).expect("expired leaf");
+    store.record_issued(&expired_too, "contract", now).expect("expired leaf");
     store.record_issued(&live, "contract", now).expect("live leaf");
     let empty = store.revocation_page(0, now, 10).expect("page");
     assert_eq!((empty.entries.len(), empty.sequence, empty.more), (0, 0, false));
 
-    // 1: an expired certificate's serial, 2: a live one, 3..=7: identities, 8: expired again.
+    // 1: an expired certificate's serial, 2: a live one, 3..=7: identities, 8: another
+    // expired one.
     let s1 = store.revoke(Some(&expired.serial), None, "r", "contract", now).expect("revoke");
     store.revoke(Some(&live.serial), None, "r", "contract", now).expect("revoke");
     let ids: Vec<String> = (0..5).map(|i| format!("spiffe://example.org/ns/z/sa/w{i}")).collect();
     let targets: Vec<(Option<&Serial>, Option<&str>)> =
         ids.iter().map(|i| (None, Some(i.as_str()))).collect();
     store.revoke_batch(&targets, "bulk", "contract", now).expect("batch");
-    store.revoke(Some(&expired.serial), None, "again", "contract", now).expect("revoke");
+    store.revoke(Some(&expired_too.serial), None, "r", "contract", now).expect("revoke");
     // Positions relative to the first, whatever a backend starts its log at.
     let at = |k: i64| s1 - 1 + k;
     assert_eq!(store.revocation_head().expect("head"), at(8));
@@ -308,6 +321,8 @@ fn every_write_is_audited_at_the_time_given(store: &dyn Store) {
     let targets: Vec<(Option<&Serial>, Option<&str>)> = ids.iter().map(|i| (None, Some(*i))).collect();
     store.revoke_batch(&targets, "r", "e", NOW + 5).expect("batch");
     expected.extend([(NOW + 5, "cert.revoked"), (NOW + 5, "cert.revoked")]);
+    // A repeat writes nothing, audit included.
+    store.revoke_batch(&targets, "again", "e", NOW + 5).expect("repeat");
     store.audit("ca.started", "f", "detail", NOW + 6).expect("audit");
     expected.push((NOW + 6, "ca.started"));
     let mut batch = [Redemption {
@@ -318,13 +333,187 @@ fn every_write_is_audited_at_the_time_given(store: &dyn Store) {
     let out = store.redeem_tokens(NOW + 7, &mut batch).expect("redeem");
     assert_eq!(out, [Ok(Err(TokenRejection::IdentityRevoked))]);
     expected.push((NOW + 7, "token.rejected"));
+    let id = token(9, 2, 0).id;
+    assert!(matches!(store.revoke_token(&id, "h", NOW + 8), Ok(TokenRevocation::Revoked(_))));
+    expected.push((NOW + 8, "token.revoked"));
+    assert!(matches!(store.revoke_token(&id, "h", NOW + 8), Ok(TokenRevocation::AlreadyRevoked(_))));
+    let a = IdentityName { spiffe_id: ids[0], zone: "z", workload: "a" };
+    assert!(store.reinstate(&a, "mistake", "i", NOW + 9).expect("reinstate").is_some());
+    expected.push((NOW + 9, "identity.reinstated"));
+    assert_eq!(store.reinstate(&a, "again", "i", NOW + 9).expect("repeat"), None);
 
     let trail = store.audit_since(0).expect("audit trail");
     let got: Vec<(i64, &str)> = trail.iter().map(|e| (e.at, e.op.as_str())).collect();
     assert_eq!(got, expected, "one entry per write, at the time the caller gave: {trail:?}");
     assert!(trail.windows(2).all(|w| w[0].seq < w[1].seq), "positions increase in write order");
     let actors: Vec<&str> = trail.iter().map(|e| e.actor.as_str()).collect();
-    assert_eq!(actors, ["a", "b", "c", "d", "e", "e", "f", "g"]);
+    assert_eq!(actors, ["a", "b", "c", "d", "e", "e", "f", "g", "h", "i"]);
     assert!(trail[0].detail.contains(serial(1).as_str()), "{trail:?}");
     assert_eq!(store.audit_since(trail[6].seq).expect("tail"), trail[7..].to_vec());
+}
+
+/// Revoking what is revoked already writes nothing and names the entry that revokes it: an
+/// identity revoked twice, a serial twice, a certificate of a revoked identity, a target
+/// named twice in one batch.
+fn repeat_revocations_change_nothing(store: &dyn Store) {
+    store.record_issued(&leaf(1, ID), "contract", NOW).expect("record");
+    store
+        .record_issued(&leaf(2, "spiffe://example.org/ns/orders/sa/other"), "contract", NOW)
+        .expect("record");
+    let first = store.revoke(None, Some(ID), "r", "contract", NOW).expect("revoke");
+    let head = store.revocation_head().expect("head");
+    let trail = store.audit_since(0).expect("audit").len();
+    assert_eq!(
+        store.revoke_batch(&[(None, Some(ID))], "again", "contract", NOW + 1).expect("repeat"),
+        [RevokeOutcome::AlreadyRevoked(first)]
+    );
+    assert_eq!(
+        store
+            .revoke_batch(&[(Some(&serial(1)), None)], "again", "contract", NOW + 1)
+            .expect("its certificate"),
+        [RevokeOutcome::AlreadyRevoked(first)],
+        "a certificate of a revoked identity is revoked by the identity's entry"
+    );
+    assert_eq!(store.revoke(None, Some(ID), "again", "contract", NOW + 1).expect("revoke"), first);
+    assert_eq!(store.revocation_head().expect("head"), head, "a repeat logs nothing");
+    assert_eq!(store.audit_since(0).expect("audit").len(), trail, "a repeat audits nothing");
+
+    let twice = [(Some(&serial(2)), None), (Some(&serial(2)), None)];
+    let out = store.revoke_batch(&twice, "r", "contract", NOW + 2).expect("batch");
+    assert_eq!(out, [RevokeOutcome::Revoked(head + 1), RevokeOutcome::AlreadyRevoked(head + 1)]);
+    assert_eq!(
+        store.revoke_batch(&[(Some(&serial(2)), None)], "r", "contract", NOW + 3).expect("again"),
+        [RevokeOutcome::AlreadyRevoked(head + 1)]
+    );
+    assert_eq!(store.revocations_since(0).expect("log").len(), 2);
+}
+
+/// `certificates` and `certificate` read a certificate of a revoked identity as revoked, also
+/// one recorded after the revocation (by a mesh-ca that still issued to revoked identities,
+/// or racing the revocation).
+fn certificates_of_a_revoked_identity_read_revoked(store: &dyn Store) {
+    store.record_issued(&leaf(1, ID), "contract", NOW).expect("record");
+    store.revoke(None, Some(ID), "r", "contract", NOW).expect("revoke");
+    store.record_issued(&leaf(2, ID), "contract", NOW + 1).expect("record after");
+    let statuses: Vec<CertStatus> = store.certificates().expect("list").iter().map(|c| c.status).collect();
+    assert_eq!(statuses, [CertStatus::Revoked, CertStatus::Revoked]);
+    assert_eq!(store.certificate(&serial(2)).expect("read").map(|c| c.status), Some(CertStatus::Revoked));
+}
+
+/// Tokens carry the id they were created with; a revoked token is refused as revoked, spends
+/// nothing, and revoking it again or an unknown id changes nothing.
+fn tokens_have_ids_and_a_revoked_token_is_refused(store: &dyn Store) {
+    let (a, b) = (token(0x21, 2, NOW + 600), token(0x22, 1, NOW + 600));
+    store.create_token(&a, "contract", NOW).expect("create");
+    store.create_token(&b, "contract", NOW).expect("create");
+    let listed = store.tokens().expect("tokens");
+    assert_eq!(listed.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), [a.id.as_str(), b.id.as_str()]);
+    assert!(listed.iter().all(|t| t.status(NOW) == TokenStatus::Active && t.revoked_at.is_none()));
+    assert_eq!(listed[0].status(NOW + 600), TokenStatus::Expired);
+
+    match store.revoke_token(&a.id, "contract", NOW + 1).expect("revoke") {
+        TokenRevocation::Revoked(t) => assert_eq!((t.id, t.revoked_at), (a.id.clone(), Some(NOW + 1))),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        store.revoke_token(&a.id, "contract", NOW + 2).expect("again"),
+        TokenRevocation::AlreadyRevoked(t) if t.revoked_at == Some(NOW + 1)
+    ));
+    assert_eq!(
+        store.revoke_token("0123456789ab", "contract", NOW).expect("unknown"),
+        TokenRevocation::Unknown
+    );
+    assert_eq!(redeem_one(store, &a.hash, 1), Ok(Err(TokenRejection::Revoked)));
+    assert!(matches!(redeem_one(store, &b.hash, 2), Ok(Ok(_))), "the other token still works");
+    let listed = store.tokens().expect("tokens");
+    assert_eq!((listed[0].uses_left, listed[0].status(NOW)), (2, TokenStatus::Revoked), "nothing spent");
+    assert_eq!(listed[1].status(NOW), TokenStatus::UsedUp);
+    assert_eq!(store.certificates().expect("certificates").len(), 1);
+    // An id is unique: a second token with the same id is a conflict.
+    let clash = NewToken { hash: "ee".repeat(32), ..a.clone() };
+    assert!(matches!(store.create_token(&clash, "contract", NOW), Err(StoreError::Conflict(_))));
+}
+
+const NAME: IdentityName<'static> = IdentityName { spiffe_id: ID, zone: "orders", workload: "api" };
+
+fn identity_records_count_and_name_the_revocation_in_force(store: &dyn Store) {
+    let none = IdentityRecord { certificates: 0, tokens: 0, revoked: None };
+    assert_eq!(store.identity(&NAME).expect("identity"), none, "an identity nobody made");
+    store.record_issued(&leaf(1, ID), "contract", NOW).expect("record");
+    store
+        .record_issued(&leaf(2, "spiffe://example.org/ns/orders/sa/other"), "contract", NOW)
+        .expect("record");
+    store.create_token(&token(0x31, 1, NOW + 600), "contract", NOW).expect("token");
+    assert_eq!(
+        store.identity(&NAME).expect("identity"),
+        IdentityRecord { certificates: 1, tokens: 1, revoked: None }
+    );
+    let seq = store.revoke(None, Some(ID), "r", "contract", NOW).expect("revoke");
+    assert_eq!(store.identity(&NAME).expect("identity").revoked, Some(seq));
+    store.reinstate(&NAME, "mistake", "contract", NOW).expect("reinstate");
+    assert_eq!(store.identity(&NAME).expect("identity").revoked, None);
+    let again = store.revoke(None, Some(ID), "r", "contract", NOW).expect("revoke again");
+    assert!(again > seq);
+    assert_eq!(store.identity(&NAME).expect("identity").revoked, Some(again));
+}
+
+/// A reinstatement lifts the identity (new certificates and tokens work) but not what came
+/// before: its unexpired certificates get serial entries ahead of the reinstatement, its
+/// tokens are revoked; the lifted identity entry is compacted away, the rest is served in
+/// order; reinstating what is not revoked writes nothing.
+fn reinstatement_lifts_the_identity_and_keeps_what_came_before_revoked(store: &dyn Store) {
+    let old_live = leaf(1, ID);
+    let old_expired = CertRecord { not_after: NOW - 1, ..leaf(2, ID) };
+    store.record_issued(&old_live, "contract", NOW - 100).expect("record");
+    store.record_issued(&old_expired, "contract", NOW - 100).expect("record");
+    let old_token = token(0x41, 3, NOW + 600);
+    store.create_token(&old_token, "contract", NOW).expect("token");
+    assert_eq!(store.reinstate(&NAME, "nothing to lift", "contract", NOW).expect("not revoked"), None);
+    assert_eq!(store.revocation_head().expect("head"), 0, "nothing written");
+
+    let lifted = store.revoke(None, Some(ID), "compromised", "contract", NOW).expect("revoke");
+    let r: Reinstatement =
+        store.reinstate(&NAME, "mistake", "contract", NOW).expect("reinstate").expect("revoked");
+    assert_eq!((r.lifted, r.certificates, r.tokens), (lifted, 1, 1), "{r:?}");
+    assert_eq!(r.seq, lifted + 2, "one serial entry, then the reinstatement");
+
+    assert!(!store.is_revoked(None, ID).expect("check"), "the identity is lifted");
+    assert!(!store.is_revoked(Some(&serial(9)), ID).expect("check"), "a new certificate is not revoked");
+    assert!(store.is_revoked(Some(&old_live.serial), ID).expect("check"), "an old one stays revoked");
+    assert_eq!(
+        store.certificate(&old_live.serial).expect("read").map(|c| c.status),
+        Some(CertStatus::Revoked)
+    );
+    assert_eq!(
+        redeem_one(store, &old_token.hash, 3),
+        Ok(Err(TokenRejection::Revoked)),
+        "old tokens stay out"
+    );
+    let fresh = token(0x42, 1, NOW + 600);
+    store.create_token(&fresh, "contract", NOW).expect("token");
+    let issued = redeem_one(store, &fresh.hash, 10).expect("commit").expect("a new token enrolls");
+    assert_eq!(issued.status, CertStatus::Active);
+    assert_eq!(store.certificate(&serial(10)).expect("read").map(|c| c.status), Some(CertStatus::Active));
+
+    // Served in order: the old certificate's entry, then the reinstatement; the lifted
+    // identity entry is compacted away (for a follower that never saw it, and one that did
+    // reads the reinstatement after it).
+    let log = store.revocations_since(0).expect("log");
+    assert_eq!(log.len(), 3);
+    assert_eq!(
+        (log[2].action, log[2].spiffe_id.as_deref(), log[2].serial.as_ref()),
+        (RevocationAction::Reinstate, Some(ID), None)
+    );
+    assert_eq!((log[1].serial.as_ref(), log[1].spiffe_id.as_ref()), (Some(&old_live.serial), None));
+    for since in [0, lifted] {
+        let page = store.revocation_page(since, NOW, 10).expect("page");
+        let got: Vec<i64> = page.entries.iter().map(|e| e.seq).collect();
+        assert_eq!(got, [lifted + 1, r.seq], "from {since}");
+        assert_eq!(page.sequence, r.seq);
+    }
+    // Revoked again: in force, served.
+    let again = store.revoke(None, Some(ID), "again", "contract", NOW).expect("revoke");
+    let page = store.revocation_page(0, NOW, 10).expect("page");
+    assert_eq!(page.entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [lifted + 1, r.seq, again]);
+    assert!(store.is_revoked(Some(&serial(10)), ID).expect("check"));
 }

@@ -166,6 +166,9 @@ pub struct AuditEntry {
 /// A join token as stored: never the token itself, only its SHA-256.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewToken {
+    /// What operators name the token by (`mesh-ca token list`, `token revoke ID`): the first
+    /// [`mesh_identity::token::TOKEN_ID_LEN`] hex characters of `hash`. Unique in the store.
+    pub id: String,
     /// Lowercase hex SHA-256 of the token string.
     pub hash: String,
     pub zone: String,
@@ -175,14 +178,118 @@ pub struct NewToken {
     pub uses: u32,
 }
 
-/// A join token as `list` shows it: what it is for and how much is left, never its value.
+/// A join token as `list` shows it: what it is for and how much is left, never its value
+/// (nor its hash: the id is a prefix of the hash too short to find the token by).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TokenInfo {
+    pub id: String,
     pub zone: String,
     pub workload: String,
     pub uses_left: i64,
     pub expires_at: i64,
     pub created_at: i64,
+    /// When `mesh-ca token revoke` (or a reinstatement of its identity) took it out of use.
+    pub revoked_at: Option<i64>,
+}
+
+/// What a token can still do at some moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenStatus {
+    Active,
+    Expired,
+    UsedUp,
+    Revoked,
+}
+
+impl TokenStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Expired => "expired",
+            Self::UsedUp => "used_up",
+            Self::Revoked => "revoked",
+        }
+    }
+}
+
+impl TokenInfo {
+    /// Its status at `now`, in the order redemption checks them: revoked, expired, used up.
+    pub fn status(&self, now: i64) -> TokenStatus {
+        if self.revoked_at.is_some() {
+            TokenStatus::Revoked
+        } else if self.expires_at <= now {
+            TokenStatus::Expired
+        } else if self.uses_left <= 0 {
+            TokenStatus::UsedUp
+        } else {
+            TokenStatus::Active
+        }
+    }
+}
+
+/// What [`Store::revoke_token`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenRevocation {
+    /// Revoked now.
+    Revoked(TokenInfo),
+    /// Revoked before; nothing changed.
+    AlreadyRevoked(TokenInfo),
+    /// No token has that id.
+    Unknown,
+}
+
+/// An identity as the store keys it: the SPIFFE ID of its certificates and revocations, and
+/// the zone and workload its join tokens name.
+#[derive(Debug, Clone, Copy)]
+pub struct IdentityName<'a> {
+    pub spiffe_id: &'a str,
+    pub zone: &'a str,
+    pub workload: &'a str,
+}
+
+/// What the store knows of one identity (see [`Store::identity`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdentityRecord {
+    /// Leaf certificates ever recorded for it.
+    pub certificates: u64,
+    /// Join tokens ever created for it (spent, expired and revoked ones included).
+    pub tokens: u64,
+    /// The identity revocation in force (its log position), if one is: none was ever made,
+    /// or the last was lifted by a reinstatement.
+    pub revoked: Option<i64>,
+}
+
+/// What revoking one target did (see [`Store::revoke_batch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokeOutcome {
+    /// A new log entry, at this position.
+    Revoked(i64),
+    /// The target was revoked already, by the entry at this position (the serial's own, or
+    /// its identity's): nothing was written.
+    AlreadyRevoked(i64),
+}
+
+impl RevokeOutcome {
+    /// The log position that revokes the target, new or old.
+    pub fn seq(self) -> i64 {
+        match self {
+            Self::Revoked(s) | Self::AlreadyRevoked(s) => s,
+        }
+    }
+}
+
+/// What [`Store::reinstate`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reinstatement {
+    /// The reinstatement's own log position.
+    pub seq: i64,
+    /// The identity revocation it lifted.
+    pub lifted: i64,
+    /// Unexpired certificates of the identity that now have a serial entry of their own, so
+    /// they stay revoked.
+    pub certificates: u64,
+    /// Join tokens of the identity it revoked (every one not already revoked).
+    pub tokens: u64,
 }
 
 /// Why a token was not accepted. The caller learns only "rejected": these are for the audit.
@@ -193,6 +300,8 @@ pub enum TokenRejection {
     UsedUp,
     /// The token is fine but the identity it names has been revoked; nothing is spent.
     IdentityRevoked,
+    /// The token itself was revoked (`mesh-ca token revoke`).
+    Revoked,
 }
 
 impl TokenRejection {
@@ -202,6 +311,7 @@ impl TokenRejection {
             Self::Expired => "expired",
             Self::UsedUp => "used_up",
             Self::IdentityRevoked => "identity_revoked",
+            Self::Revoked => "revoked",
         }
     }
 }
@@ -222,7 +332,9 @@ pub type IssueFn<'a> = Box<dyn FnMut(&str, &str) -> Option<CertRecord> + 'a>;
 /// What became of one redemption.
 pub type RedeemOutcome = Result<Result<CertRecord, TokenRejection>, StoreError>;
 
-/// One entry of the revocation log: a single certificate, or every certificate of an identity.
+/// One entry of the revocation log: a single certificate, or every certificate of an
+/// identity, revoked; or an identity revocation lifted (`action` `Reinstate`, `spiffe_id`
+/// set, no serial).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Revocation {
     /// Position in the log; sidecars ask for everything after the last one they saw.
@@ -231,6 +343,18 @@ pub struct Revocation {
     pub spiffe_id: Option<String>,
     pub reason: String,
     pub revoked_at: i64,
+    pub action: RevocationAction,
+}
+
+/// What a log entry does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationAction {
+    Revoke,
+    /// Lifts the identity revocations of `spiffe_id` before it. The identity's certificates
+    /// from before stay revoked: the reinstatement wrote a serial entry for each unexpired
+    /// one ahead of itself, so a follower applying the log in order never accepts them.
+    Reinstate,
 }
 
 /// One page of the compacted revocation log (see [`Store::revocation_page`]).
@@ -252,10 +376,16 @@ pub trait Store: Send + Sync {
     /// Records an issued certificate and its audit entry in one transaction. A serial already
     /// recorded is refused with [`StoreError::Conflict`], leaving the first record as it was.
     fn record_issued(&self, rec: &CertRecord, actor: &str, now: i64) -> Result<(), StoreError>;
-    /// Every certificate, oldest first.
+    /// Every certificate, oldest first. A certificate whose identity is revoked reads as
+    /// revoked, whatever its row says.
     fn certificates(&self) -> Result<Vec<CertRecord>, StoreError>;
     /// Every join token (never its hash), oldest first.
     fn tokens(&self) -> Result<Vec<TokenInfo>, StoreError>;
+    /// Takes the token with this id out of use (audited `token.revoked`): its redemptions are
+    /// refused as [`TokenRejection::Revoked`]. A token revoked before is left as it was.
+    fn revoke_token(&self, id: &str, actor: &str, now: i64) -> Result<TokenRevocation, StoreError>;
+    /// What the store knows of one identity: certificates, tokens, the revocation in force.
+    fn identity(&self, name: &IdentityName<'_>) -> Result<IdentityRecord, StoreError>;
     /// Appends an audit entry for an operation that issued nothing.
     fn audit(&self, op: &str, actor: &str, detail: &str, now: i64) -> Result<(), StoreError>;
     /// The audit trail after position `seq`, oldest first.
@@ -272,7 +402,8 @@ pub trait Store: Send + Sync {
     fn redeem_tokens(&self, now: i64, batch: &mut [Redemption<'_>])
         -> Result<Vec<RedeemOutcome>, StoreError>;
     /// Revokes one certificate (`serial`) or every certificate of an identity (`spiffe_id`),
-    /// past and future. Returns the new log position.
+    /// past and future (until a reinstatement). Returns the log position that revokes it: a
+    /// new one, or, when it was revoked already, that one (nothing is written then).
     fn revoke(
         &self,
         serial: Option<&Serial>,
@@ -280,27 +411,50 @@ pub trait Store: Send + Sync {
         reason: &str,
         actor: &str,
         now: i64,
-    ) -> Result<i64, StoreError>;
+    ) -> Result<i64, StoreError> {
+        self.revoke_batch(&[(serial, spiffe_id)], reason, actor, now)?
+            .pop()
+            .map(RevokeOutcome::seq)
+            .ok_or_else(|| StoreError::Backend("a revocation of one target had no outcome".into()))
+    }
     /// Log entries after `seq`, oldest first: the whole log, compacted entries included (for
     /// `list` and the audit). Sidecars are served [`Store::revocation_page`] instead.
     fn revocations_since(&self, seq: i64) -> Result<Vec<Revocation>, StoreError>;
     /// Revokes many targets (each `(serial, spiffe_id)` as [`Store::revoke`] takes them) in one
-    /// transaction: all are logged, or none. Returns the first and last new log positions.
+    /// transaction: all are logged, or none. A target revoked already (a serial with its own
+    /// entry or whose identity is revoked, an identity revoked and not reinstated since, or
+    /// an earlier target of the same batch) is not logged again: its outcome names the entry
+    /// that revokes it. One outcome per target, in order.
     fn revoke_batch(
         &self,
         targets: &[(Option<&Serial>, Option<&str>)],
         reason: &str,
         actor: &str,
         now: i64,
-    ) -> Result<(i64, i64), StoreError>;
+    ) -> Result<Vec<RevokeOutcome>, StoreError>;
+    /// Lifts the identity revocation in force for `name`, in one transaction (audited
+    /// `identity.reinstated`): every unexpired certificate of the identity gets a serial
+    /// entry of its own and is marked revoked, every join token for it is revoked, and then
+    /// a `Reinstate` entry is logged. `None` (and nothing written) when the identity is not
+    /// revoked.
+    fn reinstate(
+        &self,
+        name: &IdentityName<'_>,
+        reason: &str,
+        actor: &str,
+        now: i64,
+    ) -> Result<Option<Reinstatement>, StoreError>;
     /// The latest log position (0 for an empty log), compacted entries included.
     fn revocation_head(&self) -> Result<i64, StoreError>;
     /// At most `limit` entries after `since`, oldest first, as sidecars are served them:
     /// compacted, i.e. without serial revocations whose certificate expired before `now` (an
-    /// expired certificate is refused anyway; identity revocations are always served).
+    /// expired certificate is refused anyway) and without identity revocations a later
+    /// reinstatement lifted (the reinstatement and the serial entries it wrote say all a
+    /// follower needs). Identity revocations in force and reinstatements are always served.
     /// `sequence` in the answer covers the compacted entries too, so it only ever grows.
     fn revocation_page(&self, since: i64, now: i64, limit: usize) -> Result<RevocationPage, StoreError>;
-    /// Whether a certificate (if a serial is given), or its whole identity, has been revoked.
+    /// Whether a certificate (if a serial is given) has been revoked, or its whole identity is
+    /// (and has not been reinstated since).
     fn is_revoked(&self, serial: Option<&Serial>, spiffe_id: &str) -> Result<bool, StoreError>;
     /// The certificate with this serial, if the CA issued it.
     fn certificate(&self, serial: &Serial) -> Result<Option<CertRecord>, StoreError>;

@@ -15,8 +15,9 @@ use mesh_identity::Serial;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{
-    AuditEntry, CertKind, CertRecord, CertStatus, NewToken, RedeemOutcome, Redemption, Revocation,
-    RevocationPage, Store, StoreError, TokenInfo, TokenRejection,
+    AuditEntry, CertKind, CertRecord, CertStatus, IdentityName, IdentityRecord, NewToken, RedeemOutcome,
+    Redemption, Reinstatement, Revocation, RevocationAction, RevocationPage, RevokeOutcome, Store,
+    StoreError, TokenInfo, TokenRejection, TokenRevocation,
 };
 
 /// Each entry upgrades the schema by one version. Never edit a released entry: add one.
@@ -57,7 +58,27 @@ const MIGRATIONS: &[&str] = &[
         revoked_at  INTEGER NOT NULL,
         CHECK (serial IS NOT NULL OR spiffe_id IS NOT NULL)
      );",
+    // v3: token ids (the hash's first 12 hex characters, as mesh_identity::token::Token::id
+    // makes them) and revocation; reinstatements in the revocation log; indexes for the
+    // lookups a revocation, a renewal and a redemption make.
+    "ALTER TABLE tokens ADD COLUMN id TEXT;
+     UPDATE tokens SET id = substr(hash, 1, 12);
+     CREATE UNIQUE INDEX tokens_by_id ON tokens (id);
+     ALTER TABLE tokens ADD COLUMN revoked_at INTEGER;
+     CREATE INDEX tokens_by_identity ON tokens (zone, workload);
+     ALTER TABLE revocations ADD COLUMN action TEXT NOT NULL DEFAULT 'revoke'
+        CHECK (action IN ('revoke', 'reinstate'));
+     CREATE INDEX revocations_by_serial ON revocations (serial);
+     CREATE INDEX revocations_by_id ON revocations (spiffe_id, seq);",
 ];
+
+/// The identity revocation in force for `?1` (a SPIFFE ID): the first after the last
+/// reinstatement of that identity. One column, its `seq`.
+const STANDING_IDENTITY_REVOCATION: &str = "SELECT r.seq FROM revocations r
+     WHERE r.spiffe_id = ?1 AND r.action = 'revoke'
+       AND NOT EXISTS (SELECT 1 FROM revocations x
+                        WHERE x.spiffe_id = ?1 AND x.action = 'reinstate' AND x.seq > r.seq)
+     ORDER BY r.seq LIMIT 1";
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
@@ -288,16 +309,59 @@ fn status_str(s: CertStatus) -> &'static str {
 
 type CertRow = (Serial, String, String, i64, i64, String);
 
-/// One revocation log entry, from `SELECT seq, serial, spiffe_id, reason, revoked_at`.
+/// One revocation log entry, from `SELECT seq, serial, spiffe_id, reason, revoked_at, action`.
 fn revocation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Revocation> {
+    let action: String = r.get(5)?;
+    let action = match action.as_str() {
+        "revoke" => RevocationAction::Revoke,
+        "reinstate" => RevocationAction::Reinstate,
+        _ => {
+            return Err(rusqlite::Error::FromSqlConversionFailure(
+                5,
+                rusqlite::types::Type::Text,
+                format!("revocation action {action:?}").into(),
+            ))
+        }
+    };
     Ok(Revocation {
         seq: r.get(0)?,
         serial: serial_column_opt(r, 1)?,
         spiffe_id: r.get(2)?,
         reason: r.get(3)?,
         revoked_at: r.get(4)?,
+        action,
     })
 }
+
+/// The identity revocation in force for `spiffe_id`, if any.
+fn standing(conn: &Connection, spiffe_id: &str) -> Result<Option<i64>, StoreError> {
+    Ok(conn.prepare_cached(STANDING_IDENTITY_REVOCATION)?.query_row([spiffe_id], |r| r.get(0)).optional()?)
+}
+
+/// The entry revoking `serial` itself, if any.
+fn serial_revocation(conn: &Connection, serial: &Serial) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT seq FROM revocations WHERE serial = ?1 AND action = 'revoke' ORDER BY seq LIMIT 1",
+        )?
+        .query_row([serial.as_str()], |r| r.get(0))
+        .optional()?)
+}
+
+/// A token row, from `SELECT id, zone, workload, uses_left, expires_at, created_at, revoked_at`.
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenInfo> {
+    Ok(TokenInfo {
+        id: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
+        zone: r.get(1)?,
+        workload: r.get(2)?,
+        uses_left: r.get(3)?,
+        expires_at: r.get(4)?,
+        created_at: r.get(5)?,
+        revoked_at: r.get(6)?,
+    })
+}
+
+const TOKEN_COLUMNS: &str = "id, zone, workload, uses_left, expires_at, created_at, revoked_at";
 
 fn cert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertRow> {
     Ok((serial_column(r, 0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
@@ -347,7 +411,15 @@ fn insert_cert(tx: &Connection, rec: &CertRecord, actor: &str, op: &str, at: i64
     append_audit(tx, at, op, actor, &detail)
 }
 
-const CERT_COLUMNS: &str = "serial, kind, spiffe_id, not_before, not_after, status";
+/// A certificate's columns; its status reads `revoked` while its identity is revoked too (a
+/// certificate recorded as the identity was being revoked, or by a mesh-ca from before
+/// `issue` refused revoked identities, is not shown as active).
+const CERT_COLUMNS: &str = "c.serial, c.kind, c.spiffe_id, c.not_before, c.not_after,
+    CASE WHEN c.status = 'revoked' OR EXISTS (
+        SELECT 1 FROM revocations r WHERE r.spiffe_id = c.spiffe_id AND r.action = 'revoke'
+           AND NOT EXISTS (SELECT 1 FROM revocations x WHERE x.spiffe_id = c.spiffe_id
+                            AND x.action = 'reinstate' AND x.seq > r.seq))
+    THEN 'revoked' ELSE c.status END";
 
 /// One redemption inside an open transaction or savepoint; see `Store::redeem_tokens`.
 fn redeem_in(
@@ -357,15 +429,18 @@ fn redeem_in(
     actor: &str,
     issue: &mut dyn FnMut(&str, &str) -> Option<CertRecord>,
 ) -> RedeemOutcome {
-    let row: Option<(String, String, i64, i64)> = conn
-        .query_row("SELECT zone, workload, expires_at, uses_left FROM tokens WHERE hash = ?1", [hash], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })
+    let row: Option<(String, String, i64, i64, Option<i64>)> = conn
+        .query_row(
+            "SELECT zone, workload, expires_at, uses_left, revoked_at FROM tokens WHERE hash = ?1",
+            [hash],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
         .optional()?;
     let rejection = match &row {
         None => Some(TokenRejection::Unknown),
-        Some((_, _, expires_at, _)) if *expires_at <= now_s => Some(TokenRejection::Expired),
-        Some((_, _, _, 0)) => Some(TokenRejection::UsedUp),
+        Some((_, _, _, _, Some(_))) => Some(TokenRejection::Revoked),
+        Some((_, _, expires_at, _, _)) if *expires_at <= now_s => Some(TokenRejection::Expired),
+        Some((_, _, _, 0, _)) => Some(TokenRejection::UsedUp),
         Some(_) => None,
     };
     let reject = |why: TokenRejection, detail: String| -> RedeemOutcome {
@@ -378,15 +453,12 @@ fn redeem_in(
         Some(why) => return reject(why, why.as_str().to_owned()),
         None => {}
     }
-    let Some((zone, workload, _, _)) = row else { return Ok(Err(TokenRejection::Unknown)) };
+    let Some((zone, workload, _, _, _)) = row else { return Ok(Err(TokenRejection::Unknown)) };
     let Some(rec) = issue(&zone, &workload) else {
         // Signing failed: nothing is spent or recorded (the savepoint rolls back).
         return Err(StoreError::Corrupt("issuing for a token failed".into()));
     };
-    let revoked: Option<i64> = conn
-        .query_row("SELECT 1 FROM revocations WHERE spiffe_id = ?1 LIMIT 1", [&rec.spiffe_id], |r| r.get(0))
-        .optional()?;
-    if revoked.is_some() {
+    if standing(conn, &rec.spiffe_id)?.is_some() {
         return reject(TokenRejection::IdentityRevoked, format!("identity_revoked id={}", rec.spiffe_id));
     }
     conn.execute("UPDATE tokens SET uses_left = uses_left - 1 WHERE hash = ?1", [hash])?;
@@ -407,34 +479,62 @@ impl Store for SqliteStore {
 
     fn certificates(&self) -> Result<Vec<CertRecord>, StoreError> {
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare(&format!("SELECT {CERT_COLUMNS} FROM certificates ORDER BY issued_at, rowid"))?;
+        let mut stmt = conn
+            .prepare(&format!("SELECT {CERT_COLUMNS} FROM certificates c ORDER BY c.issued_at, c.rowid"))?;
         let rows = stmt.query_map([], cert_row)?;
         rows.map(|r| cert_record(r?)).collect()
     }
 
     fn tokens(&self) -> Result<Vec<TokenInfo>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT zone, workload, uses_left, expires_at, created_at FROM tokens ORDER BY created_at, rowid",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(TokenInfo {
-                zone: r.get(0)?,
-                workload: r.get(1)?,
-                uses_left: r.get(2)?,
-                expires_at: r.get(3)?,
-                created_at: r.get(4)?,
-            })
-        })?;
+        let mut stmt =
+            conn.prepare(&format!("SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at, rowid"))?;
+        let rows = stmt.query_map([], token_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn revoke_token(&self, id: &str, actor: &str, now: i64) -> Result<TokenRevocation, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let found = tx
+            .query_row(&format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?1"), [id], token_row)
+            .optional()?;
+        let Some(mut info) = found else { return Ok(TokenRevocation::Unknown) };
+        if info.revoked_at.is_some() {
+            return Ok(TokenRevocation::AlreadyRevoked(info));
+        }
+        tx.execute("UPDATE tokens SET revoked_at = ?2 WHERE id = ?1", params![id, now])?;
+        let detail = format!("id={id} zone={} workload={}", info.zone, info.workload);
+        append_audit(&tx, now, "token.revoked", actor, &detail)?;
+        tx.commit()?;
+        info.revoked_at = Some(now);
+        Ok(TokenRevocation::Revoked(info))
+    }
+
+    fn identity(&self, name: &IdentityName<'_>) -> Result<IdentityRecord, StoreError> {
+        let conn = self.conn();
+        let certificates: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM certificates WHERE spiffe_id = ?1 AND kind = 'leaf'",
+            [name.spiffe_id],
+            |r| r.get(0),
+        )?;
+        let tokens: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM tokens WHERE zone = ?1 AND workload = ?2",
+            [name.zone, name.workload],
+            |r| r.get(0),
+        )?;
+        Ok(IdentityRecord {
+            certificates: certificates.max(0) as u64,
+            tokens: tokens.max(0) as u64,
+            revoked: standing(&conn, name.spiffe_id)?,
+        })
     }
 
     fn certificate(&self, serial: &Serial) -> Result<Option<CertRecord>, StoreError> {
         let conn = self.conn();
         let row = conn
             .query_row(
-                &format!("SELECT {CERT_COLUMNS} FROM certificates WHERE serial = ?1"),
+                &format!("SELECT {CERT_COLUMNS} FROM certificates c WHERE c.serial = ?1"),
                 [serial.as_str()],
                 cert_row,
             )
@@ -446,11 +546,14 @@ impl Store for SqliteStore {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
-            "INSERT INTO tokens (hash, zone, workload, expires_at, uses_left, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![t.hash, t.zone, t.workload, t.expires_at, t.uses, now],
+            "INSERT INTO tokens (id, hash, zone, workload, expires_at, uses_left, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![t.id, t.hash, t.zone, t.workload, t.expires_at, t.uses, now],
         )?;
-        let detail =
-            format!("zone={} workload={} uses={} expires_at={}", t.zone, t.workload, t.uses, t.expires_at);
+        let detail = format!(
+            "id={} zone={} workload={} uses={} expires_at={}",
+            t.id, t.zone, t.workload, t.uses, t.expires_at
+        );
         append_audit(&tx, now, "token.created", actor, &detail)?;
         tx.commit()?;
         Ok(())
@@ -501,35 +604,11 @@ impl Store for SqliteStore {
         Ok(out.into_iter().map(|o| o.unwrap_or(Ok(Err(TokenRejection::Unknown)))).collect())
     }
 
-    fn revoke(
-        &self,
-        serial: Option<&Serial>,
-        spiffe_id: Option<&str>,
-        reason: &str,
-        actor: &str,
-        now: i64,
-    ) -> Result<i64, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let serial_text = serial.map(Serial::as_str);
-        tx.execute(
-            "INSERT INTO revocations (serial, spiffe_id, reason, revoked_at) VALUES (?1, ?2, ?3, ?4)",
-            params![serial_text, spiffe_id, reason, now],
-        )?;
-        let seq = tx.last_insert_rowid();
-        tx.execute(
-            "UPDATE certificates SET status = 'revoked' WHERE serial = ?1 OR spiffe_id = ?2",
-            params![serial_text, spiffe_id],
-        )?;
-        append_audit(&tx, now, "cert.revoked", actor, &revocation_detail(seq, serial, spiffe_id, reason))?;
-        tx.commit()?;
-        Ok(seq)
-    }
-
     fn revocations_since(&self, seq: i64) -> Result<Vec<Revocation>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT seq, serial, spiffe_id, reason, revoked_at FROM revocations WHERE seq > ?1 ORDER BY seq",
+            "SELECT seq, serial, spiffe_id, reason, revoked_at, action FROM revocations
+              WHERE seq > ?1 ORDER BY seq",
         )?;
         let rows = stmt.query_map([seq], revocation_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -541,10 +620,10 @@ impl Store for SqliteStore {
         reason: &str,
         actor: &str,
         now: i64,
-    ) -> Result<(i64, i64), StoreError> {
+    ) -> Result<Vec<RevokeOutcome>, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (mut first, mut last) = (0, 0);
+        let mut out = Vec::with_capacity(targets.len());
         {
             let mut log = tx.prepare(
                 "INSERT INTO revocations (serial, spiffe_id, reason, revoked_at) VALUES (?1, ?2, ?3, ?4)",
@@ -552,13 +631,31 @@ impl Store for SqliteStore {
             let mut mark = tx.prepare("UPDATE certificates SET status = 'revoked' WHERE serial = ?1")?;
             let mut mark_id =
                 tx.prepare("UPDATE certificates SET status = 'revoked' WHERE spiffe_id = ?1")?;
+            let mut owner = tx.prepare("SELECT spiffe_id FROM certificates WHERE serial = ?1")?;
             for &(serial, spiffe_id) in targets {
+                // Revoked already: by the serial's own entry, or by its identity's.
+                let before = match (serial, spiffe_id) {
+                    (Some(s), None) => match serial_revocation(&tx, s)? {
+                        Some(seq) => Some(seq),
+                        None => match owner.query_row([s.as_str()], |r| r.get::<_, String>(0)).optional()? {
+                            Some(id) => standing(&tx, &id)?,
+                            None => None,
+                        },
+                    },
+                    (None, Some(id)) => standing(&tx, id)?,
+                    (Some(s), Some(id)) => match (serial_revocation(&tx, s)?, standing(&tx, id)?) {
+                        (Some(_), Some(seq)) => Some(seq),
+                        _ => None,
+                    },
+                    // The table refuses an entry naming nothing.
+                    (None, None) => None,
+                };
+                if let Some(seq) = before {
+                    out.push(RevokeOutcome::AlreadyRevoked(seq));
+                    continue;
+                }
                 log.execute(params![serial.map(Serial::as_str), spiffe_id, reason, now])?;
                 let seq = tx.last_insert_rowid();
-                if first == 0 {
-                    first = seq;
-                }
-                last = seq;
                 if let Some(s) = serial {
                     mark.execute([s.as_str()])?;
                 }
@@ -572,10 +669,64 @@ impl Store for SqliteStore {
                     actor,
                     &revocation_detail(seq, serial, spiffe_id, reason),
                 )?;
+                out.push(RevokeOutcome::Revoked(seq));
             }
         }
         tx.commit()?;
-        Ok((first, last))
+        Ok(out)
+    }
+
+    fn reinstate(
+        &self,
+        name: &IdentityName<'_>,
+        reason: &str,
+        actor: &str,
+        now: i64,
+    ) -> Result<Option<Reinstatement>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let Some(lifted) = standing(&tx, name.spiffe_id)? else { return Ok(None) };
+        // The old certificates first, each by its serial (no identity with it: a follower
+        // would read an entry naming both as an identity revocation), so that a follower
+        // applying the log in order never holds the identity lifted and these not revoked.
+        let serials: Vec<Serial> = {
+            let mut stmt = tx.prepare(
+                "SELECT c.serial FROM certificates c
+                  WHERE c.spiffe_id = ?1 AND c.not_after > ?2
+                    AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.serial = c.serial AND r.action = 'revoke')
+                  ORDER BY c.issued_at, c.rowid",
+            )?;
+            let rows = stmt.query_map(params![name.spiffe_id, now], |r| serial_column(r, 0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let kept = format!("issued before the reinstatement of revocation #{lifted}");
+        for s in &serials {
+            tx.execute(
+                "INSERT INTO revocations (serial, spiffe_id, reason, revoked_at) VALUES (?1, NULL, ?2, ?3)",
+                params![s.as_str(), kept, now],
+            )?;
+            let seq = tx.last_insert_rowid();
+            append_audit(&tx, now, "cert.revoked", actor, &revocation_detail(seq, Some(s), None, &kept))?;
+        }
+        tx.execute("UPDATE certificates SET status = 'revoked' WHERE spiffe_id = ?1", [name.spiffe_id])?;
+        let tokens = tx.execute(
+            "UPDATE tokens SET revoked_at = ?3 WHERE zone = ?1 AND workload = ?2 AND revoked_at IS NULL",
+            params![name.zone, name.workload, now],
+        )?;
+        tx.execute(
+            "INSERT INTO revocations (serial, spiffe_id, reason, revoked_at, action)
+             VALUES (NULL, ?1, ?2, ?3, 'reinstate')",
+            params![name.spiffe_id, reason, now],
+        )?;
+        let seq = tx.last_insert_rowid();
+        let detail = format!(
+            "seq={seq} id={} lifted={lifted} certificates={} tokens={tokens} reason={reason}",
+            name.spiffe_id,
+            serials.len()
+        );
+        append_audit(&tx, now, "identity.reinstated", actor, &detail)?;
+        tx.commit()?;
+        Ok(Some(Reinstatement { seq, lifted, certificates: serials.len() as u64, tokens: tokens as u64 }))
     }
 
     fn revocation_head(&self) -> Result<i64, StoreError> {
@@ -591,10 +742,14 @@ impl Store for SqliteStore {
         // A serial whose certificate is unknown to the store is kept: compaction never
         // drops what it cannot prove expired.
         let mut stmt = conn.prepare_cached(
-            "SELECT r.seq, r.serial, r.spiffe_id, r.reason, r.revoked_at
+            "SELECT r.seq, r.serial, r.spiffe_id, r.reason, r.revoked_at, r.action
                FROM revocations r LEFT JOIN certificates c ON c.serial = r.serial
               WHERE r.seq > ?1 AND r.seq <= ?2
-                AND (r.serial IS NULL OR r.spiffe_id IS NOT NULL OR c.not_after IS NULL OR c.not_after > ?3)
+                AND (r.action = 'reinstate'
+                     OR (r.spiffe_id IS NOT NULL AND NOT EXISTS (
+                           SELECT 1 FROM revocations x
+                            WHERE x.spiffe_id = r.spiffe_id AND x.action = 'reinstate' AND x.seq > r.seq))
+                     OR (r.spiffe_id IS NULL AND (c.not_after IS NULL OR c.not_after > ?3)))
               ORDER BY r.seq LIMIT ?4",
         )?;
         let rows = stmt.query_map(params![since, head, now, (limit + 1) as i64], revocation_row)?;
@@ -610,14 +765,12 @@ impl Store for SqliteStore {
 
     fn is_revoked(&self, serial: Option<&Serial>, spiffe_id: &str) -> Result<bool, StoreError> {
         let conn = self.conn();
-        let hit: Option<i64> = conn
-            .query_row(
-                "SELECT 1 FROM revocations WHERE serial = ?1 OR spiffe_id = ?2 LIMIT 1",
-                params![serial.map(Serial::as_str), spiffe_id],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(hit.is_some())
+        if let Some(s) = serial {
+            if serial_revocation(&conn, s)?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(standing(&conn, spiffe_id)?.is_some())
     }
 
     fn audit(&self, op: &str, actor: &str, detail: &str, now: i64) -> Result<(), StoreError> {
@@ -709,6 +862,58 @@ mod tests {
         assert!(matches!(e, StoreError::Corrupt(_)), "{e:?}");
     }
 
+    /// A store.db made by the mesh-ca before token ids and reinstatements (schema v2) opens
+    /// and is migrated: its tokens get their ids (the hash's first 12 hex characters, as
+    /// `Token::id` makes them) and can be revoked, its revocations read as revocations and
+    /// stay in force, and a certificate of a revoked identity reads revoked.
+    #[test]
+    fn a_store_of_schema_v2_is_migrated_and_keeps_working() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("v2.db");
+        let token = mesh_identity::token::Token::generate().expect("token");
+        {
+            let conn = Connection::open(&path).expect("open");
+            for sql in &MIGRATIONS[..2] {
+                conn.execute_batch(sql).expect("v1, v2");
+            }
+            conn.pragma_update(None, "user_version", 2).expect("pragma");
+            conn.execute(
+                "INSERT INTO tokens (hash, zone, workload, expires_at, uses_left, created_at)
+                 VALUES (?1, 'a', 'b', ?2, 3, ?3)",
+                params![token.hash(), NOW + 600, NOW],
+            )
+            .expect("a v2 token");
+            conn.execute(
+                "INSERT INTO certificates (serial, kind, spiffe_id, not_before, not_after, status, issued_at)
+                 VALUES ('0c', 'leaf', 'spiffe://example.org/ns/a/sa/c', 1, ?1, 'active', 1)",
+                [NOW + 600],
+            )
+            .expect("a v2 certificate");
+            conn.execute(
+                "INSERT INTO revocations (serial, spiffe_id, reason, revoked_at)
+                 VALUES (NULL, 'spiffe://example.org/ns/a/sa/c', 'old', 1)",
+                [],
+            )
+            .expect("a v2 identity revocation");
+        }
+        let store = SqliteStore::open(&path, false).expect("a v2 store opens");
+        let version: i64 =
+            store.conn().pragma_query_value(None, "user_version", |r| r.get(0)).expect("version");
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        let tokens = store.tokens().expect("tokens");
+        assert_eq!(tokens.len(), 1);
+        assert_eq!(tokens[0].id, token.id(), "the migrated id is the one Token::id gives");
+        assert_eq!(tokens[0].revoked_at, None);
+        let log = store.revocations_since(0).expect("log");
+        assert_eq!(log[0].action, RevocationAction::Revoke);
+        assert!(store.is_revoked(None, "spiffe://example.org/ns/a/sa/c").expect("check"));
+        assert_eq!(store.certificates().expect("list")[0].status, CertStatus::Revoked);
+        assert!(matches!(store.revoke_token(&token.id(), "test", NOW), Ok(TokenRevocation::Revoked(_))));
+        let mut batch = [redemption(&token.hash(), "0d")];
+        let out = store.redeem_tokens(NOW, &mut batch).expect("redeem");
+        assert_eq!(out, [Ok(Err(TokenRejection::Revoked))]);
+    }
+
     #[test]
     fn refuses_a_newer_schema() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -741,6 +946,7 @@ mod tests {
         let db = dir.path().join("s.db");
         let store = SqliteStore::open(&db, true).expect("open");
         let token = NewToken {
+            id: "aa".repeat(6),
             hash: "aa".repeat(32),
             zone: "a".into(),
             workload: "b".into(),
