@@ -10,7 +10,14 @@
 //!   re-enrolls with the token file (a token with uses left, or a new token put there).
 //! - `follow_revocations`: long-polls the CA's revocation log; handshakes consult the set
 //!   inside the verifier, configs are rebuilt so no session resumes past a revocation, and
-//!   open connections from a revoked peer are closed by their handlers.
+//!   open connections from a revoked peer are closed by their handlers. A reinstatement
+//!   entry takes its identity out of the set (its old certificates came as serial entries).
+//! - Revoked itself: when the log names this sidecar's own certificate or identity, or the CA
+//!   refuses it as revoked (a 403 `revoked`, or the handshake's `certificate_revoked` alert),
+//!   the sidecar is in a permanent, named state: not ready (`own_certificate_revoked`), one
+//!   `cert.revoked_self` event, no renewal and no poll failures reported; it only tries,
+//!   every [`MAX_BACKOFF`], to enroll again with the token file (a new token, after
+//!   `mesh-ca reinstate` or for a new identity), and leaves the state once that works.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -51,6 +58,8 @@ pub struct RevocationSet {
     loaded: bool,
     /// Why the list cannot be loaded right now, when it cannot.
     problem: Option<String>,
+    /// This sidecar's own certificate is revoked: how it was learnt.
+    own_revoked: Option<String>,
 }
 
 impl RevocationSet {
@@ -70,6 +79,9 @@ impl RevocationSet {
     /// Why a sidecar following this list must not serve, if it must not.
     pub fn not_ready(&self) -> Option<crate::handshake::NotReady> {
         use crate::handshake::NotReady;
+        if self.own_revoked.is_some() {
+            return Some(NotReady::OwnCertificateRevoked);
+        }
         match (&self.problem, self.loaded) {
             (Some(p), _) => Some(NotReady::RevocationsUnavailable { problem: p.clone() }),
             (None, false) => Some(NotReady::RevocationsLoading),
@@ -79,7 +91,50 @@ impl RevocationSet {
 
     /// Whether the first load has ended, one way or the other (loaded, or failed once).
     pub fn settled(&self) -> bool {
-        self.loaded || self.problem.is_some()
+        self.loaded || self.problem.is_some() || self.own_revoked.is_some()
+    }
+
+    /// Whether this sidecar's own certificate is known to be revoked.
+    pub fn own_revoked(&self) -> bool {
+        self.own_revoked.is_some()
+    }
+}
+
+/// Whether the CA refused a call because the caller's certificate (or identity) is revoked:
+/// a `revoked` answer, or a handshake the CA ended with the `certificate_revoked` alert
+/// (rustls names it `CertificateRevoked` in the error the client sees).
+fn says_revoked(e: &ClientError) -> bool {
+    match e {
+        ClientError::Refused { code, .. } => code == "revoked",
+        ClientError::Unreachable(what) | ClientError::Protocol(what) => what.contains("CertificateRevoked"),
+    }
+}
+
+/// The state's one event: what is revoked, how the sidecar learnt it, and what it does now.
+fn revoked_self_event(c: &Credential, how: &str) -> Event {
+    Event::new(EventKind::CertRevokedSelf, Severity::Error)
+        .reason("revoked", format!("this sidecar's certificate is revoked ({how})"))
+        .src_id(c.id.to_string())
+        .detail(format!(
+            "serial {}: not ready; renewal stops, and enrollment with the token file is retried every \
+             {}s (put a new token there after `mesh-ca reinstate`)",
+            c.serial,
+            MAX_BACKOFF.as_secs()
+        ))
+}
+
+/// Revoked: renewal can never work again, so only re-enrollment is tried, at the backoff
+/// cap and without an event per attempt (the state was told once). `None` at shutdown.
+async fn reenroll_revoked(src: &Source, shutdown: &CancellationToken) -> Option<Credential> {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(MAX_BACKOFF) => {}
+            _ = shutdown.cancelled() => return None,
+        }
+        match enroll(src).await {
+            Ok(c) => return Some(c),
+            Err(e) => tracing::debug!("revoked sidecar: enrolling again failed: {e}"),
+        }
     }
 }
 
@@ -220,6 +275,13 @@ pub async fn maintain(
         let mut backoff = Duration::from_secs(1);
         let mut expired_told = false;
         let fresh = loop {
+            if revoked.is_revoked(current.cred.serial.as_str(), &current.cred.id) {
+                // Known revoked from the log (follow_revocations told it): no renewal.
+                match reenroll_revoked(&src, &shutdown).await {
+                    Some(c) => break (EventKind::CertEnrolled, c),
+                    None => return,
+                }
+            }
             let expired = now() >= current.cred.not_after;
             let attempt = if expired {
                 if !expired_told {
@@ -232,6 +294,15 @@ pub async fn maintain(
             };
             match attempt {
                 Ok(ok) => break ok,
+                Err(e) if !expired && says_revoked(&e) => {
+                    // The CA refuses this certificate as revoked: permanent. The event is
+                    // follow_revocations' (it owns readiness and learns it from the same
+                    // refusal or from the log).
+                    match reenroll_revoked(&src, &shutdown).await {
+                        Some(c) => break (EventKind::CertEnrolled, c),
+                        None => return,
+                    }
+                }
                 Err(e) => {
                     let mut ev = Event::new(EventKind::CertRenewFailed, Severity::Warning)
                         .reason(reason(&e), e.to_string());
@@ -294,6 +365,24 @@ pub async fn follow_revocations(
         };
         let page = match answer {
             Ok(page) => page,
+            Err(e) if set.own_revoked.is_some() || says_revoked(&e) => {
+                // Revoked itself: the CA will refuse every call with this certificate. Told
+                // once; polled again at the backoff cap (a re-enrolled credential succeeds).
+                if set.own_revoked.is_none() {
+                    set.own_revoked = Some("the CA refused it as revoked".into());
+                    set_tx.send_replace(Arc::new(set.clone()));
+                    events.emit(revoked_self_event(&current.cred, "the CA refused it as revoked"));
+                }
+                // Or at once when `maintain` enrolled again: the new credential's first
+                // answer ends the state.
+                let mut renewed = tls_tx.subscribe();
+                tokio::select! {
+                    _ = tokio::time::sleep(MAX_BACKOFF) => {}
+                    _ = renewed.changed() => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                continue;
+            }
             Err(e) => {
                 let fatal = !set.loaded || !matches!(e, ClientError::Unreachable(_));
                 if fatal {
@@ -328,6 +417,11 @@ pub async fn follow_revocations(
         let quiet = !set.loaded; // the first load is one summary event, not one per entry
         let mut changed = set.problem.take().is_some();
         for r in page.revoked {
+            if let Some(id) = r.reinstated.as_deref().and_then(|i| i.parse::<SpiffeId>().ok()) {
+                // Lifted: its old certificates came as serial entries ahead of this one.
+                (added, changed) = (added | set.ids.remove(&id), true);
+                continue;
+            }
             let mut e = Event::new(EventKind::CertRevoked, Severity::Warning);
             if let Some(s) = r.serial {
                 e = e.detail(format!("serial {s}"));
@@ -350,6 +444,18 @@ pub async fn follow_revocations(
                 set.len(),
                 started.elapsed().as_millis()
             )));
+        }
+        // This sidecar's own certificate: revoked by an entry just read, or, once revoked,
+        // replaced by a re-enrolled one the set does not hold.
+        let cur = tls_tx.borrow().clone();
+        let own = set.contains(cur.cred.serial.as_str(), &cur.cred.id);
+        if own && set.own_revoked.is_none() {
+            set.own_revoked = Some("named in the CA's revocation log".into());
+            events.emit(revoked_self_event(&cur.cred, "named in the CA's revocation log"));
+            changed = true;
+        } else if !own && set.own_revoked.is_some() {
+            set.own_revoked = None;
+            changed = true;
         }
         if changed {
             set_tx.send_replace(Arc::new(set.clone()));

@@ -30,6 +30,8 @@ pub enum NotReady {
     RevocationsLoading,
     /// Following a CA: the revocation list cannot be loaded, for `problem`.
     RevocationsUnavailable { problem: String },
+    /// Following a CA: this sidecar's own certificate (or identity) is revoked.
+    OwnCertificateRevoked,
 }
 
 impl NotReady {
@@ -39,6 +41,7 @@ impl NotReady {
             NotReady::OwnCertificateExpired => "own_certificate_expired",
             NotReady::RevocationsLoading => "revocations_loading",
             NotReady::RevocationsUnavailable { .. } => "revocations_unavailable",
+            NotReady::OwnCertificateRevoked => "own_certificate_revoked",
         }
     }
 }
@@ -51,6 +54,7 @@ impl fmt::Display for NotReady {
             NotReady::RevocationsUnavailable { problem } => {
                 write!(f, "the CA's revocation list cannot be loaded: {problem}")
             }
+            NotReady::OwnCertificateRevoked => f.write_str("this sidecar's certificate is revoked"),
         }
     }
 }

@@ -353,6 +353,7 @@ pub fn feeds(kind: EventKind) -> Option<Feed> {
         | EventKind::ConfigSecretExposed
         | EventKind::ListenerShed
         | EventKind::CertExpired
+        | EventKind::CertRevokedSelf
         | EventKind::RevocationsLoaded
         | EventKind::RevocationsUnavailable
         | EventKind::RevocationsPollFailed

@@ -35,6 +35,8 @@ pub enum EventKind {
     CertExpired,
     /// A revocation the sidecar learnt from the CA's log.
     CertRevoked,
+    /// This sidecar's own certificate is revoked: it is not ready until it enrolls again.
+    CertRevokedSelf,
     RevocationsLoaded,
     RevocationsUnavailable,
     RevocationsPollFailed,
@@ -65,7 +67,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, for documentation checks and exhaustive tests.
-    pub const ALL: [EventKind; 39] = [
+    pub const ALL: [EventKind; 40] = [
         EventKind::Connection,
         EventKind::TlsHandshakeFailed,
         EventKind::PolicyDeny,
@@ -86,6 +88,7 @@ impl EventKind {
         EventKind::CertRenewFailed,
         EventKind::CertExpired,
         EventKind::CertRevoked,
+        EventKind::CertRevokedSelf,
         EventKind::RevocationsLoaded,
         EventKind::RevocationsUnavailable,
         EventKind::RevocationsPollFailed,
@@ -130,6 +133,7 @@ impl EventKind {
             EventKind::CertRenewFailed => "cert.renew_failed",
             EventKind::CertExpired => "cert.expired",
             EventKind::CertRevoked | EventKind::CaCertRevoked => "cert.revoked",
+            EventKind::CertRevokedSelf => "cert.revoked_self",
             EventKind::RevocationsLoaded => "revocations.loaded",
             EventKind::RevocationsUnavailable => "revocations.unavailable",
             EventKind::RevocationsPollFailed => "revocations.poll_failed",
