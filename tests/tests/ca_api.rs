@@ -592,6 +592,8 @@ fn a_revoked_identity_can_neither_renew_nor_enroll_and_long_polls_hear_of_it() {
     assert!(early.is_none(), "the long-poll answered before anything was revoked: {early:?}");
 
     let before = s.leaves().len();
+    // Made before the revocation: `token create` refuses a revoked identity (issue 12).
+    let fresh = s.token("orders", "api");
     let o = revoke(&s.ca, &["--zone", "orders", "--workload", "api", "--reason", "compromised"]);
     o.assert_ok();
     let revoked_at = Instant::now();
@@ -620,8 +622,7 @@ fn a_revoked_identity_can_neither_renew_nor_enroll_and_long_polls_hear_of_it() {
             "renewal by a revoked identity: expected a certificate_revoked alert or 403 revoked, got {r:?}"
         );
     }
-    // A fresh token for it is refused at enrollment.
-    let fresh = s.token("orders", "api");
+    // A token made for it before the revocation is refused at enrollment.
     s.api.enroll(&fresh, &csr).assert_refused(403, "revoked");
     s.assert_nothing_issued(before, "renew/enroll of a revoked identity");
 

@@ -24,6 +24,8 @@ mod inspect;
 mod issue;
 #[path = "ca_cli/refusals.rs"]
 mod refusals;
+#[path = "ca_cli/revocation.rs"]
+mod revocation;
 #[path = "ca_cli/store.rs"]
 mod store;
 #[path = "ca_cli/shell.rs"]

@@ -346,7 +346,7 @@ fn a_revoked_ca_server_certificate_is_replaced_at_once() {
     );
     // The sidecar's next poll reaches the renewed CA: it learns of the next revocation.
     let mark = sc.mark();
-    revoke(&mesh.ca, &["--zone", "orders", "--workload", "gone"]).assert_ok();
+    revoke(&mesh.ca, &["--zone", "orders", "--workload", "gone", "--force"]).assert_ok();
     sc.wait_from(mark, "a revocation learnt from the renewed CA", |e| {
         e["event"] == "cert.revoked" && field(e, "src_id").ends_with("/ns/orders/sa/gone")
     });

@@ -350,7 +350,8 @@ fn serve_issue_token_create_and_revoke_work_with_the_root_key_offline() {
 
     ca.issue_ok(ZONE, WORKLOAD, "out", &[]);
     let t = token(&ca, "orders", "api", "15m", 1);
-    revoke(&ca, &["--zone", "orders", "--workload", "old"]).assert_ok();
+    // orders/old never had a certificate or a token: --force (issue 12).
+    revoke(&ca, &["--zone", "orders", "--workload", "old", "--force"]).assert_ok();
     let server = CaServer::start(&ca, &["--rate-limit", "0"]);
     let csr = Csr::p256(ca.tmp.path(), "csr");
     let r = server.api().enroll(&t, &csr);
