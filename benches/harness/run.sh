@@ -40,7 +40,10 @@
 # Output: peers.sh's median table on stdout, CSVs and raw logs in $RESULTS_DIR.
 # Expected warnings: with ZTMESH_PKI=mesh, peers.sh's mTLS check reports FAIL(with=000;...)
 #   for ztmesh: its curl presents a peers.sh-CA certificate, which the sidecar rightly refuses
-#   (unknown_ca). The wrappers turn peers.sh's {RESUME}=0 into `[tls] resumption = false`, so
+#   (unknown_ca). With either PKI, it reports FAIL(with=000;without=000) for ztmesh since
+#   ALPN: its curl offers h2/http1.1, which a sidecar's inbound refuses (unknown_alpn; curl
+#   needs --no-alpn); the load runs are unaffected (wrk speaks plain HTTP to the client
+#   sidecar). The wrappers turn peers.sh's {RESUME}=0 into `[tls] resumption = false`, so
 #   the full-handshake column measures full handshakes.
 # Rules: loopback only; every load step is time-bounded by peers.sh (wrk -d, curl --max-time,
 # timeout) and the whole run by HARNESS_TIMEOUT; only processes it started are stopped.
