@@ -240,6 +240,9 @@ struct ServeArgs {
     /// Serve Prometheus metrics (GET /metrics) on this address, e.g. 127.0.0.1:9443.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Schema of the events printed on stdout: json (zt-mesh's own), ecs (Elastic Common Schema) or ocsf.
+    #[arg(long, value_name = "FORMAT", default_value = "json", value_parser = ["json", "ecs", "ocsf"])]
+    events_format: String,
     #[command(flatten)]
     pass: PassArgs,
 }
@@ -696,7 +699,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode, CaError> {
             }
             stop.cancel();
         });
-        mesh_ca::server::serve(ca, ServeOptions { listen: a.listen, cert_ttl: Some(ttl), rate_limit: a.rate_limit, metrics_listen: a.metrics_listen }, shutdown).await
+        mesh_ca::server::serve(ca, ServeOptions { listen: a.listen, cert_ttl: Some(ttl), rate_limit: a.rate_limit, metrics_listen: a.metrics_listen, events_format: a.events_format.parse().unwrap_or_default() }, shutdown).await
     })?;
     // Events still queued for stdout go out before the exit (main flushes on an error).
     mesh_runtime::output::flush_all(EXIT_FLUSH);

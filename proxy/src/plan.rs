@@ -109,7 +109,7 @@ pub fn load(path: &Path) -> Result<Plan, PlanError> {
         sinks.push(sink.map_err(|what| PlanError::Events { file: file.clone(), what })?);
     }
     if sinks.is_empty() {
-        sinks.push(Sink::Stdout);
+        sinks.push(Sink::Stdout(cfg.event_options.format));
     }
     Ok(Plan {
         policy: cfg.policy,

@@ -1,10 +1,14 @@
 """A local HTTPS event collector for the sink tests: Python's http.server behind ssl.
 
-Usage: python3 collector.py CERT KEY OUT PORT
+Usage: python3 collector.py CERT KEY OUT PORT [PROTOCOL]
 Listens on 127.0.0.1:PORT (0: any free port) and prints the port on the first stdout line.
+PROTOCOL is the http.server protocol_version: HTTP/1.1 (the default: kept-alive connections,
+answers with a Content-Length) or HTTP/1.0 (as a plain HTTP/1.0 server answers: a body with no
+Content-Length, ended by closing the connection, and closed without a TLS close_notify).
 Every POSTed event (NDJSON or a JSON array, by Content-Type) is appended to OUT as one line
-{"content_type", "path", "event"}, all of a request's events in one write, before the
-answer (204) is sent. Anything else is answered 415/400 and recorded as nothing.
+{"content_type", "path", "auth", "request", "event"} (auth: the Authorization header or null;
+request: this POST's number, from 1), all of a request's events in one write, before the
+answer (200, with a small JSON body as Splunk HEC gives) is sent. Anything else is answered 415/400 and recorded as nothing.
 """
 
 import http.server
@@ -14,11 +18,12 @@ import sys
 import threading
 
 LOCK = threading.Lock()
+REQUESTS = [0]
 
 
-def main(cert, key, out, port):
+def main(cert, key, out, port, protocol="HTTP/1.1"):
     class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+        protocol_version = protocol
 
         def do_POST(self):
             length = int(self.headers.get("Content-Length", "0"))
@@ -36,18 +41,27 @@ def main(cert, key, out, port):
             except (ValueError, AssertionError):
                 self.answer(400)
                 return
-            lines = "".join(
-                json.dumps({"content_type": ctype, "path": self.path, "event": e}) + "\n" for e in events
-            )
+            auth = self.headers.get("Authorization")
             with LOCK, open(out, "a", encoding="utf-8") as f:
+                REQUESTS[0] += 1
+                lines = "".join(
+                    json.dumps(
+                        {"content_type": ctype, "path": self.path, "auth": auth, "request": REQUESTS[0], "event": e}
+                    )
+                    + "\n"
+                    for e in events
+                )
                 f.write(lines)
                 f.flush()
             self.answer(204)
 
         def answer(self, status):
-            self.send_response(status)
-            self.send_header("Content-Length", "0")
+            body = json.dumps({"text": "Success" if status < 300 else "Refused", "code": status}).encode()
+            self.send_response(200 if status == 204 else status)
+            if protocol == "HTTP/1.1":
+                self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            self.wfile.write(body)
 
         def log_message(self, *args):
             pass
@@ -61,4 +75,4 @@ def main(cert, key, out, port):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(*sys.argv[1:6])

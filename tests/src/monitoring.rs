@@ -286,6 +286,75 @@ action(type="omfile" file="{out}" template="fields")
     }
 }
 
+/// Debian's rsyslogd (with rsyslog-gnutls) receiving syslog over TLS (RFC 5425) on a
+/// kernel-chosen loopback port, with `cert`/`key` (see [`local_server_cert`]); what it parsed
+/// is written to `out` like [`Rsyslog`]'s, plus `sd`: the structured data as rsyslog's
+/// `mmpstrucdata` parsed it (a JSON text: SD-ID -> param -> unescaped value).
+pub struct RsyslogTls {
+    _proc: Proc,
+    pub addr: SocketAddr,
+    pub out: PathBuf,
+}
+
+impl RsyslogTls {
+    pub fn start(dir: &Path, ca: &Path, cert: &Path, key: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("the rsyslog directory");
+        let (out, port_file, conf) = (dir.join("out.jsonl"), dir.join("tls.port"), dir.join("rsyslog.conf"));
+        let q = |p: &Path| p.display().to_string();
+        let text = format!(
+            r#"global(workDirectory="{dir}" net.enableDNS="off" maxMessageSize="64k"
+  DefaultNetstreamDriver="gtls" DefaultNetstreamDriverCAFile="{ca}"
+  DefaultNetstreamDriverCertFile="{cert}" DefaultNetstreamDriverKeyFile="{key}")
+module(load="imtcp" StreamDriver.Name="gtls" StreamDriver.Mode="1" StreamDriver.AuthMode="anon")
+module(load="mmpstrucdata")
+template(name="fields" type="list" option.jsonf="on") {{
+  property(outname="severity" name="syslogseverity" format="jsonf")
+  property(outname="version" name="protocol-version" format="jsonf")
+  property(outname="app_name" name="app-name" format="jsonf")
+  property(outname="procid" name="procid" format="jsonf")
+  property(outname="msgid" name="msgid" format="jsonf")
+  property(outname="structured_data" name="structured-data" format="jsonf")
+  property(outname="sd" name="$!rfc5424-sd" format="jsonf")
+  property(outname="msg" name="msg" format="jsonf")
+  property(outname="input" name="inputname" format="jsonf")
+}}
+input(type="imtcp" address="127.0.0.1" port="0" listenPortFileName="{port_file}")
+action(type="mmpstrucdata")
+action(type="omfile" file="{out}" template="fields")
+"#,
+            dir = q(dir),
+            ca = q(ca),
+            cert = q(cert),
+            key = q(key),
+            port_file = q(&port_file),
+            out = q(&out),
+        );
+        std::fs::write(&conf, text).expect("writing rsyslog.conf");
+        let program =
+            if Path::new("/usr/sbin/rsyslogd").exists() { "/usr/sbin/rsyslogd" } else { "rsyslogd" };
+        let child = Command::new(program)
+            .args(["-n", "-f"])
+            .arg(&conf)
+            .arg("-i")
+            .arg(dir.join("rsyslogd.pid"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rsyslogd can be started (scripts/test installs rsyslog and rsyslog-gnutls)");
+        let proc = Proc(Some(child));
+        let port: u16 = poll("rsyslog's TLS port file (is rsyslog-gnutls installed?)", DEADLINE, || {
+            std::fs::read_to_string(&port_file).ok()?.trim().parse().ok()
+        });
+        Self { _proc: proc, addr: SocketAddr::from(([127, 0, 0, 1], port)), out }
+    }
+
+    /// What rsyslog wrote so far.
+    pub fn records(&self) -> Vec<Value> {
+        json_lines(&self.out)
+    }
+}
+
 /// The local port of the UDP socket process `pid` holds (from /proc: its socket inodes, and
 /// the kernel's UDP table), so rsyslog can bind port 0 and the test still finds it.
 fn udp_port_of(pid: u32) -> Option<u16> {
@@ -314,44 +383,60 @@ pub struct Collector {
     cert: PathBuf,
     key: PathBuf,
     pub out: PathBuf,
+    /// `HTTP/1.1` or `HTTP/1.0`: what the collector answers with.
+    protocol: &'static str,
+}
+
+/// A certificate for IP 127.0.0.1 (and DNS `localhost`) from a throwaway CA made by
+/// `openssl`, for local TLS receivers: (CA, certificate, key).
+pub fn local_server_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).expect("the certificate directory");
+    let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
+    let (cert, key, csr, ext) =
+        (dir.join("cert.pem"), dir.join("key.pem"), dir.join("req.csr"), dir.join("ext.cnf"));
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let mut args = vec!["req", "-x509"];
+    args.extend(ec);
+    args.extend(["-days", "2", "-subj", "/CN=zt-mesh test receiver CA", "-keyout"]);
+    Cmd::new("openssl").args(&args).arg(&ca_key).arg("-out").arg(&ca).run().assert_ok();
+    let mut args = vec!["req"];
+    args.extend(ec);
+    args.extend(["-subj", "/CN=receiver", "-keyout"]);
+    Cmd::new("openssl").args(&args).arg(&key).arg("-out").arg(&csr).run().assert_ok();
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("writing the extensions file");
+    Cmd::new("openssl")
+        .args(["x509", "-req", "-days", "2", "-set_serial", "7", "-in"])
+        .arg(&csr)
+        .arg("-CA")
+        .arg(&ca)
+        .arg("-CAkey")
+        .arg(&ca_key)
+        .arg("-extfile")
+        .arg(&ext)
+        .arg("-out")
+        .arg(&cert)
+        .run()
+        .assert_ok();
+    (ca, cert, key)
 }
 
 impl Collector {
     pub fn start(dir: &Path) -> Self {
+        Self::start_speaking(dir, "HTTP/1.1")
+    }
+
+    /// A collector answering in `protocol` (`HTTP/1.0`: one request per connection, closed
+    /// after the answer).
+    pub fn start_speaking(dir: &Path, protocol: &'static str) -> Self {
         std::fs::create_dir_all(dir).expect("the collector directory");
-        let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
-        let (cert, key, csr, ext) =
-            (dir.join("cert.pem"), dir.join("key.pem"), dir.join("req.csr"), dir.join("ext.cnf"));
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-        let mut args = vec!["req", "-x509"];
-        args.extend(ec);
-        args.extend(["-days", "2", "-subj", "/CN=zt-mesh test collector CA", "-keyout"]);
-        Cmd::new("openssl").args(&args).arg(&ca_key).arg("-out").arg(&ca).run().assert_ok();
-        let mut args = vec!["req"];
-        args.extend(ec);
-        args.extend(["-subj", "/CN=collector", "-keyout"]);
-        Cmd::new("openssl").args(&args).arg(&key).arg("-out").arg(&csr).run().assert_ok();
-        std::fs::write(
-            &ext,
-            "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n",
-        )
-        .expect("writing the extensions file");
-        Cmd::new("openssl")
-            .args(["x509", "-req", "-days", "2", "-set_serial", "7", "-in"])
-            .arg(&csr)
-            .arg("-CA")
-            .arg(&ca)
-            .arg("-CAkey")
-            .arg(&ca_key)
-            .arg("-extfile")
-            .arg(&ext)
-            .arg("-out")
-            .arg(&cert)
-            .run()
-            .assert_ok();
+        let (ca, cert, key) = local_server_cert(dir);
         let out = dir.join("received.jsonl");
-        let (proc, addr) = spawn_collector(&cert, &key, &out, 0);
-        Self { proc, addr, ca, cert, key, out }
+        let (proc, addr) = spawn_collector(&cert, &key, &out, 0, protocol);
+        Self { proc, addr, ca, cert, key, out, protocol }
     }
 
     /// `https://127.0.0.1:PORT/ingest`.
@@ -367,24 +452,25 @@ impl Collector {
     /// Starts it again on the same port (the sidecar's configured URL).
     pub fn restart(&mut self) {
         self.proc.kill();
-        let (proc, addr) = spawn_collector(&self.cert, &self.key, &self.out, self.addr.port());
+        let (proc, addr) = spawn_collector(&self.cert, &self.key, &self.out, self.addr.port(), self.protocol);
         assert_eq!(addr, self.addr);
         self.proc = proc;
     }
 
-    /// Every record received so far: `{"content_type", "path", "event"}`.
+    /// Every record received so far: `{"content_type", "path", "auth", "request", "event"}`.
     pub fn received(&self) -> Vec<Value> {
         json_lines(&self.out)
     }
 }
 
-fn spawn_collector(cert: &Path, key: &Path, out: &Path, port: u16) -> (Proc, SocketAddr) {
+fn spawn_collector(cert: &Path, key: &Path, out: &Path, port: u16, protocol: &str) -> (Proc, SocketAddr) {
     let mut child = Command::new("python3")
         .arg(py_script("collector.py"))
         .arg(cert)
         .arg(key)
         .arg(out)
         .arg(port.to_string())
+        .arg(protocol)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

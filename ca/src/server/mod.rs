@@ -83,6 +83,8 @@ pub struct ServeOptions {
     pub rate_limit: u32,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// The schema of the events on stdout (`--events-format`: json, ecs, ocsf).
+    pub events_format: mesh_runtime::events::EventFormat,
 }
 
 /// What request handlers share.
@@ -135,7 +137,7 @@ pub async fn serve(
     let set = Arc::new(revoked::RevokedSet::load(authority.store())?);
     let revoked: Arc<dyn RevocationCheck> = set.clone();
     let (enroll_queue, queued) = tokio::sync::mpsc::channel(4096);
-    let (events, sinks) = Events::start(vec![Sink::Stdout], EVENT_QUEUE, Recorder::NONE);
+    let (events, sinks) = Events::start(vec![Sink::Stdout(opts.events_format)], EVENT_QUEUE, Recorder::NONE);
     let shared = Arc::new(Shared {
         authority,
         cert_ttl: opts.cert_ttl,
@@ -150,11 +152,7 @@ pub async fn serve(
     tokio::spawn(api::batcher(shared.clone(), queued));
 
     let (first, expires, serial) = own_config(&shared, &roots, &revoked)?;
-    let own = Arc::new(OwnCertificate {
-        serial: std::sync::Mutex::new(serial),
-        not_after: std::sync::atomic::AtomicI64::new(expires),
-        renew_now: Notify::new(),
-    });
+    let own = Arc::new(OwnCertificate { serial: std::sync::Mutex::new(serial), renew_now: Notify::new() });
     let (config_tx, config) = watch::channel(Arc::new(first));
     tokio::spawn(renew_own_identity(
         shared.clone(),
@@ -165,7 +163,7 @@ pub async fn serve(
         own.clone(),
         shutdown.clone(),
     ));
-    tokio::spawn(follow_revocations(shared.clone(), seq_tx, own.clone(), shutdown.clone()));
+    tokio::spawn(follow_revocations(shared.clone(), seq_tx, own, shutdown.clone()));
 
     let tasks = Tasks::new();
     let mut metrics_loop = None;
@@ -174,7 +172,7 @@ pub async fn serve(
         let (l, bound) = metrics::bind(addr)
             .await
             .map_err(|e| CaError::Refused(format!("--metrics-listen {addr}: {e}")))?;
-        let handle = metrics::install(&api::route_paths())
+        let handle = metrics::install()
             .ok_or_else(|| CaError::Refused("metrics recorder already installed".into()))?;
         for (name, der) in
             [("root", &shared.authority.dir().root), ("intermediate", &shared.authority.dir().intermediate)]
@@ -186,9 +184,7 @@ pub async fn serve(
         // The server's own certificate, renewed by `renew_own_identity` (which updates it).
         metrics::authority_expiry("server", expires);
         let events = shared.events.clone();
-        let probe = metrics::Probe { shared: shared.clone(), own: own.clone() };
-        let serve = metrics::serve(l, handle, probe, tasks.clone(), shutdown.clone(), events);
-        metrics_loop = Some(tokio::spawn(serve));
+        metrics_loop = Some(tokio::spawn(metrics::serve(l, handle, tasks.clone(), shutdown.clone(), events)));
         metrics_bound = Some(bound.to_string());
     }
     let started =
@@ -303,8 +299,6 @@ async fn connection(
 /// new one at once, instead of presenting a certificate every sidecar now refuses.
 struct OwnCertificate {
     serial: std::sync::Mutex<String>,
-    /// Its notAfter (Unix seconds), for the metrics listener's `/ready`.
-    not_after: std::sync::atomic::AtomicI64,
     renew_now: Notify,
 }
 
@@ -377,7 +371,6 @@ async fn renew_own_identity(
                     *own.serial.lock().unwrap_or_else(|p| p.into_inner()) = serial;
                     issued_at = time::OffsetDateTime::now_utc().unix_timestamp();
                     not_after = expires;
-                    own.not_after.store(expires, std::sync::atomic::Ordering::Relaxed);
                     metrics::authority_expiry("server", expires);
                     let what = Ca::OwnCertificateRenewed { not_after: expires.to_string() };
                     shared.events.emit(Event::ca(Severity::Info, what));

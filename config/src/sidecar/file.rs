@@ -13,19 +13,21 @@ use toml::Spanned;
 use super::addr::{Endpoint, HttpsUrl};
 use super::DEFAULT_ADMIN_LISTEN;
 use super::{
-    Admin, EventOptions, EventSink, HttpsFormat, IdentitySource, Inbound, Limits, Outbound, Protocol,
-    SidecarConfig, SyslogFacility, SyslogTransport, TlsOptions,
+    Admin, EventFormat, EventOptions, EventSink, HttpsFormat, IdentitySource, Inbound, Limits, Outbound,
+    Protocol, SidecarConfig, SyslogFacility, SyslogTransport, TlsOptions,
 };
 use crate::error::{ConfigError, Source};
 
 /// Port syslog collectors listen on unless told otherwise.
 const SYSLOG_PORT: u16 = 514;
+/// Port of syslog over TLS (RFC 5425) unless told otherwise.
+const SYSLOG_TLS_PORT: u16 = 6514;
 
 /// The largest `[events] queue_size`: past a million waiting events a sink is not coming back.
 const MAX_QUEUE: usize = 1_000_000;
 
 const SINKS_HELP: &str = "write \"stdout\", \"stderr\", \"file:/path/to/events.log\", \
-                          \"syslog+udp://host:port\", \"syslog+tcp://host:port\" or \"https://collector/path\"";
+                          \"syslog+udp://host:port\", \"syslog+tcp://host:port\", \"syslog+tls://host:port\" or \"https://collector/path\"";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,6 +91,9 @@ struct RawEvents {
     syslog_facility: Option<Spanned<String>>,
     https_format: Option<Spanned<String>>,
     ca_bundle: Option<Spanned<String>>,
+    format: Option<Spanned<String>>,
+    stdout_format: Option<Spanned<String>>,
+    auth_header_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -309,7 +314,8 @@ impl Conv<'_> {
         let value = raw.get_ref().as_str();
         let bad = |why: String| self.src.invalid(raw.span(), key, format!("{value:?} {why}"));
         let syslog = |rest: &str, transport| {
-            Endpoint::parse_with_default(rest, Some(SYSLOG_PORT))
+            let port = if transport == SyslogTransport::Tls { SYSLOG_TLS_PORT } else { SYSLOG_PORT };
+            Endpoint::parse_with_default(rest, Some(port))
                 .map(|server| EventSink::Syslog { transport, server })
                 .map_err(|e| bad(format!("is not a usable syslog address: {e}")))
         };
@@ -329,6 +335,8 @@ impl Conv<'_> {
                     syslog(rest, SyslogTransport::Udp)
                 } else if let Some(rest) = value.strip_prefix("syslog+tcp://") {
                     syslog(rest, SyslogTransport::Tcp)
+                } else if let Some(rest) = value.strip_prefix("syslog+tls://") {
+                    syslog(rest, SyslogTransport::Tls)
                 } else {
                     Err(bad(format!("is not an event sink; {SINKS_HELP}")))
                 }
@@ -370,7 +378,27 @@ impl Conv<'_> {
             None => None,
             Some(p) => Some(self.path(p, "events.ca_bundle")?),
         };
-        Ok(EventOptions { queue_size, syslog_facility, https_format, ca_bundle })
+        let format = |raw: &Option<Spanned<String>>, key: &str| match raw {
+            None => Ok(None),
+            Some(f) => f
+                .get_ref()
+                .parse::<EventFormat>()
+                .map(Some)
+                .map_err(|msg| self.src.invalid(f.span(), key, msg)),
+        };
+        let auth_header_file = match &raw.auth_header_file {
+            None => None,
+            Some(p) => Some(self.path(p, "events.auth_header_file")?),
+        };
+        Ok(EventOptions {
+            queue_size,
+            syslog_facility,
+            https_format,
+            ca_bundle,
+            format: format(&raw.format, "events.format")?.unwrap_or_default(),
+            stdout_format: format(&raw.stdout_format, "events.stdout_format")?,
+            auth_header_file,
+        })
     }
 
     fn limits(&self, raw: &RawLimits) -> Result<Limits, ConfigError> {

@@ -134,6 +134,50 @@ pub enum EventSink {
 pub enum SyslogTransport {
     Udp,
     Tcp,
+    /// RFC 5425: octet-counted messages over TLS, the relay verified against `[events]
+    /// ca_bundle` (or the system's bundle) and the host name.
+    Tls,
+}
+
+/// The schema events are written in (`[events] format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum EventFormat {
+    /// zt-mesh's own flat JSON (`timestamp`, `event`, `severity`, `src_id`, ...).
+    #[default]
+    Json,
+    /// Elastic Common Schema: `@timestamp`, `event.*`, `source.*`, `destination.*`, `tls.*`.
+    Ecs,
+    /// Open Cybersecurity Schema Framework: `class_uid`, `type_uid`, `activity_id`, ...
+    Ocsf,
+}
+
+impl EventFormat {
+    /// Every format by name, as sidecar.toml and `mesh-ca serve --events-format` write them.
+    pub const ALL: [EventFormat; 3] = [EventFormat::Json, EventFormat::Ecs, EventFormat::Ocsf];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Ecs => "ecs",
+            Self::Ocsf => "ocsf",
+        }
+    }
+}
+
+impl fmt::Display for EventFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for EventFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|f| f.as_str() == s).ok_or_else(|| {
+            format!("{s:?} is not an event format; write \"json\" (zt-mesh's own), \"ecs\" or \"ocsf\"")
+        })
+    }
 }
 
 /// The `[events]` settings besides `sink`; they apply to every sink of the kind they name.
@@ -145,8 +189,27 @@ pub struct EventOptions {
     pub syslog_facility: SyslogFacility,
     /// The body of an HTTPS POST.
     pub https_format: HttpsFormat,
-    /// Trust anchors (PEM) for HTTPS collectors; `None`: the system's CA bundle.
+    /// Trust anchors (PEM) for HTTPS collectors and TLS syslog relays; `None`: the system's
+    /// CA bundle.
     pub ca_bundle: Option<PathBuf>,
+    /// The schema of every sink's events ...
+    pub format: EventFormat,
+    /// ... except stdout's and stderr's, when set (humans and `docker logs` keep reading
+    /// zt-mesh's own JSON while the collectors get ECS or OCSF).
+    pub stdout_format: Option<EventFormat>,
+    /// A file whose one line is the header every HTTPS POST carries (`Authorization: Splunk
+    /// <token>`, `Authorization: ApiKey <key>`); a secret, named by path only.
+    pub auth_header_file: Option<PathBuf>,
+}
+
+impl EventOptions {
+    /// The format `sink` writes.
+    pub fn format_of(&self, sink: &EventSink) -> EventFormat {
+        match sink {
+            EventSink::Stdout | EventSink::Stderr => self.stdout_format.unwrap_or(self.format),
+            _ => self.format,
+        }
+    }
 }
 
 /// The body of an HTTPS batch.
@@ -212,6 +275,9 @@ impl Default for EventOptions {
             syslog_facility: SyslogFacility::LOCAL0,
             https_format: HttpsFormat::Ndjson,
             ca_bundle: None,
+            format: EventFormat::Json,
+            stdout_format: None,
+            auth_header_file: None,
         }
     }
 }
@@ -319,6 +385,7 @@ impl fmt::Display for EventSink {
             Self::File(p) => write!(f, "file:{}", p.display()),
             Self::Syslog { transport: SyslogTransport::Udp, server } => write!(f, "syslog+udp://{server}"),
             Self::Syslog { transport: SyslogTransport::Tcp, server } => write!(f, "syslog+tcp://{server}"),
+            Self::Syslog { transport: SyslogTransport::Tls, server } => write!(f, "syslog+tls://{server}"),
             Self::Https(url) => write!(f, "{url}"),
         }
     }

@@ -301,6 +301,39 @@ fn event_options_take_defaults_and_are_checked() {
 }
 
 #[test]
+fn event_formats_tls_syslog_and_the_auth_header_file_are_read() {
+    let c = parse(&format!(
+        "{MINIMAL}[events]\nsink = [\"stdout\", \"syslog+tls://relay.example\", \"syslog+tls://10.0.0.9:6515\", \"https://hec.example:8088/services/collector/raw\"]\n\
+         format = \"ocsf\"\nstdout_format = \"json\"\nauth_header_file = \"hec.header\"\n"
+    ))
+    .expect("valid");
+    let sinks: Vec<String> = c.events.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        sinks[1..3],
+        ["syslog+tls://relay.example:6514", "syslog+tls://10.0.0.9:6515"],
+        "RFC 5425's port by default"
+    );
+    let o = &c.event_options;
+    assert_eq!((o.format, o.stdout_format), (EventFormat::Ocsf, Some(EventFormat::Json)));
+    assert_eq!(o.auth_header_file.as_deref(), Some(Path::new("/srv/app/hec.header")));
+    let formats: Vec<EventFormat> = c.events.iter().map(|s| o.format_of(s)).collect();
+    assert_eq!(formats, [EventFormat::Json, EventFormat::Ocsf, EventFormat::Ocsf, EventFormat::Ocsf]);
+    // Without stdout_format, stdout follows format too; by default everything is zt-mesh's JSON.
+    let c = parse(&format!("{MINIMAL}[events]\nformat = \"ecs\"\n")).expect("valid");
+    assert_eq!(c.event_options.format_of(&EventSink::Stdout), EventFormat::Ecs);
+    assert_eq!(parse(MINIMAL).expect("valid").event_options.format_of(&EventSink::Stdout), EventFormat::Json);
+
+    let option = |l: &str| error(&format!("{MINIMAL}[events]\n{l}\n"));
+    let (line, key, msg) = option("format = \"cef\"");
+    assert_eq!((line, key.as_deref()), (Some(7), Some("events.format")));
+    assert!(msg.contains("write \"json\"") && msg.contains("\"ocsf\""), "{msg}");
+    assert_eq!(option("stdout_format = \"ECS\"").1.as_deref(), Some("events.stdout_format"));
+    let (_, key, msg) = option("auth_header_file = \"Authorization: Splunk\\ntoken\"");
+    assert_eq!((key.as_deref(), msg.contains("value not shown")), (Some("events.auth_header_file"), true));
+    assert!(!msg.contains("Splunk"), "{msg}");
+}
+
+#[test]
 fn limits_are_checked() {
     let limit = |l: &str| error(&format!("{MINIMAL}[limits]\n{l}\n"));
     let (line, key, msg) = limit("idle_timeout = \"5 parsecs\"");
@@ -371,4 +404,27 @@ fn paths_are_checked() {
     assert_eq!((key.as_deref(), msg.ends_with("is empty; write a file path")), (Some("policy"), true));
     let (_, key, msg) = error(&MINIMAL.replace("ca.pem", "~/ca.pem"));
     assert_eq!((key.as_deref(), msg.contains("not expanded")), (Some("identity.ca_bundle"), true));
+}
+
+#[test]
+fn the_readmes_events_blocks_are_valid_sidecar_toml() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).expect("README.md");
+    let section = readme
+        .split("\n## Events\n")
+        .nth(1)
+        .and_then(|s| s.split("\n## Metrics").next())
+        .expect("an Events section");
+    let blocks: Vec<&str> = section
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .filter(|b| b.starts_with("[events]"))
+        .collect();
+    assert!(blocks.len() >= 4, "the reference and three recipes: {}", blocks.len());
+    for b in blocks {
+        if let Err(e) = parse(&format!("{MINIMAL}{b}")) {
+            panic!("README [events] block does not parse: {e}\n{b}");
+        }
+    }
 }

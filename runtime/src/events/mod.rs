@@ -12,13 +12,18 @@
 //! included) is serde_json's.
 //!
 //! Sinks: `stream` (stdout, stderr, files reopened on SIGHUP), `syslog` (RFC 5424 over UDP, or
-//! TCP with octet counting), `https` (batched POSTs with bounded retries). This module does
+//! TCP or TLS (RFC 5425) with octet counting), `https` (batched POSTs with bounded retries).
+//! Each sink writes its events in one schema ([`EventFormat`]: zt-mesh's JSON, ECS or OCSF;
+//! `format`, [`ecs`], [`ocsf`]). This module does
 //! not decide what is an event, nor which metric it feeds: the binaries do (the sidecar's
 //! `metrics::on_event` is an exhaustive `match` on [`EventKind`]).
 
+pub mod ecs;
 mod fields;
+mod format;
 mod https;
 mod kind;
+pub mod ocsf;
 mod stream;
 mod subscribe;
 mod syslog;
@@ -29,14 +34,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_config::sidecar::{EventOptions, EventSink};
+pub use mesh_config::sidecar::EventFormat;
+use mesh_config::sidecar::{EventOptions, EventSink, SyslogTransport};
 use serde::{Serialize, Serializer};
 use time::OffsetDateTime;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 
 pub use fields::{Ca, CaFields, Connection, Dropped, Fields, Lifecycle};
-pub use https::{load_roots, HttpsTarget};
+pub use https::{load_roots, AuthHeader, HttpsTarget};
 pub use kind::EventKind;
 pub use subscribe::Subscription;
 pub use syslog::SyslogTarget;
@@ -97,6 +103,14 @@ impl Event {
     /// A CA event; its kind follows from `what`.
     pub fn ca(severity: Severity, what: Ca) -> Self {
         Self::with(what.kind(), severity, Fields::Ca(what.into()))
+    }
+
+    /// The event as one JSON object (no newline) in `format`, as a sink of that format
+    /// writes it.
+    pub fn render(&self, format: EventFormat) -> String {
+        let mut out = Vec::with_capacity(512);
+        format::encode(self, format, &mut out);
+        String::from_utf8_lossy(&out).into_owned()
     }
 
     fn with(event: EventKind, severity: Severity, fields: Fields) -> Self {
@@ -186,44 +200,91 @@ impl Recorder {
     pub const NONE: Recorder = Recorder { emitted: |_| {}, dropped: |_, _| {} };
 }
 
-/// Where events go.
+/// Where events go, each sink with the schema it writes them in.
 #[derive(Debug, Clone)]
 pub enum Sink {
-    Stdout,
-    Stderr,
+    Stdout(EventFormat),
+    Stderr(EventFormat),
     /// Appended to; reopened by [`Events::reopen`] (SIGHUP), so logrotate can move it away.
-    File(PathBuf),
+    File(PathBuf, EventFormat),
     Syslog(SyslogTarget),
     Https(HttpsTarget),
 }
 
 impl Sink {
-    /// The sink `sidecar.toml` names, with the `[events]` options it uses. Reads the HTTPS
-    /// trust anchors now, so a bad `ca_bundle` stops the start (and `mesh-proxy check`).
+    /// The sink `sidecar.toml` names, with the `[events]` options it uses. Reads the trust
+    /// anchors (HTTPS, TLS syslog) and the HTTPS auth header now, so a bad `ca_bundle` or
+    /// `auth_header_file` stops the start (and `mesh-proxy check`).
     pub fn from_config(sink: &EventSink, options: &EventOptions) -> Result<Self, String> {
+        let format = options.format_of(sink);
         Ok(match sink {
-            EventSink::Stdout => Sink::Stdout,
-            EventSink::Stderr => Sink::Stderr,
-            EventSink::File(p) => Sink::File(p.clone()),
-            EventSink::Syslog { transport, server } => Sink::Syslog(SyslogTarget {
-                transport: *transport,
-                server: server.clone(),
-                facility: options.syslog_facility,
-            }),
+            EventSink::Stdout => Sink::Stdout(format),
+            EventSink::Stderr => Sink::Stderr(format),
+            EventSink::File(p) => Sink::File(p.clone(), format),
+            EventSink::Syslog { transport, server } => {
+                let roots = match transport {
+                    SyslogTransport::Tls => Some(
+                        load_roots(options.ca_bundle.as_deref())
+                            .map_err(|e| format!("[events] sink {sink}: {e}"))?
+                            .0,
+                    ),
+                    SyslogTransport::Udp | SyslogTransport::Tcp => None,
+                };
+                Sink::Syslog(SyslogTarget {
+                    transport: *transport,
+                    server: server.clone(),
+                    facility: options.syslog_facility,
+                    format,
+                    roots,
+                })
+            }
             EventSink::Https(url) => {
                 let (roots, roots_file) = load_roots(options.ca_bundle.as_deref())
                     .map_err(|e| format!("[events] sink {url}: {e}"))?;
-                Sink::Https(HttpsTarget { url: url.clone(), format: options.https_format, roots, roots_file })
+                let auth = match &options.auth_header_file {
+                    Some(p) => {
+                        Some(AuthHeader::read(p).map_err(|e| format!("[events] auth_header_file: {e}"))?)
+                    }
+                    None => None,
+                };
+                Sink::Https(HttpsTarget {
+                    url: url.clone(),
+                    format: options.https_format,
+                    schema: format,
+                    roots,
+                    roots_file,
+                    auth,
+                })
             }
         })
+    }
+
+    /// The schema this sink writes.
+    pub fn format(&self) -> EventFormat {
+        match self {
+            Sink::Stdout(f) | Sink::Stderr(f) | Sink::File(_, f) => *f,
+            Sink::Syslog(t) => t.format,
+            Sink::Https(t) => t.schema,
+        }
+    }
+
+    /// A warning when a secret this sink reads (the HTTPS auth header) is readable by group
+    /// or others, as for the sidecar's key and token.
+    pub fn exposed_secret(&self) -> Option<String> {
+        match self {
+            Sink::Https(HttpsTarget { auth: Some(a), .. }) => {
+                mesh_identity::fsutil::exposed_mode_warning(&a.file, "events auth header file")
+            }
+            _ => None,
+        }
     }
 
     /// The kind, as the `sink` metric label says it.
     fn kind(&self) -> &'static str {
         match self {
-            Sink::Stdout => "stdout",
-            Sink::Stderr => "stderr",
-            Sink::File(_) => "file",
+            Sink::Stdout(_) => "stdout",
+            Sink::Stderr(_) => "stderr",
+            Sink::File(..) => "file",
             Sink::Syslog(t) => t.kind(),
             Sink::Https(_) => "https",
         }
@@ -234,9 +295,9 @@ impl fmt::Display for Sink {
     /// The sink as sidecar.toml writes it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Sink::Stdout => f.write_str("stdout"),
-            Sink::Stderr => f.write_str("stderr"),
-            Sink::File(p) => write!(f, "file:{}", p.display()),
+            Sink::Stdout(_) => f.write_str("stdout"),
+            Sink::Stderr(_) => f.write_str("stderr"),
+            Sink::File(p, _) => write!(f, "file:{}", p.display()),
             Sink::Syslog(t) => t.fmt(f),
             Sink::Https(t) => t.fmt(f),
         }
@@ -294,6 +355,7 @@ impl Events {
         let mut set = JoinSet::new();
         let mut queues = Vec::with_capacity(sinks.len());
         let mut seen: Vec<&'static str> = Vec::new();
+        let exposed: Vec<String> = sinks.iter().filter_map(Sink::exposed_secret).collect();
         for sink in sinks {
             let kind = sink.kind();
             seen.push(kind);
@@ -309,18 +371,26 @@ impl Events {
             // The series exists (at 0) from the start, for alerts on it.
             (recorder.dropped)(&stats.label, 0);
             let (tx, rx) = mpsc::channel(queue.max(1));
-            let feed = Feed { rx, stats: stats.clone(), reported: 0 };
+            let feed = Feed { rx, stats: stats.clone(), reported: 0, format: sink.format() };
             match sink {
-                Sink::Stdout => set.spawn(stream::run(feed, stream::Target::Stdout, reopen.subscribe())),
-                Sink::Stderr => set.spawn(stream::run(feed, stream::Target::Stderr, reopen.subscribe())),
-                Sink::File(p) => set.spawn(stream::run(feed, stream::Target::File(p), reopen.subscribe())),
+                Sink::Stdout(_) => set.spawn(stream::run(feed, stream::Target::Stdout, reopen.subscribe())),
+                Sink::Stderr(_) => set.spawn(stream::run(feed, stream::Target::Stderr, reopen.subscribe())),
+                Sink::File(p, _) => set.spawn(stream::run(feed, stream::Target::File(p), reopen.subscribe())),
                 Sink::Syslog(t) => set.spawn(syslog::run(feed, t)),
                 Sink::Https(t) => set.spawn(https::run(feed, t)),
             };
             queues.push(SinkQueue { tx, stats });
         }
         let task = tokio::spawn(async move { while set.join_next().await.is_some() {} });
-        (Self::assemble(queues, reopen, recorder), task)
+        let events = Self::assemble(queues, reopen, recorder);
+        // A collector's credential others can read is one others may already have: say so,
+        // as the sidecar does for its key and token.
+        for warning in exposed {
+            events.emit(
+                Event::new(EventKind::ConfigSecretExposed, Severity::Warning).reason("file_mode", warning),
+            );
+        }
+        (events, task)
     }
 
     fn assemble(sinks: Vec<SinkQueue>, reopen: watch::Sender<u64>, recorder: Recorder) -> Self {
@@ -388,6 +458,8 @@ struct Feed {
     stats: Arc<Stats>,
     /// Drops already announced by an `events.dropped` notice this sink delivered.
     reported: u64,
+    /// The schema this sink writes.
+    format: EventFormat,
 }
 
 /// What a sink writes next: events, plus a drop notice when one is owed.
@@ -491,11 +563,10 @@ impl Feed {
     }
 }
 
-/// One event as a JSON line (without the newline).
-fn json_line(e: &Event, out: &mut Vec<u8>) {
-    if serde_json::to_writer(&mut *out, e).is_err() {
-        // Serializing these plain fields cannot fail; write a valid object anyway.
-        out.extend_from_slice(br#"{"event":"events.serialize_failed","severity":"error"}"#);
+impl Feed {
+    /// One event as a JSON object in this sink's schema (without a newline).
+    fn encode(&self, e: &Event, out: &mut Vec<u8>) {
+        format::encode(e, self.format, out);
     }
 }
 

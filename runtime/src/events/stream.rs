@@ -1,4 +1,5 @@
-//! Stream sinks: stdout, stderr and files, one JSON object per line, a batch per write.
+//! Stream sinks: stdout, stderr and files, one JSON object per line (in the sink's schema), a
+//! batch per write.
 //!
 //! stdout and stderr go through [`crate::output`]'s writer thread: a closed, failing or
 //! stalled stream loses events (counted in `mesh_events_dropped_total`) and never blocks or
@@ -16,7 +17,7 @@ use crate::output::{self, LineWriter};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
-use super::{json_line, Feed};
+use super::Feed;
 
 /// Most events per write.
 const MAX_BATCH: usize = 512;
@@ -58,7 +59,7 @@ async fn to_stream(mut feed: Feed, out: &'static LineWriter) {
         failed_seen = failed;
         let mut buf = Vec::with_capacity(batch.events.len() * 512);
         for e in batch.all() {
-            json_line(e, &mut buf);
+            feed.encode(e, &mut buf);
             buf.push(b'\n');
         }
         // The notice is not an event: only events count.
@@ -97,7 +98,7 @@ async fn to_file(mut feed: Feed, path: PathBuf, mut reopen: watch::Receiver<u64>
         }
         buf.clear();
         for e in batch.all() {
-            json_line(e, &mut buf);
+            feed.encode(e, &mut buf);
             buf.push(b'\n');
         }
         let Some(o) = out.as_mut() else { continue };

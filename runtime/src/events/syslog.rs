@@ -1,27 +1,37 @@
-//! The syslog sink: each event is one RFC 5424 message whose MSG is the event's JSON object,
-//! sent over UDP (RFC 5426, one message per datagram) or TCP (RFC 6587 octet counting:
-//! `LEN SP MSG`, so a message can never be split or merged by a newline).
+//! The syslog sink: each event is one RFC 5424 message whose MSG is the event's JSON object
+//! (in the sink's schema), sent over UDP (RFC 5426, one message per datagram), TCP (RFC 6587
+//! octet counting: `LEN SP MSG`, so a message can never be split or merged by a newline) or
+//! TLS (RFC 5425: the same octet counting inside TLS; the relay's certificate is verified
+//! against `[events] ca_bundle`, or the system's bundle, and the host name or IP address the
+//! sink names).
 //!
-//! `<PRI>1 TIMESTAMP HOSTNAME APP PROCID MSGID - MSG`: PRI is the configured facility and the
-//! event's severity (info 6, warning 4, error 3); TIMESTAMP is the event's, exactly as its
+//! `<PRI>1 TIMESTAMP HOSTNAME APP PROCID MSGID SD MSG`: PRI is the configured facility and
+//! the event's severity (info 6, warning 4, error 3); TIMESTAMP is the event's, exactly as its
 //! JSON says it (UTC, microseconds: the most the RFC allows); APP is the program
-//! (`mesh-proxy`); MSGID is the event name; there is no
-//! structured data. The JSON is pure ASCII (non-ASCII escaped as `\uXXXX`), so MSG needs no
-//! BOM and every receiver reads it the same way.
+//! (`mesh-proxy`); MSGID is the event name; SD is one element `[ztmesh@32473 ...]` carrying
+//! identity and decision (`src_id`, `dst_id`, `spiffe_id`, `decision`, `rule`, `reason`,
+//! those the event has; values escaped per RFC 5424 6.3.3), or `-` when it has none of them.
+//! 32473 is the enterprise number RFC 5612 reserves for documentation, as RFC 5424's own
+//! examples use. The JSON is pure ASCII (non-ASCII escaped as `\uXXXX`), so MSG needs no BOM
+//! and every receiver reads it the same way.
 //!
-//! TCP: one connection, reconnected when it fails or the receiver closes it; each batch is
-//! tried a few times with backoff, then counted as dropped.
+//! TCP and TLS: one connection, reconnected when it fails or the receiver closes it; each
+//! batch is tried a few times with backoff, then counted as dropped.
 
 use std::fmt;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_config::sidecar::{Endpoint, SyslogFacility, SyslogTransport};
-use tokio::io::AsyncWriteExt;
+use mesh_config::sidecar::{Endpoint, Host, SyslogFacility, SyslogTransport};
+use rustls::pki_types::ServerName;
+use rustls::RootCertStore;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
+use tokio_rustls::TlsConnector;
 
-use super::{format_timestamp, json_line, Batch, Event, Feed, Severity};
+use super::{format, format_timestamp, Batch, Event, EventFormat, Feed, Severity};
 
 const MAX_BATCH: usize = 256;
 /// Tries per batch over TCP, with backoff between them.
@@ -31,12 +41,21 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// RFC 5424: HOSTNAME is at most 255 printable ASCII characters.
 const MAX_HOSTNAME: usize = 255;
 
+/// The SD-ID of zt-mesh's structured data element.
+const SD_ID: &str = "ztmesh@32473";
+/// The event fields the structured data carries, in this order.
+const SD_PARAMS: [&str; 6] = ["src_id", "dst_id", "spiffe_id", "decision", "rule", "reason"];
+
 /// A syslog collector.
 #[derive(Debug, Clone)]
 pub struct SyslogTarget {
     pub transport: SyslogTransport,
     pub server: Endpoint,
     pub facility: SyslogFacility,
+    /// The schema of the MSG part.
+    pub format: EventFormat,
+    /// TLS only: the anchors the relay's certificate must chain to.
+    pub roots: Option<Arc<RootCertStore>>,
 }
 
 impl SyslogTarget {
@@ -44,6 +63,7 @@ impl SyslogTarget {
         match self.transport {
             SyslogTransport::Udp => "syslog_udp",
             SyslogTransport::Tcp => "syslog_tcp",
+            SyslogTransport::Tls => "syslog_tls",
         }
     }
 }
@@ -53,13 +73,57 @@ impl fmt::Display for SyslogTarget {
         match self.transport {
             SyslogTransport::Udp => write!(f, "syslog+udp://{}", self.server),
             SyslogTransport::Tcp => write!(f, "syslog+tcp://{}", self.server),
+            SyslogTransport::Tls => write!(f, "syslog+tls://{}", self.server),
         }
+    }
+}
+
+/// RFC 5424 6.3.3: inside a PARAM-VALUE, `"`, `\` and `]` are escaped with a backslash.
+/// Control characters, which no receiver displays safely, become `?`.
+fn sd_escape(v: &str, out: &mut String) {
+    for c in v.chars() {
+        match c {
+            '"' | '\\' | ']' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => out.push('?'),
+            c => out.push(c),
+        }
+    }
+}
+
+/// The structured data of `e`: `[ztmesh@32473 src_id="..." ...]`, or `-`.
+fn structured_data(e: &Event) -> String {
+    let v = serde_json::to_value(e).unwrap_or_default();
+    let mut sd = String::new();
+    for name in SD_PARAMS {
+        let Some(value) = v.get(name).and_then(|x| x.as_str()).filter(|s| !s.is_empty() && *s != "-") else {
+            continue;
+        };
+        if sd.is_empty() {
+            sd.push('[');
+            sd.push_str(SD_ID);
+        }
+        sd.push(' ');
+        sd.push_str(name);
+        sd.push_str("=\"");
+        sd_escape(value, &mut sd);
+        sd.push('"');
+    }
+    if sd.is_empty() {
+        "-".to_owned()
+    } else {
+        sd.push(']');
+        sd
     }
 }
 
 /// What every message of this process carries besides the event.
 struct Header {
     facility: u8,
+    /// The schema of MSG.
+    format: EventFormat,
     /// APP-NAME: the program's file name.
     app: String,
     hostname: String,
@@ -67,7 +131,7 @@ struct Header {
 }
 
 impl Header {
-    fn new(facility: SyslogFacility) -> Self {
+    fn new(facility: SyslogFacility, format: EventFormat) -> Self {
         let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let hostname: String =
             raw.trim().chars().filter(|c| c.is_ascii_graphic()).take(MAX_HOSTNAME).collect();
@@ -75,7 +139,7 @@ impl Header {
         let app: String =
             crate::output::program().chars().filter(|c| c.is_ascii_graphic()).take(48).collect();
         let app = if app.is_empty() { "-".to_owned() } else { app };
-        Self { facility: facility.code(), app, hostname, procid: std::process::id().to_string() }
+        Self { facility: facility.code(), format, app, hostname, procid: std::process::id().to_string() }
     }
 
     /// One RFC 5424 message, without framing.
@@ -92,14 +156,15 @@ impl Header {
             "-"
         };
         let mut json = Vec::with_capacity(512);
-        json_line(e, &mut json);
+        format::encode(e, self.format, &mut json);
         format!(
-            "<{}>1 {} {} {} {} {msgid} - {}",
+            "<{}>1 {} {} {} {} {msgid} {} {}",
             u16::from(self.facility) * 8 + severity,
             format_timestamp(e.timestamp),
             self.hostname,
             self.app,
             self.procid,
+            ascii(&structured_data(e)),
             ascii(&String::from_utf8_lossy(&json)),
         )
     }
@@ -130,10 +195,10 @@ async fn resolve(server: &Endpoint) -> std::io::Result<SocketAddr> {
 }
 
 pub(super) async fn run(feed: Feed, target: SyslogTarget) {
-    let header = Header::new(target.facility);
+    let header = Header::new(target.facility, target.format);
     match target.transport {
         SyslogTransport::Udp => udp(feed, &target, &header).await,
-        SyslogTransport::Tcp => tcp(feed, &target, &header).await,
+        SyslogTransport::Tcp | SyslogTransport::Tls => stream(feed, &target, &header).await,
     }
 }
 
@@ -200,19 +265,68 @@ fn frames(batch: &Batch, header: &Header) -> Vec<u8> {
     out
 }
 
-/// Whether the receiver has closed its end (a write would still "succeed" into the buffer).
-fn closed_by_peer(s: &TcpStream) -> bool {
+/// A byte stream to the receiver: plain TCP or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Whether the receiver has closed its end (a write would still "succeed" into the buffer):
+/// one read, polled once.
+async fn closed_by_peer(s: &mut Box<dyn Io>) -> bool {
     let mut probe = [0u8; 64];
-    match s.try_read(&mut probe) {
-        Ok(0) => true,
+    match tokio::time::timeout(Duration::ZERO, s.read(&mut probe)).await {
+        // Nothing to read: open.
+        Err(_) => false,
+        Ok(Ok(0)) | Ok(Err(_)) => true,
         // Receivers send nothing in this protocol; whatever it is, ignore it.
-        Ok(_) => false,
-        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        Ok(Ok(_)) => false,
     }
 }
 
-async fn tcp(mut feed: Feed, target: &SyslogTarget, header: &Header) {
-    let mut conn: Option<TcpStream> = None;
+/// The TLS side of a `syslog+tls://` sink: the connector and the name the relay's
+/// certificate must carry.
+fn tls_setup(target: &SyslogTarget) -> Result<Option<(TlsConnector, ServerName<'static>)>, String> {
+    let roots = match (&target.roots, target.transport) {
+        (Some(r), SyslogTransport::Tls) => r,
+        (None, SyslogTransport::Tls) => return Err("no trust anchors for the relay".into()),
+        (_, SyslogTransport::Udp | SyslogTransport::Tcp) => return Ok(None),
+    };
+    let config = mesh_identity::tls::web_client_config(roots.clone()).map_err(|e| e.to_string())?;
+    let name = match target.server.host() {
+        Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
+        Host::Dns(name) => ServerName::try_from(name.clone()).map_err(|e| format!("{name}: {e}"))?,
+    };
+    Ok(Some((TlsConnector::from(config), name)))
+}
+
+async fn connect(
+    target: &SyslogTarget,
+    tls: Option<&(TlsConnector, ServerName<'static>)>,
+) -> Result<Box<dyn Io>, String> {
+    let addr = resolve(&target.server).await.map_err(|e| e.to_string())?;
+    let s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let _ = s.set_nodelay(true);
+    match tls {
+        None => Ok(Box::new(s)),
+        Some((connector, name)) => {
+            let t = connector.connect(name.clone(), s).await.map_err(|e| format!("TLS: {e}"))?;
+            Ok(Box::new(t))
+        }
+    }
+}
+
+/// TCP and TLS: octet-counted frames over one connection.
+async fn stream(mut feed: Feed, target: &SyslogTarget, header: &Header) {
+    let tls = match tls_setup(target) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!("event sink {target} unusable, dropping its events: {e}");
+            while let Some(batch) = feed.next(MAX_BATCH, Duration::ZERO).await {
+                feed.lost(batch.events.len());
+            }
+            return;
+        }
+    };
+    let mut conn: Option<Box<dyn Io>> = None;
     let mut failing = false;
     while let Some(batch) = feed.next(MAX_BATCH, Duration::ZERO).await {
         let bytes = frames(&batch, header);
@@ -223,17 +337,13 @@ async fn tcp(mut feed: Feed, target: &SyslogTarget, header: &Header) {
                 tokio::time::sleep(backoff).await;
                 backoff *= 2;
             }
-            if conn.as_ref().is_some_and(closed_by_peer) {
-                conn = None;
+            if let Some(c) = conn.as_mut() {
+                if closed_by_peer(c).await {
+                    conn = None;
+                }
             }
             if conn.is_none() {
-                let connect = async {
-                    let addr = resolve(&target.server).await?;
-                    let s = TcpStream::connect(addr).await?;
-                    let _ = s.set_nodelay(true);
-                    Ok::<_, std::io::Error>(s)
-                };
-                match tokio::time::timeout(IO_TIMEOUT, connect).await {
+                match tokio::time::timeout(IO_TIMEOUT, connect(target, tls.as_ref())).await {
                     Ok(Ok(s)) => conn = Some(s),
                     Ok(Err(e)) => {
                         warn_once(&mut failing, target, &e);
@@ -246,7 +356,11 @@ async fn tcp(mut feed: Feed, target: &SyslogTarget, header: &Header) {
                 }
             }
             let Some(s) = conn.as_mut() else { continue };
-            match tokio::time::timeout(IO_TIMEOUT, s.write_all(&bytes)).await {
+            let write = async {
+                s.write_all(&bytes).await?;
+                s.flush().await
+            };
+            match tokio::time::timeout(IO_TIMEOUT, write).await {
                 Ok(Ok(())) => {
                     sent = true;
                     break;
@@ -271,7 +385,13 @@ mod tests {
     use crate::events::EventKind;
 
     fn header() -> Header {
-        Header { facility: 16, app: "mesh-proxy".into(), hostname: "host-1".into(), procid: "42".into() }
+        Header {
+            facility: 16,
+            format: EventFormat::Json,
+            app: "mesh-proxy".into(),
+            hostname: "host-1".into(),
+            procid: "42".into(),
+        }
     }
 
     #[test]
@@ -281,7 +401,7 @@ mod tests {
         e.timestamp = time::macros::datetime!(2026-11-28 14:12:58.123456789 UTC);
         let m = header().message(&e);
         // local0 (16) * 8 + warning (4) = 132. The header and the JSON say the same instant.
-        let want = "<132>1 2026-11-28T14:12:58.123456Z host-1 mesh-proxy 42 policy.reload_failed - {";
+        let want = "<132>1 2026-11-28T14:12:58.123456Z host-1 mesh-proxy 42 policy.reload_failed [ztmesh@32473 reason=\"invalid_policy\"] {";
         assert!(m.starts_with(want), "{m}");
         assert!(m.is_ascii(), "{m}");
         assert!(m.contains(r"caf\u00e9 \ud83d\ude00"), "{m}");
@@ -291,6 +411,23 @@ mod tests {
         assert_eq!(v["timestamp"], "2026-11-28T14:12:58.123456Z");
         e.timestamp = time::macros::datetime!(2026-11-28 14:12:58 UTC);
         assert!(header().message(&e).contains(" 2026-11-28T14:12:58.000000Z "), "fixed precision");
+    }
+
+    #[test]
+    fn structured_data_carries_identity_and_decision_escaped() {
+        let c = crate::events::Connection {
+            direction: "inbound",
+            src_id: Some("spiffe://t/ns/a/sa/b".into()),
+            decision: Some("deny"),
+            rule: Some("deny \"x\" [a]\\b\n".into()),
+            ..Default::default()
+        };
+        let e = Event::connection(EventKind::PolicyDeny, Severity::Warning, c);
+        assert_eq!(
+            structured_data(&e),
+            r#"[ztmesh@32473 src_id="spiffe://t/ns/a/sa/b" decision="deny" rule="deny \"x\" [a\]\\b?"]"#
+        );
+        assert_eq!(structured_data(&Event::new(EventKind::ProxyStarted, Severity::Info)), "-");
     }
 
     #[test]

@@ -32,7 +32,7 @@ fn one_sink(queue: usize) -> (Events, Feed) {
     let stats = stats("test");
     let (reopen, _) = watch::channel(0);
     let events = Events::assemble(vec![SinkQueue { tx, stats: stats.clone() }], reopen, Recorder::NONE);
-    (events, Feed { rx, stats, reported: 0 })
+    (events, Feed { rx, stats, reported: 0, format: EventFormat::Json })
 }
 
 #[test]
@@ -98,7 +98,7 @@ async fn file_sinks_reopen_after_rotation() {
     let dir = std::env::temp_dir().join(format!("mesh-events-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("events.log");
-    let (events, task) = Events::start(vec![Sink::File(path.clone())], 16, Recorder::NONE);
+    let (events, task) = Events::start(vec![Sink::File(path.clone(), EventFormat::Json)], 16, Recorder::NONE);
     events.emit(Event::new(EventKind::ProxyStarted, Severity::Info));
     events.flush(Duration::from_secs(5)).await;
     let rotated = dir.join("events.log.1");
@@ -122,7 +122,11 @@ async fn sink_labels_number_repeated_kinds() {
     let dir = std::env::temp_dir().join(format!("mesh-events-labels-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let (events, task) = Events::start(
-        vec![Sink::Stderr, Sink::File(dir.join("a")), Sink::File(dir.join("b"))],
+        vec![
+            Sink::Stderr(EventFormat::Json),
+            Sink::File(dir.join("a"), EventFormat::Json),
+            Sink::File(dir.join("b"), EventFormat::Json),
+        ],
         4,
         Recorder::NONE,
     );
