@@ -165,7 +165,7 @@ impl CaClient {
         let exchange = async {
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                 .await
-                .map_err(|e| unreachable(&e))?;
+                .map_err(|e| unreachable(&with_causes(&e)))?;
             tokio::spawn(conn);
             let bytes = match body {
                 Some(b) => serde_json::to_vec(b).map_err(|e| ClientError::Protocol(e.to_string()))?,
@@ -178,7 +178,9 @@ impl CaClient {
                 .header(hyper::header::CONTENT_TYPE, "application/json")
                 .body(Full::new(Bytes::from(bytes)))
                 .map_err(|e| ClientError::Protocol(e.to_string()))?;
-            let resp = sender.send_request(req).await.map_err(|e| unreachable(&e))?;
+            // hyper's own text is only "connection error": its causes say what happened (a
+            // TLS alert from the CA, such as certificate_revoked, arrives here).
+            let resp = sender.send_request(req).await.map_err(|e| unreachable(&with_causes(&e)))?;
             let status = resp.status();
             let body = Limited::new(resp.into_body(), MAX_RESPONSE)
                 .collect()
@@ -211,4 +213,19 @@ fn parse_issued(r: IssuedBody) -> Result<Issued, ClientError> {
     let chain = crate::pem::parse_certs(r.cert_chain.as_bytes())
         .map_err(|e| ClientError::Protocol(format!("chain {e}")))?;
     Ok(Issued { chain, serial: r.serial })
+}
+
+/// An error and its chain of causes, `outer: inner: ...` (at most 8 deep).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    for _ in 0..8 {
+        let Some(c) = cause else { break };
+        let more = c.to_string();
+        if !text.ends_with(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
 }

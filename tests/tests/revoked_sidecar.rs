@@ -118,3 +118,42 @@ fn a_revoked_sidecar_says_so_goes_unready_stops_retrying_and_recovers_after_rein
     });
     assert!(echoed.is_some(), "the peer refuses the reinstated identity\n{}", transcripts());
 }
+
+/// A sidecar that missed the log entry (the CA was down when the identity was revoked, and
+/// refuses its certificate in the handshake once back) learns it from the refusal itself: one
+/// `cert.revoked_self`, not ready, and no stream of "CA unreachable" poll failures after.
+#[test]
+fn a_sidecar_that_missed_its_revocation_learns_it_from_the_cas_refusal() {
+    let mut mesh = EnrollMesh::start(&["--cert-ttl", "1h"], POLICY);
+    let shape = SidecarShape { admin: true, ..Default::default() };
+    let client = mesh.sidecar("client", "frontend", "web", 1, &shape);
+    let admin = admin_addr(&client);
+    assert_eq!(ready(admin).0, Some(200), "{}", client.transcript());
+
+    mesh.kill_ca();
+    revoke(&mesh.ca, &["--zone", "frontend", "--workload", "web", "--reason", "while away"]).assert_ok();
+    let mark = client.mark();
+    mesh.restart_ca();
+    let told = client.wait_from(mark, "cert.revoked_self", |e| e["event"] == "cert.revoked_self");
+    assert!(told.to_string().contains("the CA refused it as revoked"), "{told}");
+    let unready = poll(DEADLINE, || {
+        let (status, body) = ready(admin);
+        (status == Some(503)).then_some(body)
+    })
+    .unwrap_or_else(|| panic!("/ready did not turn 503\n{}", client.transcript()));
+    assert!(unready.contains("this sidecar's certificate is revoked"), "{unready}");
+    // The next poll, at the backoff cap, is refused again: still told only once.
+    let ca = mesh.server();
+    let refusals = |ca: &CaServer| ca.events().iter().filter(|e| e.to_string().contains("revoked")).count();
+    let seen = refusals(ca);
+    poll(Duration::from_secs(75), || (refusals(ca) > seen).then_some(()));
+    let after: Vec<Value> = client.events().into_iter().skip(mark).collect();
+    let told_again = after.iter().filter(|e| e["event"] == "cert.revoked_self").count();
+    assert_eq!(told_again, 1, "{}", client.transcript());
+    let polls_after = after
+        .iter()
+        .skip_while(|e| e["event"] != "cert.revoked_self")
+        .filter(|e| e["event"] == "revocations.poll_failed" || e["event"] == "revocations.unavailable")
+        .count();
+    assert_eq!(polls_after, 0, "poll failures reported after the state was told\n{}", client.transcript());
+}
