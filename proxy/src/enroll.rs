@@ -501,6 +501,25 @@ mod tests {
         }
     }
 
+    /// Revoked itself: a named state that outranks every other reason not to be ready, and
+    /// the refusals that put a sidecar in it (a `revoked` answer, the handshake's alert), not
+    /// a network failure or another refusal.
+    #[test]
+    fn a_revoked_sidecar_is_not_ready_as_such_and_only_revoked_refusals_say_so() {
+        let set = RevocationSet { own_revoked: Some("test".into()), ..Default::default() };
+        assert_eq!(set.not_ready(), Some(crate::handshake::NotReady::OwnCertificateRevoked));
+        assert!(set.settled() && set.own_revoked());
+        let text = set.not_ready().map(|n| n.to_string()).unwrap_or_default();
+        assert_eq!(text, "this sidecar's certificate is revoked");
+        let refused =
+            |code: &str| ClientError::Refused { status: 403, code: code.into(), reason: String::new() };
+        assert!(says_revoked(&refused("revoked")));
+        assert!(!says_revoked(&refused("token_rejected")));
+        let alert = ClientError::Unreachable("io: received fatal alert: CertificateRevoked".into());
+        assert!(says_revoked(&alert));
+        assert!(!says_revoked(&ClientError::Unreachable("connection refused".into())));
+    }
+
     /// What a sidecar accepts from a CA answer is decided by its own configuration: the chain
     /// must verify against the configured `ca_bundle`, the trust it keeps is that bundle and
     /// nothing else, the CA's reserved zone is never adopted, and a renewal keeps its identity.

@@ -1,12 +1,15 @@
 //! Copies bytes both ways between two established streams until both sides are done, the
 //! connection has been idle for too long, either side fails, or it is stopped from outside
 //! (revocation, a policy that now denies it). Counts bytes as they move, so the outcome
-//! record has them whatever way the connection ended.
+//! record has them whatever way the connection ended, and feeds them to its [`Meter`] while
+//! the connection runs: every [`FLUSH_BYTES`] and at most [`FLUSH_EVERY`] after a byte moved
+//! (and once more at the end), so a long stream shows in the byte counters while it is open.
 //!
 //! One future drives both directions over the two streams it owns (the shape of tokio's
 //! `copy_bidirectional`): no split halves behind a lock, no second task, and no clock read
-//! per chunk. This loop runs once or twice per request on a keep-alive connection, so what it
-//! does beyond the two syscalls shows up directly in CPU per request.
+//! per chunk (the flush timer reads it once when it is armed, at most once per
+//! [`FLUSH_EVERY`]). This loop runs once or twice per request on a keep-alive connection, so
+//! what it does beyond the two syscalls shows up directly in CPU per request.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -14,6 +17,7 @@ use std::pin::{pin, Pin};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
@@ -27,6 +31,12 @@ const BUF_LEN: usize = 16 * 1024;
 /// The idle watchdog looks every `idle / WATCH_TICKS`, so a connection is closed between
 /// `idle` and `idle * (1 + 1 / WATCH_TICKS)` after its last byte.
 const WATCH_TICKS: u32 = 4;
+
+/// Bytes one direction moves before they are added to its counters, whatever the time.
+pub const FLUSH_BYTES: u64 = 64 * 1024;
+/// Longest a moved byte waits before it is added to its counters (a slow stream is seen
+/// within this; a quiet connection arms no timer at all).
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 /// How a forwarded connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,16 +69,37 @@ pub struct Counts {
     pub b_to_a: u64,
 }
 
+/// Where a connection's byte counts go while it runs: the counters of each direction (for
+/// the sidecar, the direction's series and, on an outbound, the outbound's). Counters are
+/// resolved once per connection, so a flush is two atomic additions.
+pub struct Meter {
+    a_to_b: [Counter; 2],
+    b_to_a: [Counter; 2],
+}
+
+impl Meter {
+    pub fn new(a_to_b: [Counter; 2], b_to_a: [Counter; 2]) -> Self {
+        Self { a_to_b, b_to_a }
+    }
+
+    /// Counts nothing (the benchmarks, and tests that look at [`Counts`] only).
+    pub fn none() -> Self {
+        Self { a_to_b: [Counter::noop(), Counter::noop()], b_to_a: [Counter::noop(), Counter::noop()] }
+    }
+}
+
 /// The forward stage: an authorized connection's bytes, `a` (the connecting side) to `b`
 /// and back, as [`splice`] moves them. It takes the [`Permit`] by value, and only
 /// `authorize::authorize` makes one, so no connection is forwarded without an allowing
-/// decision; the permit lives as long as the connection.
+/// decision; the permit lives as long as the connection. Bytes are counted on `meter` as
+/// they move.
 pub async fn forward<A, B, S>(
     permit: Permit,
     a: A,
     b: B,
     idle: Duration,
     stop: impl Future<Output = S>,
+    meter: Meter,
 ) -> (End, Counts)
 where
     A: AsyncRead + AsyncWrite + Unpin,
@@ -76,7 +107,7 @@ where
     S: Into<Stop>,
 {
     let _permit = permit;
-    splice(a, b, idle, stop).await
+    splice_metered(a, b, idle, stop, meter).await
 }
 
 /// The copy engine under [`forward`] (public for the benchmarks, which measure it alone;
@@ -87,21 +118,37 @@ where
 /// connection at once, with its reason (a `()` signal counts as a revocation). Stop is
 /// looked at first on every wake-up: once it is ready, not one more byte is copied, however
 /// much data is waiting.
-pub async fn splice<A, B, S>(
+pub async fn splice<A, B, S>(a: A, b: B, idle: Duration, stop: impl Future<Output = S>) -> (End, Counts)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+    S: Into<Stop>,
+{
+    splice_metered(a, b, idle, stop, Meter::none()).await
+}
+
+/// [`splice`], counting the bytes on `meter` as they move (see the module doc).
+pub async fn splice_metered<A, B, S>(
     mut a: A,
     mut b: B,
     idle: Duration,
     stop: impl Future<Output = S>,
+    meter: Meter,
 ) -> (End, Counts)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
     S: Into<Stop>,
 {
-    let (mut a_to_b, mut b_to_a) = (Direction::new(), Direction::new());
+    let Meter { a_to_b: up, b_to_a: down } = meter;
+    let (mut a_to_b, mut b_to_a) = (Direction::new(up), Direction::new(down));
     let tick = (idle / WATCH_TICKS).max(Duration::from_millis(1));
     let mut quiet = Duration::ZERO;
-    let mut watchdog = pin!(tokio::time::sleep(tick));
+    let now = Instant::now();
+    let mut watchdog = pin!(tokio::time::sleep_until(now + tick));
+    // Armed (and polled) only while counted bytes wait to be flushed.
+    let mut flush = pin!(tokio::time::sleep_until(now));
+    let mut armed = false;
     let mut stop = pin!(stop);
     let end = poll_fn(|cx| {
         if let Poll::Ready(s) = stop.as_mut().poll(cx) {
@@ -113,6 +160,17 @@ where
             (Poll::Ready(Err(_)), _) | (_, Poll::Ready(Err(_))) => return Poll::Ready(End::Error),
             (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(End::Closed),
             _ => {}
+        }
+        if armed && flush.as_mut().poll(cx).is_ready() {
+            a_to_b.meter_flush();
+            b_to_a.meter_flush();
+            armed = false;
+        }
+        if !armed && (a_to_b.unmetered() || b_to_a.unmetered()) {
+            flush.as_mut().reset(Instant::now() + FLUSH_EVERY);
+            // Registers the wake-up; a deadline a second away is not ready now.
+            let _ = flush.as_mut().poll(cx);
+            armed = true;
         }
         // Activity is a flag set by the copies, read here once per tick: the data path
         // never asks for the time.
@@ -130,6 +188,8 @@ where
         Poll::Pending
     })
     .await;
+    a_to_b.meter_flush();
+    b_to_a.meter_flush();
     (end, Counts { a_to_b: a_to_b.count, b_to_a: b_to_a.count })
 }
 
@@ -144,12 +204,15 @@ struct Direction {
     eof: bool,
     done: bool,
     count: u64,
+    /// `count` when it was last added to `meter`.
+    flushed: u64,
+    meter: [Counter; 2],
     /// A byte moved since the watchdog last looked.
     moved: bool,
 }
 
 impl Direction {
-    fn new() -> Self {
+    fn new(meter: [Counter; 2]) -> Self {
         Direction {
             buf: vec![0u8; BUF_LEN].into_boxed_slice(),
             pos: 0,
@@ -158,7 +221,25 @@ impl Direction {
             eof: false,
             done: false,
             count: 0,
+            flushed: 0,
+            meter,
             moved: false,
+        }
+    }
+
+    /// Bytes counted here and not yet on the meter.
+    fn unmetered(&self) -> bool {
+        self.count != self.flushed
+    }
+
+    /// Adds what moved since the last flush to the meter.
+    fn meter_flush(&mut self) {
+        let n = self.count - self.flushed;
+        if n > 0 {
+            for c in &self.meter {
+                c.increment(n);
+            }
+            self.flushed = self.count;
         }
     }
 
@@ -180,6 +261,9 @@ impl Direction {
                 self.count += n as u64;
                 self.moved = true;
                 self.unflushed = true;
+                if self.count - self.flushed >= FLUSH_BYTES {
+                    self.meter_flush();
+                }
             }
             // TLS streams may hold the last record of a burst until flushed; a quiet peer
             // would otherwise wait for it forever. Free for plain TCP.
@@ -203,6 +287,9 @@ impl Direction {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
     use super::*;
     use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
 
@@ -287,6 +374,44 @@ mod tests {
         peer.read_to_end(&mut got_b).await.expect("b sees EOF");
         app.read_to_end(&mut got_a).await.expect("a sees EOF");
         assert!(got_b.is_empty() && got_a.is_empty(), "{got_b:?} {got_a:?}");
+    }
+
+    fn meter() -> (Meter, [Arc<AtomicU64>; 2]) {
+        let (up, down) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let c = |a: &Arc<AtomicU64>| Counter::from_arc(a.clone());
+        (Meter::new([c(&up), Counter::noop()], [c(&down), Counter::noop()]), [up, down])
+    }
+
+    // Paused time: the flush timer fires exactly when the runtime has nothing else to do.
+    #[tokio::test(start_paused = true)]
+    async fn bytes_reach_the_meter_while_the_connection_is_open() {
+        let (mut app, a) = duplex(256 * 1024);
+        let (b, mut peer) = duplex(256 * 1024);
+        let (m, [up, down]) = meter();
+        let run = tokio::spawn(splice_metered(a, b, LONG, std::future::pending::<()>(), m));
+        // A few bytes each way: on the meter within FLUSH_EVERY, the connection still open.
+        app.write_all(b"hello").await.expect("write a");
+        let mut five = [0u8; 5];
+        peer.read_exact(&mut five).await.expect("read b");
+        peer.write_all(b"hi").await.expect("write b");
+        let mut two = [0u8; 2];
+        app.read_exact(&mut two).await.expect("read a");
+        assert_eq!(up.load(Ordering::Relaxed), 0, "not on the meter before the flush");
+        tokio::time::sleep(FLUSH_EVERY + Duration::from_millis(1)).await;
+        assert_eq!((up.load(Ordering::Relaxed), down.load(Ordering::Relaxed)), (5, 2));
+        // Past FLUSH_BYTES the bytes are flushed at once, without waiting for the timer.
+        let big = vec![7u8; FLUSH_BYTES as usize + 10];
+        app.write_all(&big).await.expect("write a");
+        let mut got = vec![0u8; big.len()];
+        peer.read_exact(&mut got).await.expect("read b");
+        assert!(up.load(Ordering::Relaxed) >= 5 + FLUSH_BYTES, "{}", up.load(Ordering::Relaxed));
+        assert!(!run.is_finished());
+        drop((app, peer));
+        let (_, counts) = run.await.expect("splice task");
+        // The rest is flushed at the end: the meter agrees with the counts exactly once.
+        assert_eq!(up.load(Ordering::Relaxed), counts.a_to_b);
+        assert_eq!(down.load(Ordering::Relaxed), counts.b_to_a);
+        assert_eq!(counts.a_to_b, 5 + big.len() as u64);
     }
 
     #[tokio::test]

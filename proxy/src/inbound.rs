@@ -81,7 +81,8 @@ pub async fn serve<IO, AppIo>(
         Err(e) => return rec.upstream_failed(e),
     };
     let stop = stop::watch(shared, &permit, &peer);
-    let (end, counts) = forward::forward(permit, tls_stream, app, limits.idle_timeout, stop).await;
+    let (end, counts) =
+        forward::forward(permit, tls_stream, app, limits.idle_timeout, stop, rec.meter()).await;
     rec.closed(end, counts);
 }
 

@@ -7,16 +7,23 @@
 //!   `_total`, timestamps are `_timestamp_seconds` since the Unix epoch;
 //! - label values come from fixed sets (`&'static str` in the code: direction, result,
 //!   reason, outcome, decision) or from configuration (sink names, zones declared in the
-//!   policy). Never from a peer: zone labels come from verified identities and only for
-//!   zones the policy declares (the first [`MAX_ZONE_LABELS`]); every other zone, and every
-//!   foreign trust domain, is `other`. Never paths, serials, addresses or SPIFFE IDs.
+//!   policy, the outbound's position in sidecar.toml). Never from a peer: zone labels come
+//!   from verified identities and only for zones the policy declares (the first
+//!   [`MAX_ZONE_LABELS`]); every other zone, and every foreign trust domain, is `other`.
+//!   Never paths, serials, addresses or SPIFFE IDs.
 //!
 //! The recorder is the Prometheus exporter's, installed once per process by [`install`];
 //! the admin listener renders it from the [`PrometheusHandle`]. No exporter HTTP server runs.
 //! Without an installed recorder (unit tests, `mesh-proxy check`) every call is a no-op.
+//! Every series whose labels are known at start is registered at zero then ([`install`] for
+//! the fixed sets, from the typed enums' `as_str`; [`register`] for the ones that come from
+//! the policy and the outbounds), so dashboards and alerts see 0 rather than nothing; the
+//! exposition is rendered in [`ALL`]'s order, series sorted by their labels, with the
+//! `process_*` series after it ([`render`]).
 //!
 //! Connection metrics are written by the per-connection outcome record (`outcome`), together
-//! with the connection's event. Lifecycle metrics (reloads, renewals, accept errors) are
+//! with the connection's event; bytes by the forwarder as they move ([`byte_meter`]).
+//! Lifecycle metrics (reloads, renewals, accept errors) are
 //! derived from the lifecycle events themselves in [`on_event`], so a count and the events it
 //! counts cannot disagree; which metric each [`EventKind`] feeds is one exhaustive `match`
 //! ([`feeds`]), so a new or renamed kind does not compile until it is decided.
@@ -26,11 +33,17 @@ use std::time::Duration;
 
 use mesh_config::policy::Policy;
 use mesh_config::SpiffeId;
+use mesh_runtime::exposition::{self, ProcessStats};
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{Event, EventKind, Recorder};
+use crate::forward::{End, Meter};
+use crate::handshake::{Failure, NotReady};
+use crate::outcome::Direction;
+use crate::stop::Stop;
+use crate::tls::FailureReason;
 
 /// The kind of a metric, for [`Def`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +97,21 @@ metric!(
     "mesh_bytes_total",
     Counter,
     ["direction", "sender"],
-    "Bytes forwarded on closed connections; sender is source (the connecting side) or destination."
+    "Bytes forwarded, counted as they flow (at least every 64 KiB or second); sender is source (the connecting side) or destination."
+);
+metric!(
+    OUTBOUND_CONNECTIONS,
+    "mesh_outbound_connections_closed_total",
+    Counter,
+    ["outbound", "outcome"],
+    "Outbound connections finished, by outbound (its position in sidecar.toml, from 0) and outcome."
+);
+metric!(
+    OUTBOUND_BYTES,
+    "mesh_outbound_bytes_total",
+    Counter,
+    ["outbound", "sender"],
+    "Bytes forwarded through each outbound (its position in sidecar.toml, from 0), counted as they flow."
 );
 metric!(
     HANDSHAKES,
@@ -155,13 +182,15 @@ metric!(
     "Always 1; the version label says which mesh-proxy is running."
 );
 
-/// Every metric, in the README's order.
-pub const ALL: [Def; 17] = [
+/// Every metric, in the README's order (and the exposition's).
+pub const ALL: [Def; 19] = [
     CONNECTIONS_OPENED,
     CONNECTIONS_CLOSED,
     CONNECTIONS_OPEN,
     CONNECTION_DURATION,
     BYTES,
+    OUTBOUND_CONNECTIONS,
+    OUTBOUND_BYTES,
     HANDSHAKES,
     HANDSHAKE_DURATION,
     POLICY_DECISIONS,
@@ -182,6 +211,145 @@ pub const MAX_ZONE_LABELS: usize = 32;
 
 /// Label value for anything outside the bounded set.
 pub const OTHER: &str = "other";
+
+/// Outbounds past this many share the `other` label (sidecar.toml bounds them anyway).
+pub const MAX_OUTBOUND_LABELS: usize = 64;
+
+/// Both directions.
+const DIRECTIONS: [Direction; 2] = [Direction::Inbound, Direction::Outbound];
+
+/// How connections end before they are forwarded (the outcome record's own outcomes);
+/// forwarded ones end as an [`End`] says ([`outcomes`]).
+const PRE_FORWARD_OUTCOMES: [&str; 4] = ["denied", "handshake_failed", "upstream_failed", "aborted"];
+
+/// Every TLS failure reason, for the handshake metric's `reason`.
+const FAILURE_REASONS: [FailureReason; 20] = {
+    use FailureReason as R;
+    [
+        R::Eof,
+        R::Timeout,
+        R::Protocol,
+        R::Io,
+        R::NoCertificate,
+        R::UnknownCa,
+        R::Expired,
+        R::NotYetValid,
+        R::BadSignature,
+        R::Revoked,
+        R::BadPurpose,
+        R::WrongIdentity,
+        R::NotTheCa,
+        R::WrongTrustDomain,
+        R::BadSvid,
+        R::BadCertificate,
+        R::AlertReceived,
+        R::Incompatible,
+        R::UnknownAlpn,
+        R::TlsError,
+    ]
+};
+
+// The lists above name every variant: these matches have no wildcard, so a new variant does
+// not compile until it is listed (and gets its zero series).
+#[allow(dead_code)]
+fn every_variant_is_listed(r: FailureReason, e: &End, f: &Failure, n: &NotReady) {
+    use FailureReason as R;
+    match r {
+        R::Eof
+        | R::Timeout
+        | R::Protocol
+        | R::Io
+        | R::NoCertificate
+        | R::UnknownCa
+        | R::Expired
+        | R::NotYetValid
+        | R::BadSignature
+        | R::Revoked
+        | R::BadPurpose
+        | R::WrongIdentity
+        | R::NotTheCa
+        | R::WrongTrustDomain
+        | R::BadSvid
+        | R::BadCertificate
+        | R::AlertReceived
+        | R::Incompatible
+        | R::UnknownAlpn
+        | R::TlsError => {}
+    }
+    match e {
+        End::Closed | End::Idle | End::Error | End::Stopped(Stop::Revoked | Stop::PolicyRevoked { .. }) => {}
+    }
+    match f {
+        Failure::NotReady(_) | Failure::NoConfig(_) | Failure::Tls { .. } => {}
+    }
+    match n {
+        NotReady::OwnCertificateExpired
+        | NotReady::RevocationsLoading
+        | NotReady::RevocationsUnavailable { .. }
+        | NotReady::OwnCertificateRevoked => {}
+    }
+}
+
+/// Every `outcome` of `mesh_connections_closed_total`, in a fixed order.
+pub fn outcomes() -> Vec<&'static str> {
+    let policy_revoked = Stop::PolicyRevoked { rule: None, detail: String::new() };
+    let ends =
+        [End::Closed, End::Idle, End::Error, End::Stopped(Stop::Revoked), End::Stopped(policy_revoked)];
+    ends.iter().map(End::as_str).chain(PRE_FORWARD_OUTCOMES).collect()
+}
+
+/// Every `reason` of a failed handshake: [`Failure::as_str`] over all its variants.
+pub fn handshake_reasons() -> Vec<&'static str> {
+    let not_ready = [
+        NotReady::OwnCertificateExpired,
+        NotReady::RevocationsLoading,
+        NotReady::RevocationsUnavailable { problem: String::new() },
+        NotReady::OwnCertificateRevoked,
+    ];
+    let mut v: Vec<&'static str> = not_ready.into_iter().map(|n| Failure::from(n).as_str()).collect();
+    v.push(Failure::NoConfig("").as_str());
+    v.extend(FAILURE_REASONS.iter().map(|r| r.as_str()));
+    v
+}
+
+/// The `event` values the sidecar can emit: every kind but the CA's.
+fn sidecar_event_names() -> Vec<&'static str> {
+    let mut v: Vec<&'static str> =
+        EventKind::ALL.into_iter().filter(|k| !emitted_by_the_ca_only(*k)).map(EventKind::as_str).collect();
+    v.dedup();
+    v
+}
+
+fn emitted_by_the_ca_only(kind: EventKind) -> bool {
+    use EventKind as K;
+    matches!(
+        kind,
+        K::CaStarted
+            | K::CaStopped
+            | K::CaAcceptFailed
+            | K::CaConnectionsShed
+            | K::CaOwnCertificateRenewed
+            | K::CaRenewOwnFailed
+            | K::CaOwnCertificateRevoked
+            | K::CaTlsResumptionRefused
+            | K::CaCertRevoked
+            | K::CaCertIssued
+            | K::CaCertRenewed
+            | K::CaTokenUsed
+            | K::CaTokenRejected
+            | K::CaEnrollRefused
+            | K::CaRenewRefused
+    )
+}
+
+/// The `outbound` label of the outbound at `index` in sidecar.toml.
+pub fn outbound_label(index: usize) -> String {
+    if index < MAX_OUTBOUND_LABELS {
+        index.to_string()
+    } else {
+        OTHER.to_owned()
+    }
+}
 
 /// Histogram buckets (seconds): connections run from milliseconds to hours.
 const CONNECTION_BUCKETS: [f64; 15] =
@@ -214,14 +382,85 @@ pub fn install() -> Option<PrometheusHandle> {
             metrics::set_global_recorder(recorder).ok()?;
             describe();
             gauge!(BUILD_INFO.name, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-            // Series that exist from the start, so dashboards and alerts see 0, not nothing.
-            for direction in ["inbound", "outbound"] {
-                gauge!(CONNECTIONS_OPEN.name, "direction" => direction).set(0.0);
-                counter!(CONNECTIONS_OPENED.name, "direction" => direction).increment(0);
-            }
+            at_zero();
             Some(handle)
         })
         .clone()
+}
+
+/// Registers, at zero, every series whose labels are fixed sets.
+fn at_zero() {
+    let (outcomes, reasons) = (outcomes(), handshake_reasons());
+    for direction in DIRECTIONS.map(Direction::as_str) {
+        gauge!(CONNECTIONS_OPEN.name, "direction" => direction).set(0.0);
+        counter!(CONNECTIONS_OPENED.name, "direction" => direction).increment(0);
+        for outcome in &outcomes {
+            counter!(CONNECTIONS_CLOSED.name, "direction" => direction, "outcome" => *outcome).increment(0);
+        }
+        let _ = histogram!(CONNECTION_DURATION.name, "direction" => direction);
+        for sender in ["source", "destination"] {
+            counter!(BYTES.name, "direction" => direction, "sender" => sender).increment(0);
+        }
+        counter!(HANDSHAKES.name, "direction" => direction, "result" => "ok", "reason" => "none")
+            .increment(0);
+        for reason in &reasons {
+            counter!(HANDSHAKES.name, "direction" => direction, "result" => "failed", "reason" => *reason)
+                .increment(0);
+        }
+        for result in ["ok", "failed"] {
+            let _ = histogram!(HANDSHAKE_DURATION.name, "direction" => direction, "result" => result);
+        }
+    }
+    gauge!(CERT_EXPIRY.name).set(0.0);
+    for result in ["ok", "failed"] {
+        counter!(CERT_RENEWALS.name, "result" => result).increment(0);
+        counter!(CERT_ENROLLMENTS.name, "result" => result).increment(0);
+        for kind in ["policy", "cert"] {
+            counter!(RELOADS.name, "kind" => kind, "result" => result).increment(0);
+        }
+    }
+    counter!(REVOCATIONS.name).increment(0);
+    counter!(ACCEPT_ERRORS.name).increment(0);
+    for event in sidecar_event_names() {
+        counter!(EVENTS.name, "event" => event).increment(0);
+    }
+}
+
+/// Registers, at zero, the series whose labels come from the configuration: per outbound
+/// (its index) and the policy decisions this sidecar can make with its zone on its side
+/// (inbound: every declared zone, and `other`, to `own`; outbound: `own` to each outbound's
+/// server). Called once the identity and the policy are known.
+pub fn register(own: &SpiffeId, policy: &Policy, outbound_servers: &[SpiffeId]) {
+    let outcomes = outcomes();
+    for (i, _) in outbound_servers.iter().enumerate().take(MAX_OUTBOUND_LABELS) {
+        let label = outbound_label(i);
+        for outcome in &outcomes {
+            counter!(OUTBOUND_CONNECTIONS.name, "outbound" => label.clone(), "outcome" => *outcome)
+                .increment(0);
+        }
+        for sender in ["source", "destination"] {
+            counter!(OUTBOUND_BYTES.name, "outbound" => label.clone(), "sender" => sender).increment(0);
+        }
+    }
+    let own_zone = zone_label(policy, own);
+    let mut sources: Vec<String> =
+        policy.zones().iter().take(MAX_ZONE_LABELS).map(|z| z.as_str().to_owned()).collect();
+    sources.push(OTHER.to_owned());
+    let mut servers: Vec<String> = outbound_servers.iter().map(|s| zone_label(policy, s)).collect();
+    servers.sort();
+    servers.dedup();
+    for decision in ["allow", "deny"] {
+        for src in &sources {
+            counter!(POLICY_DECISIONS.name, "direction" => "inbound", "decision" => decision,
+                "src_zone" => src.clone(), "dst_zone" => own_zone.clone())
+            .increment(0);
+        }
+        for dst in &servers {
+            counter!(POLICY_DECISIONS.name, "direction" => "outbound", "decision" => decision,
+                "src_zone" => own_zone.clone(), "dst_zone" => dst.clone())
+            .increment(0);
+        }
+    }
 }
 
 fn describe() {
@@ -257,10 +496,14 @@ pub async fn upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
 }
 
 /// The Prometheus text exposition, with the values that are read rather than counted
-/// (the certificate's expiry) brought up to date first.
+/// (the certificate's expiry) brought up to date first: the families in [`ALL`]'s order,
+/// then the `process_*` ones, read from `/proc/self` now.
 pub fn render(handle: &PrometheusHandle, cert_not_after: i64) -> String {
     gauge!(CERT_EXPIRY.name).set(cert_not_after as f64);
-    handle.render()
+    let order: Vec<&str> = ALL.iter().map(|d| d.name).collect();
+    let mut text = exposition::ordered(&handle.render(), &order);
+    text.push_str(&ProcessStats::read().render());
+    text
 }
 
 /// The zone label for a verified identity: its zone if the policy declares it (among the
@@ -288,10 +531,25 @@ pub fn connection_closed(direction: &'static str, outcome: &'static str, lasted:
     histogram!(CONNECTION_DURATION.name, "direction" => direction).record(lasted.as_secs_f64());
 }
 
-/// Bytes a closed connection moved: from the connecting side onward, and back.
-pub fn bytes(direction: &'static str, from_source: u64, from_destination: u64) {
-    counter!(BYTES.name, "direction" => direction, "sender" => "source").increment(from_source);
-    counter!(BYTES.name, "direction" => direction, "sender" => "destination").increment(from_destination);
+/// An outbound connection finished, through the outbound at `index`.
+pub fn outbound_closed(index: usize, outcome: &'static str) {
+    counter!(OUTBOUND_CONNECTIONS.name, "outbound" => outbound_label(index), "outcome" => outcome)
+        .increment(1);
+}
+
+/// Where a connection's bytes are counted as the forwarder moves them: from the connecting
+/// side onward (`source`), and back; on an outbound, its own series too.
+pub fn byte_meter(direction: &'static str, outbound: Option<usize>) -> Meter {
+    let up = counter!(BYTES.name, "direction" => direction, "sender" => "source");
+    let down = counter!(BYTES.name, "direction" => direction, "sender" => "destination");
+    let (o_up, o_down) = match outbound {
+        Some(i) => (
+            counter!(OUTBOUND_BYTES.name, "outbound" => outbound_label(i), "sender" => "source"),
+            counter!(OUTBOUND_BYTES.name, "outbound" => outbound_label(i), "sender" => "destination"),
+        ),
+        None => (metrics::Counter::noop(), metrics::Counter::noop()),
+    };
+    Meter::new([up, o_up], [down, o_down])
 }
 
 /// A handshake ended; `reason` is `None` when it succeeded.

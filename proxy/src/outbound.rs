@@ -58,6 +58,7 @@ pub async fn serve<App, RemoteIo>(
     App: AsyncRead + AsyncWrite + Unpin,
     RemoteIo: AsyncRead + AsyncWrite + Unpin,
 {
+    rec.outbound(route.index);
     let limits = shared.limits;
     let current = shared.tls();
     if let Some(not_ready) = shared.not_ready() {
@@ -88,7 +89,7 @@ pub async fn serve<App, RemoteIo>(
         };
     rec.handshake_ok(resumed);
     let stop = stop::watch(shared, &permit, &peer);
-    let (end, counts) = forward::forward(permit, app, remote, limits.idle_timeout, stop).await;
+    let (end, counts) = forward::forward(permit, app, remote, limits.idle_timeout, stop, rec.meter()).await;
     rec.closed(end, counts);
 }
 

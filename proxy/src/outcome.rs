@@ -3,7 +3,9 @@
 //! connection's event and its metrics together, so counts and events cannot disagree.
 //!
 //! Metrics written here: connections opened (at accept), closed by outcome, open, duration;
-//! handshakes by result and reason, handshake duration; policy decisions by zone pair; bytes.
+//! handshakes by result and reason, handshake duration; policy decisions by zone pair; per
+//! outbound, connections closed. Bytes are counted by the forwarder as they move, on the
+//! record's [`Outcome::meter`].
 //! A record dropped without finishing (its task aborted when the drain timed out) still
 //! closes its metrics, with outcome `aborted`; its event is `proxy.drain_timeout`'s.
 
@@ -19,7 +21,7 @@ use crate::authorize::{Denial, Permit};
 use crate::connect::ConnectError;
 
 use crate::events::{Connection, Event, EventKind, Events, Severity};
-use crate::forward::{Counts, End};
+use crate::forward::{Counts, End, Meter};
 use crate::handshake::Failure;
 use crate::metrics;
 use crate::state::Shared;
@@ -61,6 +63,8 @@ pub struct Outcome {
     resumed: Option<bool>,
     /// Set by the one finishing call; `Drop` closes the metrics of a record never finished.
     finished: bool,
+    /// The outbound's index in sidecar.toml, for its per-outbound series.
+    outbound: Option<usize>,
 }
 
 impl Outcome {
@@ -81,6 +85,24 @@ impl Outcome {
             rule: None,
             resumed: None,
             finished: false,
+            outbound: None,
+        }
+    }
+
+    /// The connection came through the outbound at `index` (its position in sidecar.toml).
+    pub fn outbound(&mut self, index: usize) {
+        self.outbound = Some(index);
+    }
+
+    /// Where the forwarder counts this connection's bytes as they move.
+    pub fn meter(&self) -> Meter {
+        metrics::byte_meter(self.direction.as_str(), self.outbound)
+    }
+
+    fn closed_metrics(&self, outcome: &'static str) {
+        metrics::connection_closed(self.direction.as_str(), outcome, self.start.elapsed());
+        if let Some(i) = self.outbound {
+            metrics::outbound_closed(i, outcome);
         }
     }
 
@@ -128,7 +150,7 @@ impl Outcome {
     fn finish(&mut self, outcome: &'static str) -> Connection {
         self.finished = true;
         let lasted = self.start.elapsed();
-        metrics::connection_closed(self.direction.as_str(), outcome, lasted);
+        self.closed_metrics(outcome);
         Connection {
             direction: self.direction.as_str(),
             listener: self.listener.to_string(),
@@ -179,8 +201,8 @@ impl Outcome {
     /// An allowed connection ended. `counts.a_to_b` is bytes from the connecting side onward.
     /// Closed because a reloaded policy denies it (`policy_revoked`): the event says `deny`,
     /// names the new deciding rule and, in `reason_detail`, the rule that had allowed it.
+    /// Its bytes are on the meter already (the forwarder's).
     pub fn closed(mut self, end: End, counts: Counts) {
-        metrics::bytes(self.direction.as_str(), counts.a_to_b, counts.b_to_a);
         let severity = if matches!(end, End::Stopped(Stop::PolicyRevoked { .. })) {
             Severity::Warning
         } else {
@@ -206,7 +228,7 @@ impl Outcome {
 impl Drop for Outcome {
     fn drop(&mut self) {
         if !self.finished {
-            metrics::connection_closed(self.direction.as_str(), "aborted", self.start.elapsed());
+            self.closed_metrics("aborted");
         }
     }
 }

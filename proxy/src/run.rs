@@ -307,6 +307,8 @@ pub async fn serve(bound: Bound, shutdown: impl Future<Output = ()>) -> Result<(
         revocations: follow.as_ref().map(|(_, _, _, rx)| rx.clone()),
     });
     let _ = shared.own_addrs.set(addrs.all().into_iter().map(|(_, a)| a).collect());
+    let servers: Vec<_> = plan.outbound.iter().map(|o| o.server.clone()).collect();
+    crate::metrics::register(&own_id, &shared.policy(), &servers);
 
     let mut tasks = Vec::new();
     if let (Some(l), Some(i), Some(local)) = (inbound_l, &plan.inbound, addrs.inbound) {

@@ -190,7 +190,33 @@ fn route<'a>(table: &'a [Route], method: &Method, path: &str) -> Routed<'a> {
     }
 }
 
+/// The paths of the route table, for the metrics' `route` label.
+pub(super) fn route_paths() -> Vec<&'static str> {
+    let mut paths: Vec<&'static str> = ROUTES.iter().map(|r| r.path).collect();
+    paths.dedup();
+    paths
+}
+
+/// The `route` label of a request: its path if the table knows it (whatever the method),
+/// else `other`; never the caller's own text.
+fn route_label(path: &str) -> &'static str {
+    ROUTES.iter().find(|r| r.path == path).map_or(super::metrics::OTHER_ROUTE, |r| r.path)
+}
+
+/// Answers one API request and counts it by route and status.
 pub async fn handle(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    caller: Option<Caller>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let route = route_label(req.uri().path());
+    let resp = answer(shared, peer, caller, req).await;
+    super::metrics::request(route, resp.status());
+    resp
+}
+
+async fn answer(
     shared: Arc<Shared>,
     peer: SocketAddr,
     caller: Option<Caller>,
@@ -374,10 +400,14 @@ pub async fn batcher(shared: Arc<Shared>, mut queue: tokio::sync::mpsc::Receiver
         super::metrics::batch_size(jobs.len());
         let started = std::time::Instant::now();
         let results = tokio::task::spawn_blocking(move || sh.authority.enroll_batch(jobs)).await;
-        super::metrics::issue_duration(started.elapsed());
+        let took = started.elapsed();
         match results {
             Ok(results) => {
                 for (reply, result) in replies.into_iter().zip(results) {
+                    // Each certificate the batch issued took the batch's time; refusals are not timed.
+                    if result.is_ok() {
+                        super::metrics::issue_duration(took);
+                    }
                     let _ = reply.send(result);
                 }
             }
@@ -396,9 +426,9 @@ async fn renew(shared: Arc<Shared>, caller: Caller, b: RenewRequest) -> Response
         sh.authority.renew(&c.id, &c.serial, b.csr.as_bytes(), sh.cert_ttl, &format!("renew by {}", c.id))
     })
     .await;
-    super::metrics::issue_duration(started.elapsed());
     match result {
         Ok(Ok(leaf)) => {
+            super::metrics::issue_duration(started.elapsed());
             super::metrics::issued("renew");
             let what = Ca::CertRenewed {
                 spiffe_id: leaf.id.to_string(),

@@ -152,7 +152,11 @@ pub async fn serve(
     tokio::spawn(api::batcher(shared.clone(), queued));
 
     let (first, expires, serial) = own_config(&shared, &roots, &revoked)?;
-    let own = Arc::new(OwnCertificate { serial: std::sync::Mutex::new(serial), renew_now: Notify::new() });
+    let own = Arc::new(OwnCertificate {
+        serial: std::sync::Mutex::new(serial),
+        not_after: std::sync::atomic::AtomicI64::new(expires),
+        renew_now: Notify::new(),
+    });
     let (config_tx, config) = watch::channel(Arc::new(first));
     tokio::spawn(renew_own_identity(
         shared.clone(),
@@ -163,7 +167,7 @@ pub async fn serve(
         own.clone(),
         shutdown.clone(),
     ));
-    tokio::spawn(follow_revocations(shared.clone(), seq_tx, own, shutdown.clone()));
+    tokio::spawn(follow_revocations(shared.clone(), seq_tx, own.clone(), shutdown.clone()));
 
     let tasks = Tasks::new();
     let mut metrics_loop = None;
@@ -172,7 +176,7 @@ pub async fn serve(
         let (l, bound) = metrics::bind(addr)
             .await
             .map_err(|e| CaError::Refused(format!("--metrics-listen {addr}: {e}")))?;
-        let handle = metrics::install()
+        let handle = metrics::install(&api::route_paths())
             .ok_or_else(|| CaError::Refused("metrics recorder already installed".into()))?;
         for (name, der) in
             [("root", &shared.authority.dir().root), ("intermediate", &shared.authority.dir().intermediate)]
@@ -184,7 +188,9 @@ pub async fn serve(
         // The server's own certificate, renewed by `renew_own_identity` (which updates it).
         metrics::authority_expiry("server", expires);
         let events = shared.events.clone();
-        metrics_loop = Some(tokio::spawn(metrics::serve(l, handle, tasks.clone(), shutdown.clone(), events)));
+        let probe = metrics::Probe { shared: shared.clone(), own: own.clone() };
+        let serve = metrics::serve(l, handle, probe, tasks.clone(), shutdown.clone(), events);
+        metrics_loop = Some(tokio::spawn(serve));
         metrics_bound = Some(bound.to_string());
     }
     let started =
@@ -299,6 +305,8 @@ async fn connection(
 /// new one at once, instead of presenting a certificate every sidecar now refuses.
 struct OwnCertificate {
     serial: std::sync::Mutex<String>,
+    /// Its notAfter (Unix seconds), for the metrics listener's `/ready`.
+    not_after: std::sync::atomic::AtomicI64,
     renew_now: Notify,
 }
 
@@ -371,6 +379,7 @@ async fn renew_own_identity(
                     *own.serial.lock().unwrap_or_else(|p| p.into_inner()) = serial;
                     issued_at = time::OffsetDateTime::now_utc().unix_timestamp();
                     not_after = expires;
+                    own.not_after.store(expires, std::sync::atomic::Ordering::Relaxed);
                     metrics::authority_expiry("server", expires);
                     let what = Ca::OwnCertificateRenewed { not_after: expires.to_string() };
                     shared.events.emit(Event::ca(Severity::Info, what));
