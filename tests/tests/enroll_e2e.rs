@@ -19,14 +19,6 @@ use mesh_tests::proxy::*;
 use mesh_tests::{now_unix, Cmd};
 use serde_json::Value;
 
-const POLICY: &str = r#"trust_domain = "example.org"
-zones = ["frontend", "orders"]
-
-[[allow]]
-from = "frontend"
-to = "orders"
-"#;
-
 /// A CA server, an echo app, a server sidecar (orders/api) in front of it and a client sidecar
 /// (frontend/web) with one outbound to it, all enrolling.
 struct Pair {

@@ -10,14 +10,6 @@ use mesh_tests::now_unix;
 use mesh_tests::proxy::*;
 use serde_json::Value;
 
-const POLICY: &str = r#"trust_domain = "example.org"
-zones = ["frontend", "orders"]
-
-[[allow]]
-from = "frontend"
-to = "orders"
-"#;
-
 fn named(sc: &Sidecar, name: &str) -> Vec<Value> {
     sc.events().into_iter().filter(|e| e["event"] == name).collect()
 }

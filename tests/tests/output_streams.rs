@@ -161,18 +161,6 @@ fn the_ca_keeps_answering_while_nobody_reads_its_stdout() {
 // mesh-proxy run
 // ---------------------------------------------------------------------------------------------
 
-const POLICY: &str = r#"trust_domain = "example.org"
-zones = ["frontend", "orders"]
-
-[[allow]]
-from = "frontend"
-to = "orders"
-
-[[deny]]
-from = "frontend/rogue"
-to = "orders"
-"#;
-
 /// A server sidecar (`orders/api`, in front of an echo app) started by hand with the given
 /// stderr, stdout piped; clients `frontend/web` (allowed by the server) and `frontend/rogue`
 /// (denied by the server, after the handshake: each refusal is a `policy.deny` event on the
