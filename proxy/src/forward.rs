@@ -161,7 +161,12 @@ where
             (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(End::Closed),
             _ => {}
         }
-        if armed && flush.as_mut().poll(cx).is_ready() {
+        // The timer is polled once, when armed, which registers its wake-up; after that an
+        // atomic load says whether it fired (polling a second timer on every wake-up costs a
+        // keep-alive request measurably). A caller that changed wakers in between would see
+        // the flush at the next wake-up instead: the timer only ever delays a count, never
+        // the data.
+        if armed && flush.is_elapsed() {
             a_to_b.meter_flush();
             b_to_a.meter_flush();
             armed = false;
