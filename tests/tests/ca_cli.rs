@@ -26,10 +26,10 @@ mod issue;
 mod refusals;
 #[path = "ca_cli/revocation.rs"]
 mod revocation;
-#[path = "ca_cli/store.rs"]
-mod store;
 #[path = "ca_cli/shell.rs"]
 mod shell;
+#[path = "ca_cli/store.rs"]
+mod store;
 
 const ZONE: &str = "payments";
 const WORKLOAD: &str = "charge";
