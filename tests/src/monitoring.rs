@@ -254,20 +254,7 @@ action(type="omfile" file="{out}" template="fields")
             out = q(&out),
         );
         std::fs::write(&conf, text).expect("writing rsyslog.conf");
-        // Debian puts it in /usr/sbin, which a non-login PATH may lack.
-        let program =
-            if Path::new("/usr/sbin/rsyslogd").exists() { "/usr/sbin/rsyslogd" } else { "rsyslogd" };
-        let child = Command::new(program)
-            .args(["-n", "-f"])
-            .arg(&conf)
-            .arg("-i")
-            .arg(dir.join("rsyslogd.pid"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("rsyslogd can be started (scripts/test installs rsyslog)");
-        let proc = Proc(Some(child));
+        let proc = start_rsyslogd(&conf, dir);
         let tcp_port: u16 = poll("rsyslog's TCP port file", DEADLINE, || {
             std::fs::read_to_string(&port_file).ok()?.trim().parse().ok()
         });
@@ -330,19 +317,7 @@ action(type="omfile" file="{out}" template="fields")
             out = q(&out),
         );
         std::fs::write(&conf, text).expect("writing rsyslog.conf");
-        let program =
-            if Path::new("/usr/sbin/rsyslogd").exists() { "/usr/sbin/rsyslogd" } else { "rsyslogd" };
-        let child = Command::new(program)
-            .args(["-n", "-f"])
-            .arg(&conf)
-            .arg("-i")
-            .arg(dir.join("rsyslogd.pid"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("rsyslogd can be started (scripts/test installs rsyslog and rsyslog-gnutls)");
-        let proc = Proc(Some(child));
+        let proc = start_rsyslogd(&conf, dir);
         let port: u16 = poll("rsyslog's TLS port file (is rsyslog-gnutls installed?)", DEADLINE, || {
             std::fs::read_to_string(&port_file).ok()?.trim().parse().ok()
         });
@@ -489,4 +464,22 @@ fn spawn_collector(cert: &Path, key: &Path, out: &Path, port: u16, protocol: &st
     let line = rx.recv_timeout(DEADLINE).unwrap_or_default();
     let got: u16 = line.trim().parse().unwrap_or_else(|_| panic!("the collector did not start: {line:?}"));
     (proc, SocketAddr::from(([127, 0, 0, 1], got)))
+}
+
+/// Starts `rsyslogd -n` on `conf` in the foreground (its pid file in `dir`), without a
+/// terminal; stopped when the returned `Proc` drops.
+fn start_rsyslogd(conf: &Path, dir: &Path) -> Proc {
+    // Debian puts it in /usr/sbin, which a non-login PATH may lack.
+    let program = if Path::new("/usr/sbin/rsyslogd").exists() { "/usr/sbin/rsyslogd" } else { "rsyslogd" };
+    let child = Command::new(program)
+        .args(["-n", "-f"])
+        .arg(conf)
+        .arg("-i")
+        .arg(dir.join("rsyslogd.pid"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("rsyslogd can be started (scripts/test installs rsyslog and rsyslog-gnutls)");
+    Proc(Some(child))
 }

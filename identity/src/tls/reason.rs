@@ -44,6 +44,64 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
+    /// Every reason, in a fixed order: for metrics registered at zero and for tests. A new
+    /// variant does not compile until it is listed here (see `listed`).
+    pub const ALL: [FailureReason; 20] = {
+        use FailureReason as R;
+        [
+            R::Eof,
+            R::Timeout,
+            R::Protocol,
+            R::Io,
+            R::NoCertificate,
+            R::UnknownCa,
+            R::Expired,
+            R::NotYetValid,
+            R::BadSignature,
+            R::Revoked,
+            R::BadPurpose,
+            R::WrongIdentity,
+            R::NotTheCa,
+            R::WrongTrustDomain,
+            R::BadSvid,
+            R::BadCertificate,
+            R::AlertReceived,
+            R::Incompatible,
+            R::UnknownAlpn,
+            R::TlsError,
+        ]
+    };
+}
+
+// No wildcard: adding a variant fails here until it is added to `ALL` above as well.
+#[allow(dead_code)]
+fn listed(r: FailureReason) {
+    use FailureReason as R;
+    match r {
+        R::Eof
+        | R::Timeout
+        | R::Protocol
+        | R::Io
+        | R::NoCertificate
+        | R::UnknownCa
+        | R::Expired
+        | R::NotYetValid
+        | R::BadSignature
+        | R::Revoked
+        | R::BadPurpose
+        | R::WrongIdentity
+        | R::NotTheCa
+        | R::WrongTrustDomain
+        | R::BadSvid
+        | R::BadCertificate
+        | R::AlertReceived
+        | R::Incompatible
+        | R::UnknownAlpn
+        | R::TlsError => {}
+    }
+}
+
+impl FailureReason {
     /// The reason code: stable, from a bounded set.
     pub const fn as_str(self) -> &'static str {
         use FailureReason as R;
