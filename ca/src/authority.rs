@@ -769,16 +769,21 @@ mod tests {
     use mesh_identity::clock::ManualClock;
     use mesh_identity::profile;
 
-    fn new_ca(dir: &Path) -> Authority {
+    /// example.org: leaves of 1 minute to a day (1 hour by default), CA certificates of ten
+    /// years and one.
+    fn test_options() -> InitOptions {
         let td: TrustDomain = "example.org".parse().expect("td");
         let settings = Settings::new(td, Ttl::from_secs(60), Ttl::from_secs(86400), Ttl::from_secs(3600))
             .expect("settings");
-        let opts = InitOptions {
+        InitOptions {
             settings,
             root_ttl: Ttl::from_secs(86400 * 3650),
             intermediate_ttl: Ttl::from_secs(86400 * 365),
-        };
-        let ca = Authority::init(dir, &opts, None).expect("init");
+        }
+    }
+
+    fn new_ca(dir: &Path) -> Authority {
+        let ca = Authority::init(dir, &test_options(), None).expect("init");
         Authority::open(ca, None).expect("open")
     }
 
@@ -786,15 +791,7 @@ mod tests {
     /// when created (the CA certificates start there).
     fn ca_with_clock(dir: &Path) -> (Authority, Arc<ManualClock>) {
         let clock = Arc::new(ManualClock::at_system_now());
-        let td: TrustDomain = "example.org".parse().expect("td");
-        let settings = Settings::new(td, Ttl::from_secs(60), Ttl::from_secs(86400), Ttl::from_secs(3600))
-            .expect("settings");
-        let opts = InitOptions {
-            settings,
-            root_ttl: Ttl::from_secs(86400 * 3650),
-            intermediate_ttl: Ttl::from_secs(86400 * 365),
-        };
-        let made = Authority::init_with_clock(dir, &opts, None, clock.clone()).expect("init");
+        let made = Authority::init_with_clock(dir, &test_options(), None, clock.clone()).expect("init");
         // Reopened from disk as the server does, with the clock injected at open.
         drop(made);
         let ca = Authority::open_with_clock(CaDir::open(dir).expect("open dir"), None, clock.clone())

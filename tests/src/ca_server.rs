@@ -247,6 +247,16 @@ impl CaServer {
 
     /// Waits for an event matching `pred`.
     #[track_caller]
+    /// The metrics listener's address, as `ca.started` names it (the server was started with
+    /// `--metrics-listen`).
+    pub fn metrics_addr(&self) -> std::net::SocketAddr {
+        let started = self.wait_event("ca.started", |e| e["event"] == "ca.started");
+        started["metrics"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("ca.started names no metrics address: {started}"))
+    }
+
     pub fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         self.proc.wait_lines(what, |l| json_lines(l).into_iter().find(|e| pred(e)))
     }

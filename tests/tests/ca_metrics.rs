@@ -1,8 +1,6 @@
 //! Issue 6, CA side: `mesh-ca serve --metrics-listen` exposes the CA's own metrics, parsed by
 //! Prometheus's own Python client parser, and they move with what the API does.
 
-use std::net::SocketAddr;
-
 use mesh_tests::ca_server::{token, CaServer, Csr};
 use mesh_tests::monitoring::scrape;
 use mesh_tests::TestCa;
@@ -12,11 +10,7 @@ use serde_json::json;
 fn ca_metrics_count_issuances_refusals_and_show_authority_expiry() {
     let ca = TestCa::init_unencrypted();
     let server = CaServer::start(&ca, &["--metrics-listen", "127.0.0.1:0"]);
-    let started = server.wait_event("ca.started", |e| e["event"] == "ca.started");
-    let metrics: SocketAddr = started["metrics"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("ca.started names no metrics address: {started}"));
+    let metrics = server.metrics_addr();
 
     let before = scrape(metrics);
     assert_eq!(before.sum("mesh_ca_certificates_issued_total", &[("via", "enroll")]), 0.0);

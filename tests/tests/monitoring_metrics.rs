@@ -456,11 +456,7 @@ fn get(addr: SocketAddr, path: &str) -> Answer {
 fn the_ca_counts_requests_by_route_and_status_and_answers_live_and_ready() {
     let ca = TestCa::init_unencrypted();
     let server = CaServer::start(&ca, &["--metrics-listen", "127.0.0.1:0"]);
-    let started = server.wait_event("ca.started", |e| e["event"] == "ca.started");
-    let metrics: SocketAddr = started["metrics"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("ca.started names no metrics address: {started}"));
+    let metrics = server.metrics_addr();
 
     assert_eq!((get(metrics, "/live").status, get(metrics, "/live").body.as_str()), (200, "live\n"));
     let ready = get(metrics, "/ready");

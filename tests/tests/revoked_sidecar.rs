@@ -16,14 +16,6 @@ use mesh_tests::proxy::*;
 use mesh_tests::Cmd;
 use serde_json::Value;
 
-const POLICY: &str = r#"trust_domain = "example.org"
-zones = ["frontend", "orders"]
-
-[[allow]]
-from = "frontend"
-to = "orders"
-"#;
-
 /// `GET /ready`: the status and the body.
 fn ready(addr: std::net::SocketAddr) -> (Option<u16>, String) {
     use std::io::{Read, Write};
@@ -45,7 +37,7 @@ fn named_from(sc: &Sidecar, from: usize, name: &str) -> Vec<Value> {
 
 #[test]
 fn a_revoked_sidecar_says_so_goes_unready_stops_retrying_and_recovers_after_reinstatement() {
-    let mesh = EnrollMesh::start(&["--cert-ttl", "1m"], POLICY);
+    let mesh = EnrollMesh::start(&["--cert-ttl", "1m"], SAMPLE_POLICY);
     let app = App::start();
     let shape = SidecarShape { inbound: Some(app.addr), ..Default::default() };
     let server = mesh.sidecar("server", "orders", "api", 1, &shape);
@@ -124,7 +116,7 @@ fn a_revoked_sidecar_says_so_goes_unready_stops_retrying_and_recovers_after_rein
 /// `cert.revoked_self`, not ready, and no stream of "CA unreachable" poll failures after.
 #[test]
 fn a_sidecar_that_missed_its_revocation_learns_it_from_the_cas_refusal() {
-    let mut mesh = EnrollMesh::start(&["--cert-ttl", "1h"], POLICY);
+    let mut mesh = EnrollMesh::start(&["--cert-ttl", "1h"], SAMPLE_POLICY);
     let shape = SidecarShape { admin: true, ..Default::default() };
     let client = mesh.sidecar("client", "frontend", "web", 1, &shape);
     let admin = admin_addr(&client);

@@ -18,14 +18,6 @@ use mesh_tests::proxy::*;
 use mesh_tests::*;
 use serde_json::{json, Value};
 
-const POLICY: &str = r#"trust_domain = "example.org"
-zones = ["frontend", "orders", "payments"]
-
-[[allow]]
-from = "frontend"
-to = "orders"
-"#;
-
 const API_ID: &str = "spiffe://example.org/ns/orders/sa/api";
 const PAY_ID: &str = "spiffe://example.org/ns/payments/sa/pay";
 
@@ -64,7 +56,7 @@ fn pair_in(format: &str) -> (Pair, PathBuf, PathBuf) {
             file.display()
         )
     };
-    let mut p = Pair::with_policy(POLICY)
+    let mut p = Pair::with_policy(SAMPLE_POLICY)
         .mesh(mesh)
         .server_config(&events(&server_file))
         .client_config(&events(&client_file))
